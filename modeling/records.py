@@ -1,0 +1,320 @@
+"""Event records and their versioned JSON wire format.
+
+Every record on a Kafka topic is one JSON object carrying a ``schema`` field
+(``"<kind>/<version>"``). Times are integer milliseconds since the Unix epoch, UTC.
+``parse_*`` validate strictly: a wrong type, a missing field, a non-finite amount or an
+unknown schema raise :class:`~modeling.errors.ValidationError` naming the field; nothing is
+coerced. JSON Schemas for producers live in ``modeling/schemas/``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+
+from modeling.errors import ValidationError
+
+TRANSACTION_SCHEMA: Final = "transaction/1"
+CLICK_SCHEMA: Final = "click/1"
+LABEL_SCHEMA: Final = "label/1"
+RISK_EVENT_SCHEMA: Final = "risk_event/1"
+
+MAX_ID_LEN: Final = 128
+MAX_TEXT_LEN: Final = 4096
+MIN_TIME_MS: Final = 946_684_800_000  # 2000-01-01
+MAX_TIME_MS: Final = 4_102_444_800_000  # 2100-01-01
+MAX_AMOUNT: Final = 1e12
+
+CLICK_TYPES: Final = frozenset(
+    {
+        "login",
+        "login_failed",
+        "logout",
+        "page_view",
+        "add_payee",
+        "change_password",
+        "new_device",
+        "change_contact",
+    }
+)
+DECISIONS: Final = ("approve", "review", "decline")
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    transaction_id: str
+    user_id: str
+    terminal_id: str
+    amount: float
+    event_time_ms: int
+    currency: str = "EUR"
+    device_id: str | None = None
+    ip: str | None = None
+    text: str | None = None
+
+    @property
+    def t(self) -> float:
+        return self.event_time_ms / 1000.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "schema": TRANSACTION_SCHEMA,
+            "transaction_id": self.transaction_id,
+            "user_id": self.user_id,
+            "terminal_id": self.terminal_id,
+            "amount": self.amount,
+            "currency": self.currency,
+            "event_time": self.event_time_ms,
+        }
+        for k in ("device_id", "ip", "text"):
+            v = getattr(self, k)
+            if v is not None:
+                d[k] = v
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class ClickEvent:
+    user_id: str
+    event_time_ms: int
+    type: str
+    session_id: str
+    device_id: str
+    ip: str
+
+    @property
+    def t(self) -> float:
+        return self.event_time_ms / 1000.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": CLICK_SCHEMA,
+            "user_id": self.user_id,
+            "event_time": self.event_time_ms,
+            "type": self.type,
+            "session_id": self.session_id,
+            "device_id": self.device_id,
+            "ip": self.ip,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """The outcome of a settled transaction, known at ``label_time_ms`` (days after the fact)."""
+
+    transaction_id: str
+    user_id: str
+    terminal_id: str
+    is_fraud: bool
+    transaction_time_ms: int
+    label_time_ms: int
+
+    @property
+    def t(self) -> float:
+        return self.label_time_ms / 1000.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": LABEL_SCHEMA,
+            "transaction_id": self.transaction_id,
+            "user_id": self.user_id,
+            "terminal_id": self.terminal_id,
+            "is_fraud": self.is_fraud,
+            "transaction_time": self.transaction_time_ms,
+            "label_time": self.label_time_ms,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RiskEvent:
+    transaction_id: str
+    user_id: str
+    score: float
+    decision: str
+    reasons: tuple[str, ...]
+    model_version: str
+    feature_set: str
+    event_time_ms: int
+    scored_time_ms: int
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    text_score: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "schema": RISK_EVENT_SCHEMA,
+            "transaction_id": self.transaction_id,
+            "user_id": self.user_id,
+            "score": self.score,
+            "decision": self.decision,
+            "reasons": list(self.reasons),
+            "model_version": self.model_version,
+            "feature_set": self.feature_set,
+            "event_time": self.event_time_ms,
+            "scored_time": self.scored_time_ms,
+            "latency_ms": self.latency_ms,
+        }
+        if self.text_score is not None:
+            d["text_score"] = self.text_score
+        return d
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+# ----------------------------------------------------------------------------------------- parsing
+
+
+def _load(raw: bytes | str | dict[str, Any], max_bytes: int) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return raw
+    if len(raw) > max_bytes:
+        raise ValidationError("<message>", f"payload of {len(raw)} bytes exceeds the {max_bytes}-byte limit")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValidationError("<message>", f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ValidationError("<message>", f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _schema(d: dict[str, Any], expected: str) -> None:
+    s = d.get("schema")
+    if s != expected:
+        raise ValidationError("schema", f"expected {expected!r}, got {s!r}")
+
+
+def _str(d: dict[str, Any], key: str, *, optional: bool = False, max_len: int = MAX_ID_LEN) -> Any:
+    v = d.get(key)
+    if v is None:
+        if optional:
+            return None
+        raise ValidationError(key, "missing")
+    if not isinstance(v, str):
+        raise ValidationError(key, f"expected a string, got {type(v).__name__}")
+    if not v and not optional:
+        raise ValidationError(key, "empty")
+    if len(v) > max_len:
+        raise ValidationError(key, f"longer than {max_len} characters")
+    return v
+
+
+def _time(d: dict[str, Any], key: str) -> int:
+    v = d.get(key)
+    if v is None:
+        raise ValidationError(key, "missing")
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValidationError(key, f"expected integer milliseconds since the epoch, got {type(v).__name__}")
+    if not MIN_TIME_MS <= v < MAX_TIME_MS:
+        raise ValidationError(key, f"{v} is outside 2000-01-01..2100-01-01 in epoch milliseconds")
+    return v
+
+
+def _amount(d: dict[str, Any], key: str) -> float:
+    v = d.get(key)
+    if v is None:
+        raise ValidationError(key, "missing")
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValidationError(key, f"expected a number, got {type(v).__name__}")
+    f = float(v)
+    if not math.isfinite(f):
+        raise ValidationError(key, "not a finite number")
+    if f < 0 or f > MAX_AMOUNT:
+        raise ValidationError(key, f"{f} is outside 0..{MAX_AMOUNT:g}")
+    return f
+
+
+def _currency(d: dict[str, Any]) -> str:
+    v = d.get("currency", "EUR")
+    if not isinstance(v, str) or len(v) != 3 or not v.isascii() or not v.isupper():
+        raise ValidationError("currency", f"expected an ISO 4217 code such as 'EUR', got {v!r}")
+    return v
+
+
+DEFAULT_MAX_BYTES: Final = 64 * 1024
+
+
+def parse_transaction(raw: bytes | str | dict[str, Any], max_bytes: int = DEFAULT_MAX_BYTES) -> Transaction:
+    d = _load(raw, max_bytes)
+    _schema(d, TRANSACTION_SCHEMA)
+    return Transaction(
+        transaction_id=_str(d, "transaction_id"),
+        user_id=_str(d, "user_id"),
+        terminal_id=_str(d, "terminal_id"),
+        amount=_amount(d, "amount"),
+        event_time_ms=_time(d, "event_time"),
+        currency=_currency(d),
+        device_id=_str(d, "device_id", optional=True),
+        ip=_str(d, "ip", optional=True),
+        text=_str(d, "text", optional=True, max_len=MAX_TEXT_LEN),
+    )
+
+
+def parse_click(raw: bytes | str | dict[str, Any], max_bytes: int = DEFAULT_MAX_BYTES) -> ClickEvent:
+    d = _load(raw, max_bytes)
+    _schema(d, CLICK_SCHEMA)
+    kind = _str(d, "type")
+    if kind not in CLICK_TYPES:
+        raise ValidationError("type", f"unknown click type {kind!r}; expected one of {sorted(CLICK_TYPES)}")
+    return ClickEvent(
+        user_id=_str(d, "user_id"),
+        event_time_ms=_time(d, "event_time"),
+        type=kind,
+        session_id=_str(d, "session_id"),
+        device_id=_str(d, "device_id"),
+        ip=_str(d, "ip"),
+    )
+
+
+def parse_label(raw: bytes | str | dict[str, Any], max_bytes: int = DEFAULT_MAX_BYTES) -> Label:
+    d = _load(raw, max_bytes)
+    _schema(d, LABEL_SCHEMA)
+    is_fraud = d.get("is_fraud")
+    if not isinstance(is_fraud, bool):
+        raise ValidationError("is_fraud", f"expected true or false, got {is_fraud!r}")
+    tx_time = _time(d, "transaction_time")
+    label_time = _time(d, "label_time")
+    if label_time < tx_time:
+        raise ValidationError("label_time", "earlier than transaction_time")
+    return Label(
+        transaction_id=_str(d, "transaction_id"),
+        user_id=_str(d, "user_id"),
+        terminal_id=_str(d, "terminal_id"),
+        is_fraud=is_fraud,
+        transaction_time_ms=tx_time,
+        label_time_ms=label_time,
+    )
+
+
+def parse_risk_event(raw: bytes | str | dict[str, Any]) -> RiskEvent:
+    d = _load(raw, 1 << 20)
+    _schema(d, RISK_EVENT_SCHEMA)
+    score = d.get("score")
+    if isinstance(score, bool) or not isinstance(score, int | float) or not 0.0 <= score <= 1.0:
+        raise ValidationError("score", f"expected a probability in [0, 1], got {score!r}")
+    decision = _str(d, "decision")
+    if decision not in DECISIONS:
+        raise ValidationError("decision", f"expected one of {DECISIONS}, got {decision!r}")
+    reasons = d.get("reasons")
+    if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+        raise ValidationError("reasons", "expected a list of strings")
+    lat = d.get("latency_ms", {})
+    if not isinstance(lat, dict):
+        raise ValidationError("latency_ms", "expected an object")
+    ts = d.get("text_score")
+    return RiskEvent(
+        transaction_id=_str(d, "transaction_id"),
+        user_id=_str(d, "user_id"),
+        score=float(score),
+        decision=decision,
+        reasons=tuple(reasons),
+        model_version=_str(d, "model_version"),
+        feature_set=_str(d, "feature_set"),
+        event_time_ms=_time(d, "event_time"),
+        scored_time_ms=_time(d, "scored_time"),
+        latency_ms={str(k): float(v) for k, v in lat.items()},
+        text_score=None if ts is None else float(ts),
+    )

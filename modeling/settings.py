@@ -1,0 +1,87 @@
+"""The one settings object. Environment variables (prefix ``RISKSTREAM_``) are read here and
+nowhere else; an optional TOML file (``RISKSTREAM_CONFIG`` or ``--config``) fills in what the
+environment does not set. Everything downstream receives a frozen :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.sources import TomlConfigSettingsSource
+
+ENV_PREFIX = "RISKSTREAM_"
+
+
+def default_home() -> Path:
+    """Where riskstream keeps its local state (registry, broker cache) unless told otherwise."""
+    return Path(os.environ.get(f"{ENV_PREFIX}HOME", Path.home() / ".riskstream"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+
+    # --- Kafka -------------------------------------------------------------------------------
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    topic_transactions: str = "transactions"
+    topic_clickstream: str = "clickstream"
+    topic_labels: str = "labels"
+    topic_risk_events: str = "risk-events"
+    topic_dead_letter: str = "riskstream-dead-letter"
+    topic_partitions: int = Field(default=4, ge=1)
+    topic_replication: int = Field(default=1, ge=1)
+    app_id: str = "riskstream"
+    max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+
+    # --- local broker ------------------------------------------------------------------------
+    kafka_home: Path = Field(default_factory=lambda: default_home() / "kafka")
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+
+    # --- worker ------------------------------------------------------------------------------
+    worker_data_dir: Path = Field(default_factory=lambda: default_home() / "worker")
+    web_port: int = 6066
+    metrics_port: int = 9464
+    pipeline_max_batch: int = Field(default=512, ge=1)
+    pipeline_max_wait_ms: float = Field(default=20.0, gt=0)
+    model_max_batch: int = Field(default=256, ge=1)
+    registry_poll_s: float = Field(default=5.0, gt=0)
+    commit_interval_s: float = Field(default=1.0, gt=0)
+
+    # --- models ------------------------------------------------------------------------------
+    registry_dir: Path = Field(default_factory=lambda: default_home() / "registry")
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    cpu_threads: int = Field(default=1, ge=1)
+    use_onednn: bool = True
+    use_tensorrt: bool = False
+    use_fp16: bool = False
+
+    # --- features ----------------------------------------------------------------------------
+    label_delay_days: float = Field(default=7.0, ge=0)
+    allowed_lateness_s: float = Field(default=3600.0, ge=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        cfg = os.environ.get(f"{ENV_PREFIX}CONFIG")
+        if cfg:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(cfg)))
+        return tuple(sources)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the frozen settings: explicit overrides, then environment, then the TOML file."""
+    if config_file is not None:
+        os.environ[f"{ENV_PREFIX}CONFIG"] = str(config_file)
+    return Settings(**overrides)

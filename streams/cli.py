@@ -1,0 +1,61 @@
+"""The ``riskstream`` command. Each subcommand lives in its own module exposing ``HELP``,
+``add_arguments(parser)`` and ``run(args) -> int``; modules import their heavy dependencies
+(Paddle, faust) inside ``run`` so that ``riskstream kafka status`` starts instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# name -> module implementing it
+COMMANDS: dict[str, str] = {
+    "kafka": "streams.broker.command",
+    "worker": "streams.worker_command",
+    "replay": "streams.replay_command",
+    "demo": "streams.demo",
+    "train": "training.train_command",
+    "train-text": "training.text_command",
+    "backtest": "training.backtest_command",
+    "evaluate": "training.evaluate_command",
+    "models": "training.models_command",
+}
+
+
+def _offline_env() -> None:
+    # paddlenlp / huggingface must never try the network: weights come from local dirs only.
+    os.environ.setdefault("AISTUDIO_BOS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="riskstream", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="TOML settings file (environment variables RISKSTREAM_* win)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, modname in COMMANDS.items():
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name != modname:
+                raise
+            continue
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _offline_env()
+    args = build_parser().parse_args(argv)
+    if args.config:
+        os.environ["RISKSTREAM_CONFIG"] = args.config
+    rc: int = args._run(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

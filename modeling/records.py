@@ -9,6 +9,7 @@ coerced. JSON Schemas for producers live in ``modeling/schemas/``.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -175,7 +176,12 @@ def _load(raw: bytes | str | dict[str, Any], max_bytes: int) -> dict[str, Any]:
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ValidationError("<message>", f"not valid JSON: {exc}") from None
+        # Strict JSON has no NaN/Infinity, but producers' encoders often emit them: parse those
+        # leniently (slow path) so that validation names the offending field.
+        try:
+            obj = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise ValidationError("<message>", f"not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ValidationError("<message>", f"expected a JSON object, got {type(obj).__name__}")
     return obj

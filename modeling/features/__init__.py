@@ -1,0 +1,18 @@
+"""The one feature definition, shared by the live agents, the backtest and the trainer."""
+
+from modeling.features.config import SEQ_FIELDS, FeatureConfig
+from modeling.features.engine import FeatureEngine, TxnFeatures, stack
+from modeling.features.runner import Event, FeatureRunner
+from modeling.features.state import TerminalState, UserState
+
+__all__ = [
+    "SEQ_FIELDS",
+    "Event",
+    "FeatureConfig",
+    "FeatureEngine",
+    "FeatureRunner",
+    "TerminalState",
+    "TxnFeatures",
+    "UserState",
+    "stack",
+]

@@ -1,0 +1,290 @@
+"""The feature engine: the single implementation of every feature, event by event, in event time.
+
+The live agents, the backtest and the trainer all call these functions. Each transaction is
+featurized from the state *before* it (read, then update), so a vector only holds what was
+known at the event's time. Labels enter the state when they arrive and are used only once
+known for ``label_allowance_ms`` and only for transactions at least ``label_delay_ms`` old
+(terminal risk) — the handbook's delayed-feedback rule.
+
+Late events (documented policy): a transaction at most ``allowed_lateness_ms`` behind the user's
+latest transaction is folded into the windows at that latest time; an older one is still scored,
+from the state as of the user's latest time, but leaves the windows untouched (``late=True``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from modeling.features.config import DAY_MS, HOUR_MS, FeatureConfig
+from modeling.features.state import TerminalState, UserState
+from modeling.records import ClickEvent, Label, Transaction
+
+_LOG_30D_S = math.log1p(30 * 86400.0)
+_TWO_PI = 2.0 * math.pi
+_log1p = math.log1p
+
+
+@dataclass(frozen=True, slots=True)
+class TxnFeatures:
+    """The model inputs for one transaction."""
+
+    tab: tuple[float, ...]
+    seq: tuple[tuple[float, ...], ...]  # up to seq_len steps, oldest first, this transaction last
+    late: bool
+
+
+def stack(
+    feats: list[TxnFeatures], config: FeatureConfig
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Batch features into the model's inputs: ``tab`` [B, F] and ``seq`` [B, N, S], the
+    sequence zero-padded at the front (a padding step has ``present`` = 0)."""
+    n = len(feats)
+    tab = np.array([f.tab for f in feats], dtype=np.float32).reshape(n, config.n_features)
+    seq = np.zeros((n, config.seq_len, config.seq_dim), dtype=np.float32)
+    width = config.seq_len
+    for i, f in enumerate(feats):
+        steps = f.seq
+        seq[i, width - len(steps) :] = steps
+    return tab, seq
+
+
+TerminalLookup = Callable[[str], TerminalState | None]
+
+
+class FeatureEngine:
+    """Stateless functions over :class:`UserState` and :class:`TerminalState` for one config."""
+
+    def __init__(self, config: FeatureConfig | None = None) -> None:
+        self.config = config or FeatureConfig()
+        c = self.config
+        self.feature_names = c.feature_names
+        self.feature_set = c.feature_set
+        self._windows = c.txn_windows_ms
+        self._i7 = c.txn_windows_ms.index(7 * DAY_MS) if 7 * DAY_MS in c.txn_windows_ms else -1
+        self._ilong = len(c.txn_windows_ms) - 1
+        self._i1d = c.txn_windows_ms.index(DAY_MS) if DAY_MS in c.txn_windows_ms else self._ilong
+
+    def new_user(self) -> UserState:
+        return UserState(self.config)
+
+    # ------------------------------------------------------------------------- transactions
+
+    def transaction(
+        self, st: UserState, txn: Transaction, terminal: TerminalState | None
+    ) -> TxnFeatures:
+        """Featurize ``txn`` from the state before it, then fold it into ``st``."""
+        c = self.config
+        t = txn.event_time_ms
+        late = st.txn_last_ms >= 0 and t < st.txn_last_ms - c.allowed_lateness_ms
+        te = t if t > st.txn_last_ms else st.txn_last_ms
+        self._advance(st, te)
+
+        amount = txn.amount
+        cents = round(amount * 100.0)
+        la = _log1p(amount)
+        tab: list[float] = [la]
+        means: list[float] = []
+        for agg in st.aggs:
+            n, s, _, mx = agg.result()
+            mean = s / n / 100.0 if n else 0.0
+            means.append(mean)
+            tab += (_log1p(n), _log1p(s / 100.0), _log1p(mean), _log1p(mx / 100.0))
+        n30, s30, sq30, mx30 = st.aggs[self._ilong].result()
+        mean7 = means[self._i7] if self._i7 >= 0 else means[self._ilong]
+        n7 = st.aggs[self._i7].count if self._i7 >= 0 else n30
+        mean30 = means[self._ilong]
+        vs7 = la - _log1p(mean7) if n7 else 0.0
+        vs30 = la - _log1p(mean30) if n30 else 0.0
+        if n30 >= 2:
+            var = max(sq30 / n30 - (s30 / n30) ** 2, 0.0) / 10_000.0
+            z = (amount - mean30) / (math.sqrt(var) + 1.0)
+            z = -20.0 if z < -20.0 else (50.0 if z > 50.0 else z)
+        else:
+            z = 0.0
+        vsmax = la - _log1p(mx30 / 100.0) if n30 else 0.0
+        has_prev = st.prev_ms >= 0
+        dt_log = _log1p((te - st.prev_ms) / 1000.0) if has_prev else _LOG_30D_S
+        new_term = 0.0 if txn.terminal_id in st.terms else 1.0
+        hour = (t % DAY_MS) / HOUR_MS
+        hs, hc = math.sin(_TWO_PI * hour / 24.0), math.cos(_TWO_PI * hour / 24.0)
+        weekday = (t // DAY_MS + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+        tab += (
+            vs7,
+            vs30,
+            z,
+            vsmax,
+            dt_log,
+            1.0 if has_prev else 0.0,
+            _log1p(st.terms.result()),
+            new_term,
+            hs,
+            hc,
+            1.0 if weekday >= 5 else 0.0,
+            1.0 if hour < 6.0 else 0.0,
+        )
+        tab += self._click_features(st, te, txn.device_id)
+        tab += self._terminal_features(terminal, te)
+        nf = self._known_frauds(st, te)
+        tab += (_log1p(nf), 1.0 if nf else 0.0)
+
+        step = (1.0, la, dt_log, vs30, new_term, hs, hc, _log1p(st.aggs[self._i1d].count))
+        seq = (*st.seq, step)  # st.seq keeps the previous seq_len - 1 steps
+
+        if not late:
+            self._add(st, te, cents, txn.terminal_id)
+            st.seq.append(step)
+            st.prev_ms = te
+            st.txn_last_ms = te
+        return TxnFeatures(tuple(tab), seq, late)
+
+    def _advance(self, st: UserState, te: int) -> None:
+        hist, base = st.hist, st.base
+        n_seen = st.n_seen
+        for j, w in enumerate(self._windows):
+            cutoff = te - w
+            head = st.heads[j]
+            agg = st.aggs[j]
+            while head < n_seen:
+                tm, cents, _ = hist[head - base]
+                if tm > cutoff:
+                    break
+                agg.revert(head, cents)
+                head += 1
+            st.heads[j] = head
+        # Entries out of the longest window leave the history.
+        oldest = st.heads[self._ilong]
+        while st.base < oldest:
+            _, _, term = hist.popleft()
+            st.terms.revert(term)
+            st.base += 1
+
+    def _add(self, st: UserState, te: int, cents: int, terminal: str) -> None:
+        idx = st.n_seen
+        st.hist.append((te, cents, terminal))
+        for agg in st.aggs:
+            agg.update(idx, cents)
+        st.terms.update(terminal)
+        st.n_seen = idx + 1
+
+    # ------------------------------------------------------------------------------- clicks
+
+    def click(self, st: UserState, ev: ClickEvent) -> None:
+        """Fold a clickstream event into the user's state."""
+        t = ev.event_time_ms
+        st.clicks.append((t, ev.type, ev.device_id, ev.ip))
+        if t > st.click_last_ms:
+            st.click_last_ms = t
+        keep_from = st.click_last_ms - DAY_MS - self.config.allowed_lateness_ms
+        while st.clicks and st.clicks[0][0] <= keep_from:
+            st.clicks.popleft()
+        first = st.devices.get(ev.device_id)
+        if first is None or t < first:
+            st.devices[ev.device_id] = t
+            if len(st.devices) > self.config.max_known_devices:
+                del st.devices[min(st.devices, key=st.devices.__getitem__)]
+        if ev.type == "login" and t > st.last_login_ms:
+            st.last_login_ms = t
+
+    def _click_features(self, st: UserState, te: int, device: str | None) -> tuple[float, ...]:
+        if not self.config.use_clicks:
+            return (0.0,) * 11 + (0.0,)
+        h_from, d_from = te - HOUR_MS, te - DAY_MS
+        logins_h = logins_d = failed_h = failed_d = pwd = payees = views_h = 0
+        devs: set[str] = set()
+        ips: set[str] = set()
+        last_login = st.last_login_ms if st.last_login_ms <= te else -1
+        for tc, kind, dev, ip in st.clicks:
+            if tc > te or tc <= d_from:
+                continue
+            in_h = tc > h_from
+            devs.add(dev)
+            ips.add(ip)
+            if kind == "login":
+                logins_d += 1
+                logins_h += in_h
+                if tc > last_login:
+                    last_login = tc
+            elif kind == "login_failed":
+                failed_d += 1
+                failed_h += in_h
+            elif kind == "page_view":
+                views_h += in_h
+            elif kind == "change_password":
+                pwd += 1
+            elif kind == "add_payee":
+                payees += 1
+        new_devs = sum(1 for first in st.devices.values() if d_from < first <= te)
+        since_login = _log1p((te - last_login) / 1000.0) if last_login >= 0 else _LOG_30D_S
+        if device is None:
+            unknown = 0.0
+        else:
+            first = st.devices.get(device)
+            unknown = 1.0 if first is None or first > te else 0.0
+        return (
+            _log1p(logins_h),
+            _log1p(logins_d),
+            _log1p(failed_h),
+            _log1p(failed_d),
+            _log1p(len(devs)),
+            _log1p(len(ips)),
+            _log1p(new_devs),
+            _log1p(pwd),
+            _log1p(payees),
+            since_login,
+            _log1p(views_h),
+            unknown,
+        )
+
+    # ------------------------------------------------------------------------------- labels
+
+    def user_label(self, st: UserState, label: Label) -> None:
+        """Record a confirmed fraud on the user's card (genuine labels carry no user signal)."""
+        if not label.is_fraud:
+            return
+        st.frauds.append((label.transaction_time_ms, label.label_time_ms))
+        newest = max(f[1] for f in st.frauds)
+        keep_from = newest - self.config.known_fraud_window_ms - self.config.label_delay_ms - 2 * DAY_MS
+        while st.frauds and st.frauds[0][0] <= keep_from:
+            st.frauds.popleft()
+
+    def _known_frauds(self, st: UserState, te: int) -> int:
+        known_by = te - self.config.label_allowance_ms
+        since = te - self.config.known_fraud_window_ms
+        return sum(1 for tx, lt in st.frauds if lt <= known_by and tx > since)
+
+    def terminal_label(self, ts: TerminalState, label: Label) -> None:
+        """Record a label (fraud or genuine) at its terminal."""
+        ts.labels.append((label.transaction_time_ms, label.label_time_ms, 1 if label.is_fraud else 0))
+        if label.label_time_ms > ts.latest_label_ms:
+            ts.latest_label_ms = label.label_time_ms
+        c = self.config
+        keep_from = ts.latest_label_ms - c.label_delay_ms - c.terminal_windows_ms[-1] - 2 * DAY_MS
+        if ts.labels and ts.labels[0][0] <= keep_from:
+            ts.labels = [x for x in ts.labels if x[0] > keep_from]
+
+    def _terminal_features(self, ts: TerminalState | None, te: int) -> tuple[float, ...]:
+        c = self.config
+        wins = c.terminal_windows_ms
+        if ts is None or not ts.labels:
+            return (0.0, 0.0) * len(wins)
+        end = te - c.label_delay_ms
+        known_by = te - c.label_allowance_ms
+        counts = [0] * len(wins)
+        frauds = [0] * len(wins)
+        for tx, lt, fr in ts.labels:
+            if tx > end or lt > known_by:
+                continue
+            age = end - tx
+            for k, w in enumerate(wins):
+                if age < w:
+                    counts[k] += 1
+                    frauds[k] += fr
+        out: list[float] = []
+        for n, f in zip(counts, frauds, strict=True):
+            out += (_log1p(n), f / n if n else 0.0)
+        return tuple(out)

@@ -1,0 +1,110 @@
+"""The wire format: strict validation that names the field, and agreement with the JSON Schemas."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import orjson
+import pytest
+
+from modeling.errors import ValidationError
+from modeling.records import (
+    ClickEvent,
+    Label,
+    RiskEvent,
+    Transaction,
+    parse_click,
+    parse_label,
+    parse_risk_event,
+    parse_transaction,
+)
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "modeling" / "schemas"
+T = 1_527_811_200_000
+GOOD_TXN: dict[str, Any] = {
+    "schema": "transaction/1",
+    "transaction_id": "t1",
+    "user_id": "42",
+    "terminal_id": "7",
+    "amount": 12.5,
+    "currency": "EUR",
+    "event_time": T,
+}
+
+
+def schema(name: str) -> dict[str, Any]:
+    return json.loads((SCHEMAS / f"{name}.json").read_text())  # type: ignore[no-any-return]
+
+
+def test_round_trips() -> None:
+    tx = Transaction("t1", "42", "7", 12.5, T, device_id="d", text="资金周转")
+    assert parse_transaction(orjson.dumps(tx.to_dict())) == tx
+    ck = ClickEvent("42", T, "login", "s", "d", "ip")
+    assert parse_click(orjson.dumps(ck.to_dict())) == ck
+    lb = Label("t1", "42", "7", True, T, T + 1)
+    assert parse_label(orjson.dumps(lb.to_dict())) == lb
+    ev = RiskEvent("t1", "42", 0.5, "review", ("AMOUNT",), "behaviour-0001", "fs1-x", T, T + 5, {"inference": 1.0})
+    assert parse_risk_event(ev.to_json()) == ev
+    for obj, name in ((tx, "transaction"), (ck, "click"), (lb, "label"), (ev, "risk_event")):
+        jsonschema.validate(obj.to_dict(), schema(name))
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"amount": "12.5"}, "amount"),  # a string is not coerced
+        ({"amount": float("nan")}, "amount"),
+        ({"amount": -1}, "amount"),
+        ({"amount": True}, "amount"),
+        ({"event_time": 1527811200.5}, "event_time"),  # seconds as float: refused
+        ({"event_time": 12}, "event_time"),  # out of range
+        ({"user_id": 42}, "user_id"),
+        ({"user_id": ""}, "user_id"),
+        ({"currency": "eur"}, "currency"),
+        ({"schema": "transaction/2"}, "schema"),
+        ({"text": "x" * 5000}, "text"),
+    ],
+)
+def test_invalid_transactions_name_the_field(patch: dict[str, Any], field: str) -> None:
+    d = {**GOOD_TXN, **patch}
+    raw = json.dumps(d, allow_nan=True).encode()
+    with pytest.raises(ValidationError) as exc:
+        parse_transaction(raw)
+    assert exc.value.field == field
+    # The JSON Schema given to producers refuses the same record (NaN is not JSON at all).
+    if patch.get("amount") == patch.get("amount"):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(d, schema("transaction"))
+
+
+@pytest.mark.parametrize("missing", ["transaction_id", "user_id", "terminal_id", "amount", "event_time"])
+def test_missing_fields(missing: str) -> None:
+    d = {k: v for k, v in GOOD_TXN.items() if k != missing}
+    with pytest.raises(ValidationError, match=missing):
+        parse_transaction(orjson.dumps(d))
+
+
+def test_bad_json_and_huge_payloads() -> None:
+    with pytest.raises(ValidationError, match="not valid JSON"):
+        parse_transaction(b"{not json")
+    with pytest.raises(ValidationError, match="JSON object"):
+        parse_transaction(b"[1, 2]")
+    with pytest.raises(ValidationError, match="exceeds"):
+        parse_transaction(b" " * 70_000)
+
+
+def test_click_and_label_validation() -> None:
+    good = ClickEvent("42", T, "login", "s", "d", "ip").to_dict()
+    with pytest.raises(ValidationError) as exc:
+        parse_click(orjson.dumps({**good, "type": "teleport"}))
+    assert exc.value.field == "type"
+    lb = Label("t1", "42", "7", True, T, T + 1).to_dict()
+    with pytest.raises(ValidationError) as exc2:
+        parse_label(orjson.dumps({**lb, "is_fraud": 1}))
+    assert exc2.value.field == "is_fraud"
+    with pytest.raises(ValidationError) as exc3:
+        parse_label(orjson.dumps({**lb, "label_time": T - 1}))
+    assert exc3.value.field == "label_time"

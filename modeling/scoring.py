@@ -1,0 +1,106 @@
+"""From feature vectors to verdicts: the behaviour model, the optional text model, decisions and
+reason codes. The live worker and the backtest both score through :class:`Scorer`.
+
+Combination: when a transaction carries text and a text model is loaded, the two probabilities
+are combined by noisy-OR, ``1 - (1 - p_behaviour) * (1 - p_text)``, and the reason codes say
+which part drove the decision (``TEXT_RISK`` first when the text score is the larger).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from modeling.decisions import ReasonCoder, Thresholds, decide
+from modeling.errors import FeatureSetMismatch, ModelLoadError
+from modeling.features import FeatureConfig, TxnFeatures, stack
+from modeling.records import Transaction
+
+LATE_REASON = "LATE_EVENT"
+TEXT_REASON = "TEXT_RISK"
+
+
+class ScoresBatch(Protocol):
+    version: str
+    manifest: dict[str, Any]
+
+    @property
+    def feature_set(self) -> str | None: ...
+
+    @property
+    def thresholds(self) -> dict[str, Any]: ...
+
+    def predict(self, inputs: Any) -> Any: ...
+
+
+class TextModel(Protocol):
+    @property
+    def version(self) -> str: ...
+
+    def score(self, texts: Sequence[str | None]) -> list[float | None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    score: float
+    decision: str
+    reasons: tuple[str, ...]
+    text_score: float | None = None
+    behaviour_score: float = 0.0
+
+
+class Scorer:
+    """One behaviour model (and optionally one text model) ready to score batches."""
+
+    def __init__(self, behaviour: ScoresBatch, config: FeatureConfig, text: TextModel | None = None) -> None:
+        if behaviour.feature_set != config.feature_set:
+            raise FeatureSetMismatch(
+                "model was trained on another feature set than this worker computes",
+                model=behaviour.version,
+                model_feature_set=behaviour.feature_set,
+                engine_feature_set=config.feature_set,
+            )
+        if not behaviour.thresholds:
+            raise ModelLoadError("model manifest has no decision thresholds", model=behaviour.version)
+        self.behaviour = behaviour
+        self.text = text
+        self.config = config
+        self.thresholds = Thresholds.from_dict(behaviour.thresholds)
+        reasons = behaviour.manifest.get("reasons")
+        self.reasons = ReasonCoder.from_dict(reasons) if isinstance(reasons, dict) else None
+        self.feature_set = config.feature_set
+        self.version = behaviour.version if text is None else f"{behaviour.version}+{text.version}"
+
+    def score(self, txns: Sequence[Transaction], feats: list[TxnFeatures]) -> list[Verdict]:
+        tab, seq = stack(feats, self.config)
+        p = np.asarray(self.behaviour.predict({"tab": tab, "seq": seq}), dtype=np.float64)
+        text_scores: list[float | None] = [None] * len(txns)
+        combined = p
+        if self.text is not None:
+            idx = [i for i, t in enumerate(txns) if t.text]
+            if idx:
+                ts = self.text.score([txns[i].text for i in idx])
+                combined = p.copy()
+                for i, s in zip(idx, ts, strict=True):
+                    if s is not None:
+                        text_scores[i] = float(s)
+                        combined[i] = 1.0 - (1.0 - p[i]) * (1.0 - s)
+        decisions = decide(combined, self.thresholds)
+        flagged = [i for i, d in enumerate(decisions) if d != "approve"]
+        codes: dict[int, tuple[str, ...]] = {}
+        if flagged and self.reasons is not None:
+            for i, c in zip(flagged, self.reasons.explain(tab[flagged]), strict=True):
+                codes[i] = c
+        out: list[Verdict] = []
+        for i, d in enumerate(decisions):
+            r = codes.get(i, ())
+            ts_i = text_scores[i]
+            if ts_i is not None and d != "approve" and ts_i >= p[i]:
+                r = (TEXT_REASON, *r)
+            if feats[i].late:
+                r = (*r, LATE_REASON)
+            out.append(Verdict(float(combined[i]), d, r, ts_i, float(p[i])))
+        return out

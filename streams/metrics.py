@@ -1,0 +1,56 @@
+"""Every Prometheus metric the worker exports, in one place.
+
+Dashboards (docker/grafana) and alerts may only use the names defined here; a test compares the
+dashboard's queries with what a live worker serves on its metrics endpoint.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+_LAT = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+_SIZE = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+_SCORE = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+class Metrics:
+    """The worker's metrics on their own registry (so tests can build several)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.events_in = Counter("riskstream_events_in", "Messages consumed, per topic", ["topic"], registry=r)
+        self.events_out = Counter("riskstream_events_out", "Messages produced, per topic", ["topic"], registry=r)
+        self.dead_letters = Counter(
+            "riskstream_dead_letters", "Input messages sent to the dead-letter topic", ["topic", "field"], registry=r
+        )
+        self.late_events = Counter(
+            "riskstream_late_events", "Transactions older than the allowed lateness (scored, not folded)", registry=r
+        )
+        self.batch_size = Histogram(
+            "riskstream_batch_size", "Transactions per inference micro-batch", buckets=_SIZE, registry=r
+        )
+        self.inference_seconds = Histogram(
+            "riskstream_inference_seconds", "Model inference time per micro-batch", ["model"], buckets=_LAT, registry=r
+        )
+        self.queue_wait_seconds = Histogram(
+            "riskstream_queue_wait_seconds", "Time from receipt to inference start", buckets=_LAT, registry=r
+        )
+        self.end_to_end_seconds = Histogram(
+            "riskstream_end_to_end_seconds",
+            "Input Kafka timestamp to risk event produced",
+            buckets=_LAT,
+            registry=r,
+        )
+        self.scores = Histogram("riskstream_score", "Fraud scores emitted", buckets=_SCORE, registry=r)
+        self.decisions = Counter("riskstream_decisions", "Decisions emitted", ["decision"], registry=r)
+        self.consumer_lag = Gauge(
+            "riskstream_consumer_lag", "Messages behind the partition end", ["topic", "partition"], registry=r
+        )
+        self.model_info = Info("riskstream_model", "The model versions being served", registry=r)
+        self.model_swaps = Counter("riskstream_model_swaps", "Hot model swaps done", ["kind"], registry=r)
+        self.model_rejections = Counter(
+            "riskstream_model_rejections", "Published bundles refused (verification failed)", ["kind"], registry=r
+        )
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        start_http_server(port, addr=addr, registry=self.registry)

@@ -1,0 +1,45 @@
+"""``riskstream worker``: run one scorer worker process (several form one consumer group)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+HELP = "Run a live scorer worker: consume transactions/clickstream/labels, emit risk events."
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--loglevel", default="info")
+    p.add_argument("--web-port", type=int, default=None, help="Faust web port (overrides settings)")
+    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (overrides settings)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import faust
+
+    from modeling.settings import load_settings
+    from streams.app import build_app
+    from streams.broker.topics import ensure_topics, project_topics
+
+    overrides = {}
+    if args.web_port is not None:
+        overrides["web_port"] = args.web_port
+    if args.metrics_port is not None:
+        overrides["metrics_port"] = args.metrics_port
+    settings = load_settings(**overrides)
+    logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(ensure_topics(settings.bootstrap_servers, project_topics(settings)))
+    rt = build_app(settings)
+    rt.metrics.serve(settings.metrics_port)
+    logging.getLogger("riskstream.worker").info(
+        "serving model %s (feature set %s); metrics on :%d",
+        rt.watcher.scorer().version,
+        rt.watcher.scorer().feature_set,
+        settings.metrics_port,
+    )
+    worker = faust.Worker(rt.app, loglevel=args.loglevel, loop=loop, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0

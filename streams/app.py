@@ -144,11 +144,11 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
             engine.terminal_label(ts, lb)
             terminals[lb.terminal_id] = ts.to_bytes()
 
-    @app.timer(interval=settings.registry_poll_s)
+    @app.timer(interval=settings.registry_poll_s)  # type: ignore[untyped-decorator]
     async def refresh_model() -> None:
         await watcher.poll()
 
-    @app.timer(interval=5.0)
+    @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def report_lag() -> None:
         consumer = app.consumer
         for tp in consumer.assignment():
@@ -159,8 +159,9 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
             if hw is not None and pos is not None:
                 metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(hw - pos, 0))
 
-    @app.on_partitions_revoked.connect
-    async def on_revoked(app_: Any, revoked: Any, **kwargs: Any) -> None:
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+        # Another worker may own these users next: drop decoded states, the table is the truth.
         processor.users.clear()
 
     return Runtime(app, processor, watcher, metrics)

@@ -18,19 +18,32 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
-        self.events_in = Counter("riskstream_events_in", "Messages consumed, per topic", ["topic"], registry=r)
-        self.events_out = Counter("riskstream_events_out", "Messages produced, per topic", ["topic"], registry=r)
+        self.events_in = Counter(
+            "riskstream_events_in", "Messages consumed, per topic", ["topic"], registry=r
+        )
+        self.events_out = Counter(
+            "riskstream_events_out", "Messages produced, per topic", ["topic"], registry=r
+        )
         self.dead_letters = Counter(
-            "riskstream_dead_letters", "Input messages sent to the dead-letter topic", ["topic", "field"], registry=r
+            "riskstream_dead_letters",
+            "Input messages sent to the dead-letter topic",
+            ["topic", "field"],
+            registry=r,
         )
         self.late_events = Counter(
-            "riskstream_late_events", "Transactions older than the allowed lateness (scored, not folded)", registry=r
+            "riskstream_late_events",
+            "Transactions older than the allowed lateness (scored, not folded)",
+            registry=r,
         )
         self.batch_size = Histogram(
             "riskstream_batch_size", "Transactions per inference micro-batch", buckets=_SIZE, registry=r
         )
         self.inference_seconds = Histogram(
-            "riskstream_inference_seconds", "Model inference time per micro-batch", ["model"], buckets=_LAT, registry=r
+            "riskstream_inference_seconds",
+            "Model inference time per micro-batch",
+            ["model"],
+            buckets=_LAT,
+            registry=r,
         )
         self.queue_wait_seconds = Histogram(
             "riskstream_queue_wait_seconds", "Time from receipt to inference start", buckets=_LAT, registry=r
@@ -49,7 +62,10 @@ class Metrics:
         self.model_info = Info("riskstream_model", "The model versions being served", registry=r)
         self.model_swaps = Counter("riskstream_model_swaps", "Hot model swaps done", ["kind"], registry=r)
         self.model_rejections = Counter(
-            "riskstream_model_rejections", "Published bundles refused (verification failed)", ["kind"], registry=r
+            "riskstream_model_rejections",
+            "Published bundles refused (verification failed)",
+            ["kind"],
+            registry=r,
         )
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:

@@ -134,20 +134,30 @@ class BatchProcessor:
         msgs: list[InMessage] = []
         engine = self.engine
         for m in batch:
+            # Idempotence: a user's state records the last offset it folded in per source
+            # partition, so a batch redelivered after a crash is scored again but not re-applied.
+            source = f"{m.kind}:{m.partition}"
             try:
                 if m.kind == KIND_TXN:
                     tx = parse_transaction(m.value, self.max_bytes)
-                    f = engine.transaction(self._user(tx.user_id, touched), tx, self._terminal(tx.terminal_id))
+                    st = self._user(tx.user_id, touched)
+                    fresh = _fresh(st, source, m.offset)
+                    f = engine.transaction(st, tx, self._terminal(tx.terminal_id), fold=fresh)
                     txns.append(tx)
                     feats.append(f)
                     msgs.append(m)
                     out.n_late += f.late
                 elif m.kind == KIND_CLICK:
                     ck = parse_click(m.value, self.max_bytes)
-                    engine.click(self._user(ck.user_id, touched), ck)
+                    st = self._user(ck.user_id, touched)
+                    if _fresh(st, source, m.offset):
+                        engine.click(st, ck)
                 else:
                     lb = parse_label(m.value, self.max_bytes)
-                    engine.user_label(self._user(lb.user_id, touched), lb)
+                    st = self._user(lb.user_id, touched)
+                    if _fresh(st, source, m.offset):
+                        engine.user_label(st, lb)
+                    # Forwarded even when redelivered: terminal state replaces by transaction id.
                     out.terminal_labels.append((lb.terminal_id.encode(), m.value))
             except ValidationError as exc:
                 out.dead_letters.append(_dead_letter(m, exc))
@@ -190,6 +200,14 @@ class BatchProcessor:
             out.user_states[uid] = raw
             self.users.put(uid, raw, st)
         return out
+
+
+def _fresh(st: UserState, source: str, offset: int) -> bool:
+    """True (and recorded) if ``offset`` of ``source`` is not yet folded into ``st``."""
+    if st.applied.get(source, -1) >= offset:
+        return False
+    st.applied[source] = offset
+    return True
 
 
 def _dead_letter(m: InMessage, exc: ValidationError) -> DeadLetter:

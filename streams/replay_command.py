@@ -22,10 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from modeling.settings import load_settings
+    from streams.app import feature_config
     from streams.broker.topics import ensure_topics, project_topics
     from streams.replay import replay_events
     from training.history import event_stream, load_history
-    from streams.app import feature_config
 
     settings = load_settings()
     df = load_history(args.file, args.start, args.end)
@@ -37,7 +37,11 @@ def run(args: argparse.Namespace) -> int:
         if args.create_topics:
             await ensure_topics(settings.bootstrap_servers, project_topics(settings))
         return await replay_events(
-            stream.events(), settings, total=len(stream), speed=args.speed, kafka_timestamps=args.kafka_timestamps
+            stream.events(),
+            settings,
+            total=len(stream),
+            speed=args.speed,
+            kafka_timestamps=args.kafka_timestamps,
         )
 
     report = asyncio.run(go())

@@ -58,7 +58,9 @@ def generate_clickstream(txns: pd.DataFrame, seed: int = 7) -> tuple[pd.DataFram
     dev = np.where(attacker, np.char.add("atk-", user), dev)
     ip = np.where(attacker, np.char.add("ipx-", user), home_ip)
 
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("user_id", "time_ms", "type", "session_id", "device_id", "ip")}
+    cols: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("user_id", "time_ms", "type", "session_id", "device_id", "ip")
+    }
 
     def add(u: np.ndarray, tm: np.ndarray, kind: str, sess: np.ndarray, d: np.ndarray, i: np.ndarray) -> None:
         cols["user_id"].append(u)
@@ -72,8 +74,14 @@ def generate_clickstream(txns: pd.DataFrame, seed: int = 7) -> tuple[pd.DataFram
     sess = np.char.add("s-", tx_id[o])
     login_t = t[o] - rng.integers(1 * _MIN, 15 * _MIN, len(o))
     typo = rng.random(len(o)) < 0.08
-    add(user[o][typo], login_t[typo] - rng.integers(10_000, 60_000, typo.sum()), "login_failed",
-        sess[typo], dev[o][typo], ip[o][typo])
+    add(
+        user[o][typo],
+        login_t[typo] - rng.integers(10_000, 60_000, typo.sum()),
+        "login_failed",
+        sess[typo],
+        dev[o][typo],
+        ip[o][typo],
+    )
     add(user[o], login_t, "login", sess, dev[o], ip[o])
     n_views = rng.integers(1, 5, len(o))
     rep = np.repeat(np.arange(len(o)), n_views)
@@ -98,12 +106,21 @@ def generate_clickstream(txns: pd.DataFrame, seed: int = 7) -> tuple[pd.DataFram
     # Account takeovers.
     if first_ato:
         au = np.array(list(first_ato), dtype=str)
-        t0 = np.array([first_ato[u] for u in au], dtype=np.int64) - rng.integers(1 * _HOUR, 6 * _HOUR, len(au))
+        t0 = np.array([first_ato[u] for u in au], dtype=np.int64) - rng.integers(
+            1 * _HOUR, 6 * _HOUR, len(au)
+        )
         adev, aip = np.char.add("atk-", au), np.char.add("ipx-", au)
         asess = np.char.add("ato-", au)
         fails = rng.integers(1, 5, len(au))
         rep = np.repeat(np.arange(len(au)), fails)
-        add(au[rep], t0[rep] - 60_000 * (1 + np.arange(len(rep)) % 5), "login_failed", asess[rep], adev[rep], aip[rep])
+        add(
+            au[rep],
+            t0[rep] - 60_000 * (1 + np.arange(len(rep)) % 5),
+            "login_failed",
+            asess[rep],
+            adev[rep],
+            aip[rep],
+        )
         add(au, t0, "login", asess, adev, aip)
         add(au, t0 + 20_000, "new_device", asess, adev, aip)
         add(au, t0 + 60_000, "change_password", asess, adev, aip)
@@ -113,5 +130,6 @@ def generate_clickstream(txns: pd.DataFrame, seed: int = 7) -> tuple[pd.DataFram
     clicks = pd.DataFrame({k: np.concatenate(v) for k, v in cols.items()})
     clicks["time_ms"] = clicks["time_ms"].astype("int64")
     clicks = clicks.sort_values(["time_ms", "user_id", "type"], kind="stable").reset_index(drop=True)
-    devices = np.where(online, dev, None)
+    devices = dev.astype(object)
+    devices[~online] = None
     return clicks, devices

@@ -75,9 +75,10 @@ class FeatureEngine:
     # ------------------------------------------------------------------------- transactions
 
     def transaction(
-        self, st: UserState, txn: Transaction, terminal: TerminalState | None
+        self, st: UserState, txn: Transaction, terminal: TerminalState | None, *, fold: bool = True
     ) -> TxnFeatures:
-        """Featurize ``txn`` from the state before it, then fold it into ``st``."""
+        """Featurize ``txn`` from the state before it, then fold it into ``st`` (unless ``fold``
+        is false: a redelivered transaction that the state already holds)."""
         c = self.config
         t = txn.event_time_ms
         late = st.txn_last_ms >= 0 and t < st.txn_last_ms - c.allowed_lateness_ms
@@ -135,7 +136,7 @@ class FeatureEngine:
         step = (1.0, la, dt_log, vs30, new_term, hs, hc, _log1p(st.aggs[self._i1d].count))
         seq = (*st.seq, step)  # st.seq keeps the previous seq_len - 1 steps
 
-        if not late:
+        if fold and not late:
             self._add(st, te, cents, txn.terminal_id)
             st.seq.append(step)
             st.prev_ms = te
@@ -245,27 +246,36 @@ class FeatureEngine:
     def user_label(self, st: UserState, label: Label) -> None:
         """Record a confirmed fraud on the user's card (genuine labels carry no user signal)."""
         if not label.is_fraud:
+            # A correction (fraud -> genuine) withdraws the earlier fraud label.
+            st.frauds.pop(label.transaction_id, None)
             return
-        st.frauds.append((label.transaction_time_ms, label.label_time_ms))
-        newest = max(f[1] for f in st.frauds)
+        st.frauds[label.transaction_id] = (label.transaction_time_ms, label.label_time_ms)
+        newest = max(f[1] for f in st.frauds.values())
         keep_from = newest - self.config.known_fraud_window_ms - self.config.label_delay_ms - 2 * DAY_MS
-        while st.frauds and st.frauds[0][0] <= keep_from:
-            st.frauds.popleft()
+        if any(f[0] <= keep_from for f in st.frauds.values()):
+            st.frauds = {k: f for k, f in st.frauds.items() if f[0] > keep_from}
 
     def _known_frauds(self, st: UserState, te: int) -> int:
         known_by = te - self.config.label_allowance_ms
         since = te - self.config.known_fraud_window_ms
-        return sum(1 for tx, lt in st.frauds if lt <= known_by and tx > since)
+        return sum(1 for tx, lt in st.frauds.values() if lt <= known_by and tx > since)
 
     def terminal_label(self, ts: TerminalState, label: Label) -> None:
-        """Record a label (fraud or genuine) at its terminal."""
-        ts.labels.append((label.transaction_time_ms, label.label_time_ms, 1 if label.is_fraud else 0))
+        """Record a label (fraud or genuine) at its terminal; a repeated label for the same
+        transaction replaces the earlier one, so redelivery is harmless."""
+        ts.labels[label.transaction_id] = (
+            label.transaction_time_ms,
+            label.label_time_ms,
+            1 if label.is_fraud else 0,
+        )
         if label.label_time_ms > ts.latest_label_ms:
             ts.latest_label_ms = label.label_time_ms
         c = self.config
         keep_from = ts.latest_label_ms - c.label_delay_ms - c.terminal_windows_ms[-1] - 2 * DAY_MS
-        if ts.labels and ts.labels[0][0] <= keep_from:
-            ts.labels = [x for x in ts.labels if x[0] > keep_from]
+        # Insertion order roughly follows time: prune when the oldest entry has expired.
+        first = next(iter(ts.labels.values()))
+        if first[0] <= keep_from:
+            ts.labels = {k: x for k, x in ts.labels.items() if x[0] > keep_from}
 
     def _terminal_features(self, ts: TerminalState | None, te: int) -> tuple[float, ...]:
         c = self.config
@@ -276,7 +286,7 @@ class FeatureEngine:
         known_by = te - c.label_allowance_ms
         counts = [0] * len(wins)
         frauds = [0] * len(wins)
-        for tx, lt, fr in ts.labels:
+        for tx, lt, fr in ts.labels.values():
             if tx > end or lt > known_by:
                 continue
             age = end - tx

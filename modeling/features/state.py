@@ -25,9 +25,10 @@ class UserState:
 
     __slots__ = (
         "aggs",
+        "applied",
         "base",
-        "clicks",
         "click_last_ms",
+        "clicks",
         "devices",
         "frauds",
         "heads",
@@ -55,7 +56,10 @@ class UserState:
         self.click_last_ms = -1
         self.devices: dict[str, int] = {}  # device -> first seen (ms)
         self.last_login_ms = -1
-        self.frauds: deque[tuple[int, int]] = deque()  # confirmed frauds: (tx time, label time)
+        self.frauds: dict[str, tuple[int, int]] = {}  # confirmed frauds: tx id -> (tx time, label time)
+        # Source positions already folded in (e.g. Kafka offset per input topic), so that a
+        # batch re-delivered after a crash is not applied twice. The offline path leaves it empty.
+        self.applied: dict[str, int] = {}
 
     # ----------------------------------------------------------------------------- snapshot
 
@@ -72,7 +76,8 @@ class UserState:
             self.click_last_ms,
             self.devices,
             self.last_login_ms,
-            [list(f) for f in self.frauds],
+            {k: list(v) for k, v in self.frauds.items()},
+            self.applied,
         ]
         out: bytes = USER_STATE_MAGIC + msgpack.packb(body, use_bin_type=True)
         return out
@@ -81,7 +86,21 @@ class UserState:
     def from_bytes(cls, data: bytes, config: FeatureConfig) -> UserState:
         body = _unpack(data, USER_STATE_MAGIC, "user")
         try:
-            (_, txn_last, prev, n_seen, base, hist, seq, clicks, click_last, devices, login, frauds) = body
+            (
+                _,
+                txn_last,
+                prev,
+                n_seen,
+                base,
+                hist,
+                seq,
+                clicks,
+                click_last,
+                devices,
+                login,
+                frauds,
+                applied,
+            ) = body
             st = cls(config)
             st.txn_last_ms, st.prev_ms, st.n_seen, st.base = txn_last, prev, n_seen, base
             st.hist = deque((int(t), int(c), str(term)) for t, c, term in hist)
@@ -90,8 +109,9 @@ class UserState:
             st.click_last_ms = click_last
             st.devices = {str(k): int(v) for k, v in devices.items()}
             st.last_login_ms = login
-            st.frauds = deque((int(a), int(b)) for a, b in frauds)
-        except (TypeError, ValueError) as exc:
+            st.frauds = {str(k): (int(a), int(b)) for k, (a, b) in frauds.items()}
+            st.applied = {str(k): int(v) for k, v in applied.items()}
+        except (TypeError, ValueError, AttributeError) as exc:
             raise StateError(f"user state snapshot is malformed: {exc}") from None
         st._rebuild(config)
         return st
@@ -115,16 +135,17 @@ class UserState:
 
 
 class TerminalState:
-    """Labelled transactions seen at one terminal: ``(tx time, label time, is_fraud)``."""
+    """Labelled transactions seen at one terminal: tx id -> ``(tx time, label time, is_fraud)``.
+    A later label for the same transaction replaces the earlier one (corrections, redelivery)."""
 
     __slots__ = ("labels", "latest_label_ms")
 
     def __init__(self) -> None:
-        self.labels: list[tuple[int, int, int]] = []
+        self.labels: dict[str, tuple[int, int, int]] = {}
         self.latest_label_ms = -1
 
     def to_bytes(self) -> bytes:
-        body = [STATE_FORMAT_VERSION, self.latest_label_ms, [list(x) for x in self.labels]]
+        body = [STATE_FORMAT_VERSION, self.latest_label_ms, {k: list(v) for k, v in self.labels.items()}]
         out: bytes = TERMINAL_STATE_MAGIC + msgpack.packb(body, use_bin_type=True)
         return out
 
@@ -135,8 +156,8 @@ class TerminalState:
             _, latest, labels = body
             st = cls()
             st.latest_label_ms = int(latest)
-            st.labels = [(int(a), int(b), int(c)) for a, b, c in labels]
-        except (TypeError, ValueError) as exc:
+            st.labels = {str(k): (int(a), int(b), int(c)) for k, (a, b, c) in labels.items()}
+        except (TypeError, ValueError, AttributeError) as exc:
             raise StateError(f"terminal state snapshot is malformed: {exc}") from None
         return st
 

@@ -46,7 +46,9 @@ def test_round_trips() -> None:
     assert parse_click(orjson.dumps(ck.to_dict())) == ck
     lb = Label("t1", "42", "7", True, T, T + 1)
     assert parse_label(orjson.dumps(lb.to_dict())) == lb
-    ev = RiskEvent("t1", "42", 0.5, "review", ("AMOUNT",), "behaviour-0001", "fs1-x", T, T + 5, {"inference": 1.0})
+    ev = RiskEvent(
+        "t1", "42", 0.5, "review", ("AMOUNT",), "behaviour-0001", "fs1-x", T, T + 5, {"inference": 1.0}
+    )
     assert parse_risk_event(ev.to_json()) == ev
     for obj, name in ((tx, "transaction"), (ck, "click"), (lb, "label"), (ev, "risk_event")):
         jsonschema.validate(obj.to_dict(), schema(name))

@@ -42,11 +42,15 @@ def test_window_agg_revert_equals_recompute(values: list[tuple[int, int]], span:
         fresh = WindowAgg()
         for k, x in enumerate(window):
             fresh.update(k, x)
-        assert agg.result() == fresh.result() == (
-            len(window),
-            sum(window),
-            sum(x * x for x in window),
-            max(window),
+        assert (
+            agg.result()
+            == fresh.result()
+            == (
+                len(window),
+                sum(window),
+                sum(x * x for x in window),
+                max(window),
+            )
         )
 
 

@@ -1,0 +1,52 @@
+# syntax=docker/dockerfile:1
+# riskstream CPU image: the scorer worker (default), and every other `riskstream` subcommand
+# (topics, replay, train on CPU, models). Build from the repository root:
+#
+#   docker build -f docker/cpu.Dockerfile -t riskstream:cpu .
+#
+# It installs riskstream exactly the way `make setup` and CI do, `pip install` of the repo's
+# pyproject.toml (there is no second dependency list); only the dev extras are left out.
+FROM python:3.11.13-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    RISKSTREAM_HOME=/var/lib/riskstream \
+    RISKSTREAM_REGISTRY_DIR=/var/lib/riskstream/registry \
+    RISKSTREAM_METRICS_PORT=9464
+
+# libgomp1: Paddle's CPU kernels link against the system OpenMP runtime (slim lacks it).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
+
+# A fixed uid/gid, the same in the GPU image, so that both can write the shared registry volume.
+# The registry directory exists in the image (owned by that user) so that a fresh named volume
+# mounted there inherits the ownership.
+RUN groupadd --system --gid 10001 riskstream \
+    && useradd --system --uid 10001 --gid riskstream --home-dir /var/lib/riskstream \
+       --shell /usr/sbin/nologin riskstream \
+    && mkdir -p /var/lib/riskstream/registry \
+    && chown -R riskstream:riskstream /var/lib/riskstream
+
+WORKDIR /tmp/riskstream-src
+COPY pyproject.toml README.md ./
+COPY modeling ./modeling
+COPY streams ./streams
+COPY training ./training
+RUN python -m pip install . \
+    && rm -rf /tmp/riskstream-src
+
+WORKDIR /var/lib/riskstream
+USER 10001:10001
+
+EXPOSE 9464
+
+# Healthy while the worker serves its Prometheus endpoint. One-shot commands (topics, replay,
+# train) serve none: compose turns the check off for them.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=90s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/metrics' % os.environ.get('RISKSTREAM_METRICS_PORT', '9464'), timeout=4).read()"]
+
+ENTRYPOINT ["riskstream"]
+CMD ["worker"]

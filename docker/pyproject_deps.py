@@ -1,0 +1,53 @@
+"""Print the runtime dependencies of pyproject.toml, one requirement a line, leaving out the named
+distributions. The GPU image uses it to install everything riskstream needs except the CPU build of
+Paddle (``paddlepaddle``), whose place the CUDA build (``paddlepaddle-gpu``) takes; pyproject.toml
+stays the only dependency list.
+
+    python docker/pyproject_deps.py --exclude paddlepaddle [pyproject.toml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+def canonical(name: str) -> str:
+    """PEP 503 normalised distribution name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement_name(req: str) -> str:
+    m = _NAME.match(req)
+    if not m:
+        raise ValueError(f"not a requirement: {req!r}")
+    return canonical(m.group(1))
+
+
+def dependencies(pyproject: Path, exclude: set[str]) -> list[str]:
+    with pyproject.open("rb") as f:
+        deps: list[str] = tomllib.load(f)["project"]["dependencies"]
+    skip = {canonical(n) for n in exclude}
+    unknown = skip - {requirement_name(d) for d in deps}
+    if unknown:
+        # A rename in pyproject.toml must not silently let the CPU build back in.
+        raise SystemExit(f"--exclude names no dependency of {pyproject}: {', '.join(sorted(unknown))}")
+    return [d for d in deps if requirement_name(d) not in skip]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("pyproject", nargs="?", default="pyproject.toml", type=Path)
+    p.add_argument("--exclude", action="append", default=[], metavar="NAME")
+    args = p.parse_args(argv)
+    sys.stdout.write("".join(f"{d}\n" for d in dependencies(args.pyproject, set(args.exclude))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Creating the project's topics with aiokafka's admin client (used by ``riskstream kafka topics``
+and by the worker at startup)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from modeling.errors import RiskstreamError
+
+if TYPE_CHECKING:
+    from modeling.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_TOPIC_ALREADY_EXISTS = 36
+
+
+class TopicError(RiskstreamError):
+    """The cluster refused to create a topic."""
+
+
+def project_topics(settings: Settings) -> dict[str, int]:
+    """The topics riskstream reads and writes, each with ``settings.topic_partitions`` partitions."""
+    names = (
+        settings.topic_transactions,
+        settings.topic_clickstream,
+        settings.topic_labels,
+        settings.topic_risk_events,
+        settings.topic_dead_letter,
+    )
+    return dict.fromkeys(names, settings.topic_partitions)
+
+
+async def ensure_topics(
+    bootstrap: str,
+    names: dict[str, int],
+    replication: int = 1,
+    *,
+    timeout_ms: int = 30_000,
+    **client_kwargs: Any,
+) -> list[str]:
+    """Create each topic of ``names`` (name -> partitions) that does not exist yet.
+
+    Returns the names it created; existing topics are left as they are (a topic with fewer
+    partitions than asked for is logged, not altered). ``client_kwargs`` go to
+    ``AIOKafkaAdminClient`` (``security_protocol``, ``ssl_context``, SASL settings …).
+    """
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import KafkaError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **client_kwargs)
+    try:
+        await admin.start()
+    except KafkaError as exc:
+        await admin.close()
+        raise TopicError(f"cannot reach the Kafka cluster: {exc}", bootstrap=bootstrap) from exc
+    try:
+        existing = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics()}
+        for name, want in names.items():
+            if name in existing and existing[name] < want:
+                log.warning(
+                    "topic %s has %d partitions, fewer than the %d asked for", name, existing[name], want
+                )
+        missing = [NewTopic(name, n, replication) for name, n in names.items() if name not in existing]
+        if not missing:
+            return []
+        response = await admin.create_topics(missing, timeout_ms=timeout_ms)
+        created: list[str] = []
+        for topic_error in response.topic_errors:
+            name, code = topic_error[0], topic_error[1]
+            if code == 0:
+                created.append(name)
+            elif code != _TOPIC_ALREADY_EXISTS:  # lost a race with another creator: fine
+                message = topic_error[2] if len(topic_error) > 2 and topic_error[2] else f"error code {code}"
+                raise TopicError(f"cannot create topic {name!r}: {message}", bootstrap=bootstrap, code=code)
+        return sorted(created)
+    finally:
+        await admin.close()

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.streams import _current_event
 
 from modeling.features import FeatureConfig, FeatureEngine, TerminalState
 from modeling.records import parse_label
@@ -72,6 +74,10 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         value_serializer="raw",
         broker_commit_interval=settings.commit_interval_s,
         producer_max_request_size=max(settings.max_message_bytes * 4, 1 << 20),
+        # Batch produce requests: risk events, changelog writes and forwarded labels are many
+        # small records; without linger every send is its own request.
+        producer_linger=0.005,
+        producer_max_batch_size=256 * 1024,
         stream_buffer_maxsize=max(4 * settings.pipeline_max_batch, 4096),
         table_cleanup_interval=3600.0,
         consumer_auto_offset_reset="earliest",
@@ -131,18 +137,32 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
                 await dead_topic.send(key=dl.key, value=dl.value, headers=dl.headers)
             for key, value in res.terminal_labels:
                 await term_topic.send(key=key, value=value)
+            # A table write goes to the changelog partition of the current event; inside
+            # take_events there is none, so point it at an event of the user's partition.
+            by_partition = {ev.message.partition: ev for ev in events}
             for uid, raw in res.user_states.items():
+                _current_event.set(weakref.ref(by_partition[res.user_partition[uid]]))
                 users[uid] = raw
+            _current_event.set(None)
             _record(metrics, settings, res)
 
     @app.agent(term_topic)
     async def terminal_labels(stream: Any) -> None:
-        async for value in stream:
-            lb = parse_label(value, settings.max_message_bytes)
-            raw = terminals.get(lb.terminal_id)
-            ts = TerminalState.from_bytes(raw) if raw is not None else TerminalState()
-            engine.terminal_label(ts, lb)
-            terminals[lb.terminal_id] = ts.to_bytes()
+        within = settings.pipeline_max_wait_ms / 1000.0
+        async for events in stream.take_events(settings.pipeline_max_batch, within=within):
+            touched: dict[str, TerminalState] = {}
+            for ev in events:
+                lb = parse_label(ev.value, settings.max_message_bytes)
+                ts = touched.get(lb.terminal_id)
+                if ts is None:
+                    raw = terminals.get(lb.terminal_id)
+                    ts = TerminalState.from_bytes(raw) if raw is not None else TerminalState()
+                    touched[lb.terminal_id] = ts
+                engine.terminal_label(ts, lb)
+            _current_event.set(weakref.ref(events[-1]))  # one partition: any event of the batch
+            for tid, ts in touched.items():
+                terminals[tid] = ts.to_bytes()
+            _current_event.set(None)
 
     @app.timer(interval=settings.registry_poll_s)  # type: ignore[untyped-decorator]
     async def refresh_model() -> None:

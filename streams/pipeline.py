@@ -2,9 +2,10 @@
 
 Transport-agnostic: the Faust agent hands in raw messages and performs the I/O this returns.
 Per batch: decode and validate each message (a bad one becomes a dead letter and the rest go
-on), run the feature engine on the user's state in arrival order, run the model once on all the
-batch's transactions (sliced to the model's own max batch inside the predictor), and write each
-touched user's state back once.
+on), order the batch by event time (labels by label time; ties: clicks, transactions, labels,
+as the offline path orders them), run the feature engine on each user's state, run the model
+once on all the batch's transactions (sliced to the model's own max batch inside the predictor),
+and write each touched user's state back once.
 """
 
 from __future__ import annotations
@@ -15,10 +16,25 @@ from dataclasses import dataclass, field
 
 from modeling.errors import ValidationError
 from modeling.features import FeatureEngine, TerminalState, TxnFeatures, UserState
-from modeling.records import RiskEvent, Transaction, parse_click, parse_label, parse_transaction
+from modeling.records import (
+    ClickEvent,
+    Label,
+    RiskEvent,
+    Transaction,
+    parse_click,
+    parse_label,
+    parse_transaction,
+)
 from modeling.scoring import Scorer
 
 KIND_TXN, KIND_CLICK, KIND_LABEL = "transaction", "click", "label"
+Record = Transaction | ClickEvent | Label
+_PARSERS: dict[str, Callable[[bytes, int], Record]] = {
+    KIND_TXN: parse_transaction,
+    KIND_CLICK: parse_click,
+    KIND_LABEL: parse_label,
+}
+_RANK = {KIND_CLICK: 0, KIND_TXN: 1, KIND_LABEL: 2}
 
 
 @dataclass(slots=True)
@@ -46,6 +62,7 @@ class BatchResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     terminal_labels: list[tuple[bytes, bytes]] = field(default_factory=list)  # (terminal key, json)
     user_states: dict[str, bytes] = field(default_factory=dict)
+    user_partition: dict[str, int] = field(default_factory=dict)  # the input partition of each user
     scores: list[float] = field(default_factory=list)
     decisions: list[str] = field(default_factory=list)
     queue_wait_s: list[float] = field(default_factory=list)
@@ -133,35 +150,46 @@ class BatchProcessor:
         feats: list[TxnFeatures] = []
         msgs: list[InMessage] = []
         engine = self.engine
-        for m in batch:
-            # Idempotence: a user's state records the last offset it folded in per source
-            # partition, so a batch redelivered after a crash is scored again but not re-applied.
-            source = f"{m.kind}:{m.partition}"
+        # 1. Decode in arrival order; a bad message becomes a dead letter, the rest go on.
+        #    Idempotence: a user's state records the last offset it folded in per source
+        #    partition; a message at or below it (a batch redelivered after a crash) is scored
+        #    again but not re-applied. Freshness is judged against the state as the batch found it.
+        items: list[tuple[int, int, int, Record, InMessage, bool]] = []
+        for i, m in enumerate(batch):
             try:
-                if m.kind == KIND_TXN:
-                    tx = parse_transaction(m.value, self.max_bytes)
-                    st = self._user(tx.user_id, touched)
-                    fresh = _fresh(st, source, m.offset)
-                    f = engine.transaction(st, tx, self._terminal(tx.terminal_id), fold=fresh)
-                    txns.append(tx)
-                    feats.append(f)
-                    msgs.append(m)
-                    out.n_late += f.late
-                elif m.kind == KIND_CLICK:
-                    ck = parse_click(m.value, self.max_bytes)
-                    st = self._user(ck.user_id, touched)
-                    if _fresh(st, source, m.offset):
-                        engine.click(st, ck)
-                else:
-                    lb = parse_label(m.value, self.max_bytes)
-                    st = self._user(lb.user_id, touched)
-                    if _fresh(st, source, m.offset):
-                        engine.user_label(st, lb)
-                    # Forwarded even when redelivered: terminal state replaces by transaction id.
-                    out.terminal_labels.append((lb.terminal_id.encode(), m.value))
+                rec = _PARSERS[m.kind](m.value, self.max_bytes)
             except ValidationError as exc:
                 out.dead_letters.append(_dead_letter(m, exc))
                 out.dead_fields.append((m.topic, exc.field))
+                continue
+            st = self._user(rec.user_id, touched)
+            out.user_partition[rec.user_id] = m.partition
+            fresh = st.applied.get(f"{m.kind}:{m.partition}", -1) < m.offset
+            t = rec.label_time_ms if isinstance(rec, Label) else rec.event_time_ms
+            items.append((t, _RANK[m.kind], i, rec, m, fresh))
+        # 2. Event-time order inside the batch (ties: clicks, transactions, labels — the offline
+        #    order): a small reorder buffer that absorbs skew between the three input topics.
+        items.sort(key=lambda x: (x[0], x[1], x[2]))
+        for _, _, _, rec, m, fresh in items:
+            st = touched[rec.user_id]
+            if fresh:
+                source = f"{m.kind}:{m.partition}"
+                if st.applied.get(source, -1) < m.offset:
+                    st.applied[source] = m.offset
+            if isinstance(rec, Transaction):
+                f = engine.transaction(st, rec, self._terminal(rec.terminal_id), fold=fresh)
+                txns.append(rec)
+                feats.append(f)
+                msgs.append(m)
+                out.n_late += f.late
+            elif isinstance(rec, ClickEvent):
+                if fresh:
+                    engine.click(st, rec)
+            else:
+                if fresh:
+                    engine.user_label(st, rec)
+                # Forwarded even when redelivered: terminal state replaces by transaction id.
+                out.terminal_labels.append((rec.terminal_id.encode(), m.value))
         if txns:
             scorer = self.scorer()  # one model version for the whole batch
             t0 = time.monotonic()
@@ -200,14 +228,6 @@ class BatchProcessor:
             out.user_states[uid] = raw
             self.users.put(uid, raw, st)
         return out
-
-
-def _fresh(st: UserState, source: str, offset: int) -> bool:
-    """True (and recorded) if ``offset`` of ``source`` is not yet folded into ``st``."""
-    if st.applied.get(source, -1) >= offset:
-        return False
-    st.applied[source] = offset
-    return True
 
 
 def _dead_letter(m: InMessage, exc: ValidationError) -> DeadLetter:

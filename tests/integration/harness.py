@@ -1,0 +1,220 @@
+"""Helpers for tests that run real worker processes against the session's Kafka broker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+RISKSTREAM = [sys.executable, "-m", "streams.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Scenario:
+    """One isolated deployment: its own app id, topics and registry on the shared broker."""
+
+    bootstrap: str
+    registry_dir: Path
+    home: Path
+    partitions: int = 4
+    name: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    @property
+    def topics(self) -> dict[str, str]:
+        return {
+            "transactions": f"tx-{self.name}",
+            "clickstream": f"clicks-{self.name}",
+            "labels": f"labels-{self.name}",
+            "risk_events": f"risk-{self.name}",
+            "dead_letter": f"dlq-{self.name}",
+        }
+
+    def env(self, **extra: str) -> dict[str, str]:
+        t = self.topics
+        env = {
+            **os.environ,
+            "RISKSTREAM_BOOTSTRAP_SERVERS": self.bootstrap,
+            "RISKSTREAM_APP_ID": f"rs-{self.name}",
+            "RISKSTREAM_TOPIC_TRANSACTIONS": t["transactions"],
+            "RISKSTREAM_TOPIC_CLICKSTREAM": t["clickstream"],
+            "RISKSTREAM_TOPIC_LABELS": t["labels"],
+            "RISKSTREAM_TOPIC_RISK_EVENTS": t["risk_events"],
+            "RISKSTREAM_TOPIC_DEAD_LETTER": t["dead_letter"],
+            "RISKSTREAM_TOPIC_PARTITIONS": str(self.partitions),
+            "RISKSTREAM_REGISTRY_DIR": str(self.registry_dir),
+            "RISKSTREAM_REGISTRY_POLL_S": "1",
+            "RISKSTREAM_PIPELINE_MAX_WAIT_MS": "20",
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.pop("RISKSTREAM_CONFIG", None)
+        env.update(extra)
+        return env
+
+    def settings(self) -> Any:
+        from modeling.settings import Settings
+
+        t = self.topics
+        return Settings(
+            bootstrap_servers=self.bootstrap,
+            app_id=f"rs-{self.name}",
+            topic_transactions=t["transactions"],
+            topic_clickstream=t["clickstream"],
+            topic_labels=t["labels"],
+            topic_risk_events=t["risk_events"],
+            topic_dead_letter=t["dead_letter"],
+            topic_partitions=self.partitions,
+            registry_dir=self.registry_dir,
+        )
+
+
+class WorkerProc:
+    def __init__(self, scenario: Scenario, tag: str) -> None:
+        self.scenario = scenario
+        self.metrics_port = free_port()
+        self.web_port = free_port()
+        self.log_path = scenario.home / f"worker-{scenario.name}-{tag}.log"
+        self.data_dir = scenario.home / f"data-{tag}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProc:
+        env = self.scenario.env(RISKSTREAM_WORKER_DATA_DIR=str(self.data_dir))
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    *RISKSTREAM,
+                    "worker",
+                    "--web-port",
+                    str(self.web_port),
+                    "--metrics-port",
+                    str(self.metrics_port),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return str(r.read().decode())
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of ``name`` whose labels include ``labels``."""
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if not line.startswith(name):
+                continue
+            head, _, value = line.rpartition(" ")
+            metric, _, lab = head.partition("{")
+            if metric != name:
+                continue
+            if all(f'{k}="{v}"' in lab for k, v in labels.items()):
+                total += float(value)
+        return total
+
+    def wait_metrics(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                self.metrics()
+                return
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError(f"worker metrics endpoint never came up\n{self.log_tail()}")
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {self.proc.returncode}\n{self.log_tail()}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(30)
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+
+async def produce(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, bytes]], **kw: Any) -> int:
+    from aiokafka import AIOKafkaProducer
+
+    p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, **kw)
+    await p.start()
+    n = 0
+    try:
+        futs = []
+        for key, value in items:
+            futs.append(await p.send(topic, value, key=key))
+            n += 1
+        await p.flush()
+        for f in futs:
+            await f
+    finally:
+        await p.stop()
+    return n
+
+
+async def consume(
+    bootstrap: str, topic: str, *, until: int | None = None, timeout: float = 120.0, idle: float | None = None
+) -> list[Any]:
+    """Read ``topic`` from the beginning until ``until`` records, ``timeout``, or ``idle`` seconds
+    without a new record."""
+    from aiokafka import AIOKafkaConsumer
+
+    c = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await c.start()
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout
+    last = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            if until is not None and len(out) >= until:
+                break
+            if idle is not None and out and time.monotonic() - last > idle:
+                break
+            batch = await c.getmany(timeout_ms=500)
+            for recs in batch.values():
+                out.extend(recs)
+                last = time.monotonic()
+    finally:
+        await c.stop()
+    return out
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)

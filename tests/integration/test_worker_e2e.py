@@ -102,6 +102,14 @@ def test_n_in_n_out_and_dead_letters(
         w.stop()
 
 
+def _republish(registry: ModelRegistry, version: str, staging: Path, **extra: str) -> str:
+    """Publish a copy of ``version``'s files as a new version."""
+    shutil.copytree(registry.path(version), staging, ignore=shutil.ignore_patterns("manifest.json"))
+    reserved = {"version", "kind", "created", "files", "libraries"}
+    manifest = {k: v for k, v in registry.manifest(version).items() if k not in reserved}
+    return registry.publish("behaviour", staging, manifest | extra)
+
+
 def _state_view(st: UserState) -> tuple[object, ...]:
     return (st.txn_last_ms, st.prev_ms, st.n_seen, list(st.hist), list(st.seq), st.frauds, st.devices)
 
@@ -142,7 +150,7 @@ def test_sigkill_mid_stream_loses_nothing_and_restores_state(
         changelog = run(consume(sc.bootstrap, f"rs-{sc.name}-user-state-changelog", timeout=30, idle=3))
         latest: dict[str, bytes] = {}
         for r in changelog:
-            latest[r.key.decode()] = r.value
+            latest[orjson.loads(r.key)] = r.value  # table keys are JSON strings
         config = FeatureConfig()
         runner = FeatureRunner(FeatureEngine(config))
         for _ in runner.run(events):
@@ -171,9 +179,7 @@ def test_two_workers_share_partitions_and_swap_models_under_load(
         time.sleep(5)  # both in the group before traffic
         _replay(sc, events[: len(events) // 2])
         # A tampered bundle is refused and the old model keeps serving.
-        bad_dir = tmp_path / "bad"
-        shutil.copytree(registry.path(first), bad_dir)
-        bad = registry.publish("behaviour", bad_dir, registry.manifest(first) | {"note": "tampered"})
+        bad = _republish(registry, first, tmp_path / "bad", note="tampered")
         weights = next(iter(registry.path(bad).rglob("*.pdiparams")))
         weights.write_bytes(weights.read_bytes()[:-16] + b"\0" * 16)
         deadline = time.monotonic() + 60
@@ -182,7 +188,7 @@ def test_two_workers_share_partitions_and_swap_models_under_load(
             time.sleep(0.5)
         # A good new version is picked up without a restart, mid-stream.
         registry.rollback("behaviour", to=first)
-        good = registry.publish("behaviour", registry.path(first), registry.manifest(first))
+        good = _republish(registry, first, tmp_path / "good", note="retrained")
         _replay(sc, events[len(events) // 2 :])
         recs = []
         deadline = time.monotonic() + 300

@@ -163,6 +163,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
             for tid, ts in touched.items():
                 terminals[tid] = ts.to_bytes()
             _current_event.set(None)
+            metrics.events_in.labels(term_topic.get_topic_name()).inc(len(events))
 
     @app.timer(interval=settings.registry_poll_s)  # type: ignore[untyped-decorator]
     async def refresh_model() -> None:

@@ -25,6 +25,7 @@ from modeling.features.state import TerminalState, UserState
 from modeling.records import ClickEvent, Label, Transaction
 
 _LOG_30D_S = math.log1p(30 * 86400.0)
+MAX_LOGINS = 8
 _TWO_PI = 2.0 * math.pi
 _log1p = math.log1p
 
@@ -188,8 +189,15 @@ class FeatureEngine:
             st.devices[ev.device_id] = t
             if len(st.devices) > self.config.max_known_devices:
                 del st.devices[min(st.devices, key=st.devices.__getitem__)]
-        if ev.type == "login" and t > st.last_login_ms:
-            st.last_login_ms = t
+        if ev.type == "login":
+            # The most recent logins, newest last; a few are kept so that logins arriving ahead
+            # of a transaction (clickstream running early) do not hide the one before it.
+            logins = st.logins
+            logins.append(t)
+            if len(logins) > 1 and logins[-2] > t:
+                logins.sort()
+            if len(logins) > MAX_LOGINS:
+                del logins[0]
 
     def _click_features(self, st: UserState, te: int, device: str | None) -> tuple[float, ...]:
         if not self.config.use_clicks:
@@ -198,7 +206,11 @@ class FeatureEngine:
         logins_h = logins_d = failed_h = failed_d = pwd = payees = views_h = 0
         devs: set[str] = set()
         ips: set[str] = set()
-        last_login = st.last_login_ms if st.last_login_ms <= te else -1
+        last_login = -1
+        for lt in reversed(st.logins):
+            if lt <= te:
+                last_login = lt
+                break
         for tc, kind, dev, ip in st.clicks:
             if tc > te or tc <= d_from:
                 continue

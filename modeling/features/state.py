@@ -33,7 +33,7 @@ class UserState:
         "frauds",
         "heads",
         "hist",
-        "last_login_ms",
+        "logins",
         "n_seen",
         "prev_ms",
         "seq",
@@ -55,7 +55,7 @@ class UserState:
         self.clicks: deque[tuple[int, str, str, str]] = deque()  # (time_ms, type, device, ip)
         self.click_last_ms = -1
         self.devices: dict[str, int] = {}  # device -> first seen (ms)
-        self.last_login_ms = -1
+        self.logins: list[int] = []  # recent login times, ascending
         self.frauds: dict[str, tuple[int, int]] = {}  # confirmed frauds: tx id -> (tx time, label time)
         # Source positions already folded in (e.g. Kafka offset per input topic), so that a
         # batch re-delivered after a crash is not applied twice. The offline path leaves it empty.
@@ -75,7 +75,7 @@ class UserState:
             [list(c) for c in self.clicks],
             self.click_last_ms,
             self.devices,
-            self.last_login_ms,
+            self.logins,
             {k: list(v) for k, v in self.frauds.items()},
             self.applied,
         ]
@@ -108,7 +108,7 @@ class UserState:
             st.clicks = deque((int(t), str(k), str(d), str(ip)) for t, k, d, ip in clicks)
             st.click_last_ms = click_last
             st.devices = {str(k): int(v) for k, v in devices.items()}
-            st.last_login_ms = login
+            st.logins = [int(x) for x in login]
             st.frauds = {str(k): (int(a), int(b)) for k, (a, b) in frauds.items()}
             st.applied = {str(k): int(v) for k, v in applied.items()}
         except (TypeError, ValueError, AttributeError) as exc:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from modeling.features import FeatureConfig, FeatureEngine, TerminalState, UserState, stack
+from modeling.features import FeatureConfig, FeatureEngine, FeatureRunner, TerminalState, UserState, stack
 from modeling.records import ClickEvent, Label, Transaction
 from training.featurize import featurize_frame
 from training.history import event_stream, load_history
@@ -123,3 +123,26 @@ def _offline_in_arrival_order(
 
     runner = FeatureRunner(FeatureEngine(config))
     return {tx.transaction_id: f for tx, f in runner.run(events)}
+
+
+def test_clicks_and_labels_arriving_early_change_nothing(sample: pd.DataFrame) -> None:
+    """Clickstream and labels may run ahead of transactions (separate topics): a click or label
+    from after a transaction never counts for it, so delivering them up to 30 minutes early
+    gives the same vectors."""
+    config = FeatureConfig()
+    events = list(event_stream(sample, config).events())
+    lead = 30 * 60_000
+
+    def arrival(e: Transaction | ClickEvent | Label) -> int:
+        if isinstance(e, Transaction):
+            return e.event_time_ms
+        t = e.label_time_ms if isinstance(e, Label) else e.event_time_ms
+        return t - lead
+
+    early = sorted(events, key=arrival)  # stable: ties keep the original order
+    assert early != events
+    base = {tx.transaction_id: f for tx, f in FeatureRunner(FeatureEngine(config)).run(events)}
+    got = {tx.transaction_id: f for tx, f in FeatureRunner(FeatureEngine(config)).run(early)}
+    for tid, f in base.items():
+        np.testing.assert_allclose(got[tid].tab, f.tab, atol=1e-9, rtol=0)
+        assert got[tid].seq == f.seq

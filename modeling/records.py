@@ -142,6 +142,7 @@ class RiskEvent:
     scored_time_ms: int
     latency_ms: dict[str, float] = field(default_factory=dict)
     text_score: float | None = None
+    behaviour_score: float | None = None  # set with text_score: the behaviour model's own score
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -159,6 +160,7 @@ class RiskEvent:
         }
         if self.text_score is not None:
             d["text_score"] = self.text_score
+            d["behaviour_score"] = self.behaviour_score
         return d
 
     def to_json(self) -> bytes:
@@ -311,6 +313,7 @@ def parse_risk_event(raw: bytes | str | dict[str, Any]) -> RiskEvent:
     if not isinstance(lat, dict):
         raise ValidationError("latency_ms", "expected an object")
     ts = d.get("text_score")
+    bs = d.get("behaviour_score")
     return RiskEvent(
         transaction_id=_str(d, "transaction_id"),
         user_id=_str(d, "user_id"),
@@ -323,4 +326,5 @@ def parse_risk_event(raw: bytes | str | dict[str, Any]) -> RiskEvent:
         scored_time_ms=_time(d, "scored_time"),
         latency_ms={str(k): float(v) for k, v in lat.items()},
         text_score=None if ts is None else float(ts),
+        behaviour_score=None if bs is None else float(bs),
     )

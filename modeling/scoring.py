@@ -2,8 +2,10 @@
 reason codes. The live worker and the backtest both score through :class:`Scorer`.
 
 Combination: when a transaction carries text and a text model is loaded, the two probabilities
-are combined by noisy-OR, ``1 - (1 - p_behaviour) * (1 - p_text)``, and the reason codes say
-which part drove the decision (``TEXT_RISK`` first when the text score is the larger).
+are combined by a weighted noisy-OR, ``1 - (1 - p_behaviour) * (1 - w * p_text)`` with ``w`` the
+``text_weight`` setting (default 0.5: text alone cannot reach a decline on its own unless the
+decline threshold is below 0.5), and the reason codes say which part drove the decision
+(``TEXT_RISK`` first when the weighted text score is the larger).
 """
 
 from __future__ import annotations
@@ -55,7 +57,16 @@ class Verdict:
 class Scorer:
     """One behaviour model (and optionally one text model) ready to score batches."""
 
-    def __init__(self, behaviour: ScoresBatch, config: FeatureConfig, text: TextModel | None = None) -> None:
+    def __init__(
+        self,
+        behaviour: ScoresBatch,
+        config: FeatureConfig,
+        text: TextModel | None = None,
+        *,
+        text_weight: float = 0.5,
+    ) -> None:
+        if not 0.0 <= text_weight <= 1.0:
+            raise ValueError(f"text_weight must be in [0, 1], got {text_weight}")
         if behaviour.feature_set != config.feature_set:
             raise FeatureSetMismatch(
                 "model was trained on another feature set than this worker computes",
@@ -67,6 +78,7 @@ class Scorer:
             raise ModelLoadError("model manifest has no decision thresholds", model=behaviour.version)
         self.behaviour = behaviour
         self.text = text
+        self.text_weight = text_weight
         self.config = config
         self.thresholds = Thresholds.from_dict(behaviour.thresholds)
         reasons = behaviour.manifest.get("reasons")
@@ -87,7 +99,7 @@ class Scorer:
                 for i, s in zip(idx, ts, strict=True):
                     if s is not None:
                         text_scores[i] = float(s)
-                        combined[i] = 1.0 - (1.0 - p[i]) * (1.0 - s)
+                        combined[i] = 1.0 - (1.0 - p[i]) * (1.0 - self.text_weight * s)
         decisions = decide(combined, self.thresholds)
         flagged = [i for i, d in enumerate(decisions) if d != "approve"]
         codes: dict[int, tuple[str, ...]] = {}
@@ -98,7 +110,7 @@ class Scorer:
         for i, d in enumerate(decisions):
             r = codes.get(i, ())
             ts_i = text_scores[i]
-            if ts_i is not None and d != "approve" and ts_i >= p[i]:
+            if ts_i is not None and d != "approve" and self.text_weight * ts_i >= p[i]:
                 r = (TEXT_REASON, *r)
             if feats[i].late:
                 r = (*r, LATE_REASON)

@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     use_onednn: bool = True
     use_tensorrt: bool = False
     use_fp16: bool = False
+    text_weight: float = Field(default=0.5, ge=0.0, le=1.0)
 
     # --- features ----------------------------------------------------------------------------
     label_delay_days: float = Field(default=7.0, ge=0)

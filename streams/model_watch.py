@@ -63,7 +63,7 @@ class ModelWatcher:
                 cpu_threads=self.settings.cpu_threads,
                 use_onednn=self.settings.use_onednn,
             )
-        return Scorer(predictor, self.config, text)
+        return Scorer(predictor, self.config, text, text_weight=self.settings.text_weight)
 
     async def poll(self) -> bool:
         """Swap to the registry's current versions if they changed; True if a swap happened."""

@@ -216,6 +216,7 @@ class BatchProcessor:
                         "end_to_end": round(e2e, 3),
                     },
                     text_score=v.text_score,
+                    behaviour_score=None if v.text_score is None else v.behaviour_score,
                 )
                 out.risk_events.append((tx.user_id.encode(), ev.to_json()))
                 out.scores.append(v.score)

@@ -6,6 +6,7 @@ are rebuilt from them, which is exact because amounts are integer cents.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import deque
 from typing import Any
 
@@ -70,13 +71,13 @@ class UserState:
             self.prev_ms,
             self.n_seen,
             self.base,
-            [list(e) for e in self.hist],
-            [list(s) for s in self.seq],
-            [list(c) for c in self.clicks],
+            list(self.hist),  # msgpack writes tuples as arrays
+            list(self.seq),
+            list(self.clicks),
             self.click_last_ms,
             self.devices,
             self.logins,
-            {k: list(v) for k, v in self.frauds.items()},
+            self.frauds,
             self.applied,
         ]
         out: bytes = USER_STATE_MAGIC + msgpack.packb(body, use_bin_type=True)
@@ -97,38 +98,45 @@ class UserState:
                 clicks,
                 click_last,
                 devices,
-                login,
+                logins,
                 frauds,
                 applied,
             ) = body
             st = cls(config)
-            st.txn_last_ms, st.prev_ms, st.n_seen, st.base = txn_last, prev, n_seen, base
-            st.hist = deque((int(t), int(c), str(term)) for t, c, term in hist)
-            st.seq.extend(tuple(float(x) for x in s) for s in seq)
-            st.clicks = deque((int(t), str(k), str(d), str(ip)) for t, k, d, ip in clicks)
-            st.click_last_ms = click_last
-            st.devices = {str(k): int(v) for k, v in devices.items()}
-            st.logins = [int(x) for x in login]
-            st.frauds = {str(k): (int(a), int(b)) for k, (a, b) in frauds.items()}
-            st.applied = {str(k): int(v) for k, v in applied.items()}
-        except (TypeError, ValueError, AttributeError) as exc:
+            st.txn_last_ms, st.prev_ms, st.n_seen, st.base = int(txn_last), int(prev), int(n_seen), int(base)
+            st.hist = deque(hist)
+            st.seq.extend(seq)
+            st.clicks = deque(clicks)
+            st.click_last_ms = int(click_last)
+            st.devices = dict(devices)
+            st.logins = list(logins)
+            st.frauds = dict(frauds)
+            st.applied = dict(applied)
+            st._rebuild(config)
+        except (TypeError, ValueError, AttributeError, IndexError) as exc:
             raise StateError(f"user state snapshot is malformed: {exc}") from None
-        st._rebuild(config)
         return st
 
     def _rebuild(self, config: FeatureConfig) -> None:
-        """Recompute window aggregates from ``hist`` as the incremental path left them."""
+        """Recompute window aggregates from ``hist`` exactly as the incremental path left them."""
+        times = [e[0] for e in self.hist]
+        cents = [e[1] for e in self.hist]
+        n = len(times)
         for j, w in enumerate(config.txn_windows_ms):
-            cutoff = self.txn_last_ms - w
+            k = bisect_right(times, self.txn_last_ms - w)  # first entry inside the window
             agg = self.aggs[j]
-            agg.initialize()
-            head = self.n_seen
-            for k, (t, cents, _) in enumerate(self.hist):
-                if t > cutoff:
-                    idx = self.base + k
-                    head = min(head, idx)
-                    agg.update(idx, cents)
-            self.heads[j] = head
+            inside = cents[k:]
+            agg.count = n - k
+            agg.sum = sum(inside)
+            agg.sumsq = sum(c * c for c in inside)
+            # The max deque holds the entries greater than every later one (suffix maxima).
+            q: list[tuple[int, int]] = []
+            for i in range(n - 1, k - 1, -1):
+                if not q or cents[i] > q[-1][1]:
+                    q.append((self.base + i, cents[i]))
+            q.reverse()
+            agg.maxq = deque(q)
+            self.heads[j] = self.base + k
         self.terms.initialize()
         for _, _, term in self.hist:
             self.terms.update(term)
@@ -145,7 +153,7 @@ class TerminalState:
         self.latest_label_ms = -1
 
     def to_bytes(self) -> bytes:
-        body = [STATE_FORMAT_VERSION, self.latest_label_ms, {k: list(v) for k, v in self.labels.items()}]
+        body = [STATE_FORMAT_VERSION, self.latest_label_ms, self.labels]
         out: bytes = TERMINAL_STATE_MAGIC + msgpack.packb(body, use_bin_type=True)
         return out
 
@@ -156,21 +164,21 @@ class TerminalState:
             _, latest, labels = body
             st = cls()
             st.latest_label_ms = int(latest)
-            st.labels = {str(k): (int(a), int(b), int(c)) for k, (a, b, c) in labels.items()}
+            st.labels = dict(labels)
         except (TypeError, ValueError, AttributeError) as exc:
             raise StateError(f"terminal state snapshot is malformed: {exc}") from None
         return st
 
 
-def _unpack(data: bytes, magic: bytes, what: str) -> list[Any]:
+def _unpack(data: bytes, magic: bytes, what: str) -> tuple[Any, ...]:
     if not isinstance(data, bytes | bytearray | memoryview) or bytes(data[:3]) != magic:
         raise StateError(f"not a riskstream {what} state snapshot", magic=bytes(data[:3]))
     try:
-        body = msgpack.unpackb(bytes(data[3:]), raw=False, strict_map_key=False)
+        body = msgpack.unpackb(bytes(data[3:]), raw=False, strict_map_key=False, use_list=False)
     except (msgpack.UnpackException, ValueError) as exc:
         raise StateError(f"{what} state snapshot is corrupt: {exc}") from None
-    if not isinstance(body, list) or not body or body[0] != STATE_FORMAT_VERSION:
-        version = body[0] if isinstance(body, list) and body else None
+    if not isinstance(body, tuple) or not body or body[0] != STATE_FORMAT_VERSION:
+        version = body[0] if isinstance(body, tuple) and body else None
         raise StateError(
             f"{what} state snapshot has format version {version!r}; this build reads {STATE_FORMAT_VERSION}"
         )

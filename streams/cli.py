@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "kafka": "streams.broker.command",
     "worker": "streams.worker_command",
     "replay": "streams.replay_command",
+    "warmup": "streams.warmup_command",
     "demo": "streams.demo",
     "train": "training.train_command",
     "train-text": "training.text_command",

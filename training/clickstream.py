@@ -16,6 +16,11 @@ labelled synthetic wherever it is used:
 
 The generator reads the scenario column to place account takeovers; models never see that
 column. Evaluations against the handbook's published figures run without clickstream features.
+
+Randomness is a seeded hash of the transaction id (or the customer id), not a sequence of draws,
+so a transaction gets the same session whichever slice of the history it is generated with;
+only choices that look at several transactions (a customer's first session in the slice, the
+first fraud of a compromise) can move when a slice cuts through them.
 """
 
 from __future__ import annotations
@@ -27,9 +32,21 @@ _MIN = 60_000
 _HOUR = 60 * _MIN
 
 
+def _hash(keys: np.ndarray, salt: str, seed: int) -> np.ndarray:
+    """A uint64 per key, stable across runs and slices."""
+    return pd.util.hash_array(np.char.add(keys.astype(str), f"|{salt}"), hash_key=f"riskstream{seed:06d}")
+
+
+def _uniform(keys: np.ndarray, salt: str, seed: int) -> np.ndarray:
+    return (_hash(keys, salt, seed) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def _integers(keys: np.ndarray, salt: str, seed: int, low: int, high: int) -> np.ndarray:
+    return low + (_hash(keys, salt, seed) % np.uint64(high - low)).astype(np.int64)
+
+
 def generate_clickstream(txns: pd.DataFrame, seed: int = 7) -> tuple[pd.DataFrame, np.ndarray]:
     """Return (clicks sorted by time, device id per transaction or None)."""
-    rng = np.random.default_rng(seed)
     n = len(txns)
     user = txns["user_id"].to_numpy().astype(str)
     t = txns["time_ms"].to_numpy().astype(np.int64)
@@ -40,21 +57,21 @@ def generate_clickstream(txns: pd.DataFrame, seed: int = 7) -> tuple[pd.DataFram
     second_dev = np.char.add(home_dev, "-b")
     home_ip = np.char.add("ip-", user)
 
-    online = rng.random(n) < 0.35
-    ato_tx = (scen == 3) & (rng.random(n) < 0.8)
+    online = _uniform(tx_id, "online", seed) < 0.35
+    ato_tx = (scen == 3) & (_uniform(tx_id, "ato", seed) < 0.8)
     # Account takeovers for 70% of compromised customers.
     ato_users: set[str] = set()
     first_ato: dict[str, int] = {}
     if (scen == 3).any():
         s3 = pd.DataFrame({"u": user[scen == 3], "t": t[scen == 3]}).groupby("u")["t"].min()
-        pick = rng.random(len(s3)) < 0.7
+        pick = _uniform(s3.index.to_numpy(), "ato-user", seed) < 0.7
         first_ato = {u: int(v) for u, v, p in zip(s3.index, s3.to_numpy(), pick, strict=True) if p}
         ato_users = set(first_ato)
     is_ato_user = np.fromiter((u in ato_users for u in user), bool, n)
     attacker = ato_tx & is_ato_user
     online |= attacker
 
-    dev = np.where(rng.random(n) < 0.10, second_dev, home_dev)
+    dev = np.where(_uniform(tx_id, "device", seed) < 0.10, second_dev, home_dev)
     dev = np.where(attacker, np.char.add("atk-", user), dev)
     ip = np.where(attacker, np.char.add("ipx-", user), home_ip)
 
@@ -72,21 +89,24 @@ def generate_clickstream(txns: pd.DataFrame, seed: int = 7) -> tuple[pd.DataFram
 
     o = np.flatnonzero(online)
     sess = np.char.add("s-", tx_id[o])
-    login_t = t[o] - rng.integers(1 * _MIN, 15 * _MIN, len(o))
-    typo = rng.random(len(o)) < 0.08
+    oid = tx_id[o]
+    login_t = t[o] - _integers(oid, "login", seed, 1 * _MIN, 15 * _MIN)
+    typo = _uniform(oid, "typo", seed) < 0.08
     add(
         user[o][typo],
-        login_t[typo] - rng.integers(10_000, 60_000, typo.sum()),
+        login_t[typo] - _integers(oid[typo], "typo-t", seed, 10_000, 60_000),
         "login_failed",
         sess[typo],
         dev[o][typo],
         ip[o][typo],
     )
     add(user[o], login_t, "login", sess, dev[o], ip[o])
-    n_views = rng.integers(1, 5, len(o))
+    n_views = _integers(oid, "views", seed, 1, 5)
     rep = np.repeat(np.arange(len(o)), n_views)
+    nth = np.arange(len(rep)) - np.repeat(np.cumsum(n_views) - n_views, n_views)
     span = (t[o] - login_t)[rep]
-    view_t = login_t[rep] + (rng.random(len(rep)) * np.maximum(span - 1000, 1)).astype(np.int64)
+    u = _uniform(np.char.add(oid[rep], nth.astype(str)), "view", seed)
+    view_t = login_t[rep] + (u * np.maximum(span - 1000, 1)).astype(np.int64)
     add(user[o][rep], view_t, "page_view", sess[rep], dev[o][rep], ip[o][rep])
 
     # First use of a second personal device registers it.
@@ -98,7 +118,7 @@ def generate_clickstream(txns: pd.DataFrame, seed: int = 7) -> tuple[pd.DataFram
     # Genuine noise, once per chosen customer, attached to one of their online sessions.
     for kind, share in (("change_password", 0.015), ("add_payee", 0.01), ("login_failed", 0.005)):
         pick = pd.Series(np.arange(len(o))).groupby(user[o]).first().to_numpy()
-        pick = pick[rng.random(len(pick)) < share]
+        pick = pick[_uniform(user[o][pick], kind, seed) < share]
         reps = 3 if kind == "login_failed" else 1
         for r in range(reps):
             add(user[o][pick], login_t[pick] + 2000 + r * 5000, kind, sess[pick], dev[o][pick], ip[o][pick])
@@ -106,12 +126,11 @@ def generate_clickstream(txns: pd.DataFrame, seed: int = 7) -> tuple[pd.DataFram
     # Account takeovers.
     if first_ato:
         au = np.array(list(first_ato), dtype=str)
-        t0 = np.array([first_ato[u] for u in au], dtype=np.int64) - rng.integers(
-            1 * _HOUR, 6 * _HOUR, len(au)
-        )
+        t0 = np.array([first_ato[u] for u in au], dtype=np.int64)
+        t0 -= _integers(au, "ato-t", seed, _HOUR, 6 * _HOUR)
         adev, aip = np.char.add("atk-", au), np.char.add("ipx-", au)
         asess = np.char.add("ato-", au)
-        fails = rng.integers(1, 5, len(au))
+        fails = _integers(au, "ato-fails", seed, 1, 5)
         rep = np.repeat(np.arange(len(au)), fails)
         add(
             au[rep],
@@ -124,7 +143,7 @@ def generate_clickstream(txns: pd.DataFrame, seed: int = 7) -> tuple[pd.DataFram
         add(au, t0, "login", asess, adev, aip)
         add(au, t0 + 20_000, "new_device", asess, adev, aip)
         add(au, t0 + 60_000, "change_password", asess, adev, aip)
-        payee = rng.random(len(au)) < 0.5
+        payee = _uniform(au, "ato-payee", seed) < 0.5
         add(au[payee], t0[payee] + 120_000, "add_payee", asess[payee], adev[payee], aip[payee])
 
     clicks = pd.DataFrame({k: np.concatenate(v) for k, v in cols.items()})

@@ -7,6 +7,9 @@ that race and nothing else: hour by hour of event time, it publishes the hour's 
 waits until the worker has consumed them (and applied the labels to terminal state), then
 publishes the hour's transactions. Clicks and labels from later than a transaction never count
 for it (the engine filters by event time), so the early delivery cannot change a score.
+
+The first week is not replayed: ``riskstream warmup`` seeds the worker's state from it, and the
+backtest counts from the second week on while building its state from the first (--eval-from).
 """
 
 from __future__ import annotations
@@ -17,18 +20,24 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import pandas as pd
 from harness import Scenario, WorkerProc, consume, run
 
-from modeling.features import Event, FeatureConfig
+from modeling.features import Event, FeatureConfig, FeatureEngine
 from modeling.predictor import Predictor, PredictorOptions
 from modeling.records import Label, Transaction
 from modeling.registry import ModelRegistry
 from modeling.scoring import Scorer
 from streams.replay import replay_events
+from streams.warmup import build_state, seed_state
 from training.backtest import backtest
 from training.history import event_stream, load_history
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "handbook_2w.parquet"
+
+
+def _time(e: Event) -> int:
+    return e.label_time_ms if isinstance(e, Label) else e.event_time_ms
 
 
 def _replay_hour_by_hour(sc: Scenario, w: WorkerProc, events: list[Event]) -> None:
@@ -38,8 +47,7 @@ def _replay_hour_by_hour(sc: Scenario, w: WorkerProc, events: list[Event]) -> No
     labels_in = 0
     chunks: dict[int, tuple[list[Event], list[Event]]] = {}
     for ev in events:
-        t = ev.label_time_ms if isinstance(ev, Label) else ev.event_time_ms
-        side, txns = chunks.setdefault(t // hour, ([], []))
+        side, txns = chunks.setdefault(_time(ev) // hour, ([], []))
         (txns if isinstance(ev, Transaction) else side).append(ev)
     term_topic = f"rs-{sc.name}-terminal-labels"
     for key in sorted(chunks):
@@ -72,8 +80,15 @@ def test_replayed_live_scores_equal_backtest(kafka_broker: str, model_registry: 
     shutil.copytree(model_registry, reg)
     sc = Scenario(kafka_broker, reg, tmp_path, partitions=2)
     config = FeatureConfig()
-    events = list(event_stream(load_history(sample), config).events())
-    n_tx = len(df)
+    split = "2018-06-08"
+    split_ms = int(pd.Timestamp(split).value // 1_000_000)
+    # The same event sequence the backtest builds from the file, cut at the split.
+    everything = list(event_stream(load_history(sample), config).events())
+    history = [e for e in everything if _time(e) < split_ms]
+    events = [e for e in everything if _time(e) >= split_ms]
+    n_tx = sum(isinstance(e, Transaction) for e in events)
+    runner, _ = build_state(history, FeatureEngine(config))
+    run(seed_state(runner, sc.settings()))
 
     w = WorkerProc(sc, "parity").start()
     try:
@@ -91,11 +106,12 @@ def test_replayed_live_scores_equal_backtest(kafka_broker: str, model_registry: 
 
     registry = ModelRegistry(reg)
     pred = Predictor.load(registry, "behaviour", PredictorOptions(), expected_feature_set=config.feature_set)
-    res = backtest(sample, [Scorer(pred, config)], config, progress=False)
+    res = backtest(sample, [Scorer(pred, config)], config, eval_from=split, progress=False)
     offline = dict(zip(res.transaction_id.tolist(), res.runs[0].scores.tolist(), strict=True))
     ids = sorted(offline)
     a = np.array([live[i] for i in ids])
     b = np.array([offline[i] for i in ids])
+    assert len(ids) == n_tx
     assert res.y is not None and res.y.sum() > 0  # the sample has fraud and terminal history
     diff = np.abs(a - b)
     assert diff.max() <= 1e-5, f"{int((diff > 1e-5).sum())} of {len(ids)} scores differ; max {diff.max():.3g}"

@@ -76,7 +76,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         producer_max_request_size=max(settings.max_message_bytes * 4, 1 << 20),
         # Batch produce requests: risk events, changelog writes and forwarded labels are many
         # small records; without linger every send is its own request.
-        producer_linger=0.005,
+        producer_linger=0.02,
         producer_max_batch_size=256 * 1024,
         stream_buffer_maxsize=max(4 * settings.pipeline_max_batch, 4096),
         table_cleanup_interval=3600.0,

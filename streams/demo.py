@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HELP = "Run the whole product on the shipped data: local Kafka, a trained model, workers, replay, results."
 
@@ -197,7 +198,13 @@ def run(args: argparse.Namespace) -> int:
     return 0 if len(got) == n_tx else 1
 
 
-async def _replay_and_collect(settings, stream, n_tx, procs, replay_events):  # type: ignore[no-untyped-def]
+async def _replay_and_collect(
+    settings: Any,
+    stream: Any,
+    n_tx: int,
+    procs: list[subprocess.Popen[bytes]],
+    replay_events: Any,
+) -> tuple[Any, list[Any], float, float]:
     import orjson
     from aiokafka import AIOKafkaConsumer
 

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     registry = ModelRegistry(settings.registry_dir)
     options = PredictorOptions.from_settings(settings, model_max_batch=max(args.batch, 1))
     text = TextScorer.from_registry(settings.registry_dir, args.text_model) if args.text_model else None
-    scorers = []
+    scorers: list[Scorer] = []
     for version in [args.model, args.compare]:
         if version is None and scorers:
             continue

@@ -119,7 +119,8 @@ def plots(res: BacktestResult, out: Path, metrics: list[dict[str, Any]]) -> list
     fig, ax = plt.subplots(figsize=(8, 4))
     for m in metrics:
         daily = m["card_precision_at_100_daily"]
-        ax.plot(list(daily), list(daily.values()), marker="o", ms=3, label=m["model_version"])
+        days = np.array(list(daily), dtype="datetime64[D]")
+        ax.plot(days, list(daily.values()), marker="o", ms=3, label=m["model_version"])
     ax.set(title="Card Precision@100 per day", ylabel="CP@100")
     ax.tick_params(axis="x", rotation=70, labelsize=6)
     ax.legend(fontsize=8)

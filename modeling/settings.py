@@ -56,7 +56,9 @@ class Settings(BaseSettings):
     registry_dir: Path = Field(default_factory=lambda: default_home() / "registry")
     device: Literal["auto", "cpu", "gpu"] = "auto"
     cpu_threads: int = Field(default=1, ge=1)
-    use_onednn: bool = True
+    # Off by default: with this model oneDNN was slower at every batch size from 1 to 4096 on one
+    # thread (benchmarks/results/predictor.json); turn it on for larger models or more threads.
+    use_onednn: bool = False
     use_tensorrt: bool = False
     use_fp16: bool = False
     text_weight: float = Field(default=0.5, ge=0.0, le=1.0)

@@ -78,7 +78,9 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         # small records; without linger every send is its own request.
         producer_linger=0.02,
         producer_max_batch_size=256 * 1024,
-        stream_buffer_maxsize=max(4 * settings.pipeline_max_batch, 4096),
+        # Messages prefetched ahead of the agent. A saturated worker keeps this queue full, so
+        # it bounds the queueing latency: keep it about two micro-batches.
+        stream_buffer_maxsize=2 * settings.pipeline_max_batch,
         table_cleanup_interval=3600.0,
         consumer_auto_offset_reset="earliest",
         broker_credentials=None,

@@ -1,0 +1,1077 @@
+"""Live worker throughput and latency, compared in one run on one broker over the same messages.
+
+    python benchmarks/bench_worker.py [--transactions 30000] [--registry DIR] [--bootstrap HOST:PORT]
+                                      [--sweep default,batch256,...] [--quick] [--timeout 150]
+                                      [--latency-settings default,onednn-off] [--profile DIR]
+                                      [--out benchmarks/results/worker.json]
+
+About 25 minutes on 2 shared cores with the defaults (``--quick``: about 10).
+
+Messages: a window of ``training.history.event_stream`` over handbook_2w (transactions, the
+synthetic clickstream, labels at transaction time + 7 days) starting ``--start-day`` days in, so
+labels flow alongside transactions as they do in production, holding ``--transactions``
+transactions. They are produced once into three input topics (the backlog); every throughput
+run below reads that same backlog with its own consumer group and writes its own output topic.
+
+* (a) riskstream's worker: ``python -m streams.cli worker`` (one process, a real model trained
+  and published here with ``training.bundle.train_and_publish``, or ``--registry``), once per
+  entry of ``SWEEP`` (pipeline max batch, max wait, model max batch, oneDNN, log level).
+* (b) a plain Faust agent written the usual way (``benchmarks/plain_faust_agent.py``): one
+  event at a time, user state in a Faust table, the model called per transaction (batch 1);
+  with the default predictor options and with oneDNN off.
+* (c) a raw aiokafka relay (this file's ``relay`` role): a consumer group reading the three input
+  topics with ``getmany`` and producing every value to an output topic, doing no work.
+
+Throughput is read from the output topic after the run: records over the time between the
+first and the last output record (their producer timestamps), so start-up is excluded and the
+harness does not compete for CPU while a run is timed. (a) and (b) emit one risk event per
+transaction: their message rate counts the input messages between the first and the last
+transaction. A run still going after ``--timeout`` seconds is stopped and measured over what it
+produced (its status says so). CPU seconds of the process under test (and of the broker when it
+is ours) over the same interval give messages per CPU-second, which varies less than wall-clock
+rates on a shared machine. Micro-batch sizes are read back from the risk events (events of one
+model call share their scored time and inference time).
+
+Latency: per ``--latency-settings`` entry, a worker on fresh topics fed at a constant rate of
+``--latency-fraction`` (0.5) of that setting's measured rate; percentiles of the risk events'
+``latency_ms.end_to_end`` (input Kafka timestamp → risk event built), split into Kafka → worker
+receipt, queue in the worker and inference, and of input timestamp → output record timestamp.
+``--latency-pacing speed`` uses ``streams.replay.replay_events`` with ``speed`` instead:
+event-time pacing follows the data's daily cycle, so its peaks run far above the mean rate (the
+peak 1 s rate is recorded).
+
+``--profile DIR`` adds untimed runs with py-spy attached (raw folded stacks): (a) and (b)
+draining the backlog and (a) under the paced feed.
+
+Results go to ``--out`` (JSON: machine, load averages, settings, counts, every run); a table is
+printed. The targets of issue 5 are (a) ≥ 10 × (b), (a) ≥ 50 % of (c) and p99 ≤ 100 ms at half
+the maximum rate, judged on default settings; the JSON says whether this run met them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DATA = ROOT.parent / "shared" / "data" / "handbook_2w.parquet"
+PARTITIONS = 4
+DAY_MS = 86_400_000
+
+# Worker settings tried for (a); "default" spells out the settings' defaults. ``loglevel`` is the
+# worker's --loglevel (default info); the rest are RISKSTREAM_* settings.
+DEFAULT_WORKER: dict[str, Any] = {
+    "pipeline_max_batch": 512,
+    "pipeline_max_wait_ms": 20,
+    "model_max_batch": 256,
+    "loglevel": "info",
+}
+SWEEP: dict[str, dict[str, Any]] = {
+    "default": {},
+    "batch256": {"pipeline_max_batch": 256},
+    "batch1024": {"pipeline_max_batch": 1024},
+    "batch1024-model1024": {"pipeline_max_batch": 1024, "model_max_batch": 1024},
+    "model64": {"model_max_batch": 64},
+    "wait5": {"pipeline_max_wait_ms": 5},
+    "wait100": {"pipeline_max_wait_ms": 100},
+    # oneDNN caches primitives per input shape (16 by default): micro-batches of varying size
+    # miss that cache; off, Paddle's own CPU kernels are used.
+    "onednn-off": {"use_onednn": False},
+    "onednn-off-wait100": {"use_onednn": False, "pipeline_max_wait_ms": 100},
+    # Faust's worker sets the root logger to DEBUG when --loglevel is warning or above (its
+    # progress spinner listens to every record), so every debug call builds a LogRecord.
+    "loglevel-warning": {"loglevel": "warning"},
+}
+# (b) runs with the same predictor options as (a)'s default, and with oneDNN off.
+PLAIN_SWEEP: dict[str, dict[str, Any]] = {"default": {}, "onednn-off": {"use_onednn": False}}
+QUICK_SWEEP = ("default", "onednn-off")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_gb = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem_gb = round(kb / 1024 / 1024, 1)
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "mem_gb": mem_gb,
+        "loadavg_start": loadavg(),
+    }
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of a process (all its threads), None when unreadable."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+# ------------------------------------------------------------------------------------ messages
+
+
+@dataclass
+class Messages:
+    events: list[Any]
+    counts: dict[str, int]
+    first_txn: int  # index of the first and the last transaction in ``events``
+    last_txn: int
+    window: tuple[int, int]  # event-time range [ms]
+    bytes: int
+
+    @property
+    def n_txn(self) -> int:
+        return self.counts["transactions"]
+
+    @property
+    def between_txns(self) -> int:
+        """Input messages from the first to the last transaction, both included."""
+        return self.last_txn - self.first_txn + 1
+
+
+def event_time(ev: Any) -> int:
+    from modeling.records import Label
+
+    return int(ev.label_time_ms if isinstance(ev, Label) else ev.event_time_ms)
+
+
+def load_messages(path: Path, n_txn: int, start_day: float) -> Messages:
+    import orjson
+
+    from modeling.features import FeatureConfig
+    from modeling.records import ClickEvent, Transaction
+    from training.history import event_stream, load_history
+
+    df = load_history(path)
+    stream = event_stream(df, FeatureConfig())
+    t0 = int(df["time_ms"].min()) + int(start_day * DAY_MS)
+    events: list[Any] = []
+    n = 0
+    for ev in stream.events():
+        if event_time(ev) < t0:
+            continue
+        if isinstance(ev, Transaction):
+            if n == n_txn:
+                break
+            n += 1
+        events.append(ev)
+    kinds = [
+        "transactions" if isinstance(e, Transaction) else "clicks" if isinstance(e, ClickEvent) else "labels"
+        for e in events
+    ]
+    tx_idx = [i for i, k in enumerate(kinds) if k == "transactions"]
+    counts = {k: kinds.count(k) for k in ("transactions", "clicks", "labels")}
+    counts["messages"] = len(events)
+    size = sum(len(orjson.dumps(e.to_dict())) for e in events)
+    return Messages(
+        events, counts, tx_idx[0], tx_idx[-1], (event_time(events[0]), event_time(events[-1])), size
+    )
+
+
+# ------------------------------------------------------------------------------------ model
+
+
+def train_registry(root: Path) -> Path:
+    """Train and publish a real behaviour model (as tests/integration/conftest.py does)."""
+    from modeling.features import FeatureConfig
+    from modeling.registry import ModelRegistry
+    from training.bundle import point_in_time_split, train_and_publish
+    from training.featurize import featurize_frame
+    from training.history import load_history
+    from training.trainer import TrainConfig
+
+    df = load_history(DATA, "2018-06-01", "2018-06-11")
+    m = featurize_frame(df, FeatureConfig())
+    start, end = int(m.time_ms.min()), int(m.time_ms.max()) + 1
+    split = point_in_time_split(m.time_ms, start, end, val_days=2, delay_days=0)
+    train_and_publish(
+        tab=m.tab,
+        seq=m.seq,
+        y=m.y,
+        time_ms=m.time_ms,
+        cards=m.user_id,
+        feature_names=m.feature_names,
+        feature_set=m.feature_set,
+        split=split,
+        net_overrides={},
+        train_cfg=TrainConfig(epochs=2, progress=False, device="cpu"),
+        registry=ModelRegistry(root),
+        source=str(DATA),
+    )
+    return root
+
+
+# ------------------------------------------------------------------------------------ Kafka
+
+
+@dataclass
+class Topics:
+    transactions: str
+    clickstream: str
+    labels: str
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.transactions, self.clickstream, self.labels]
+
+
+def settings_for(bootstrap: str, topics: Topics, out: str = "unused-risk") -> Any:
+    from modeling.settings import Settings
+
+    return Settings(
+        bootstrap_servers=bootstrap,
+        topic_transactions=topics.transactions,
+        topic_clickstream=topics.clickstream,
+        topic_labels=topics.labels,
+        topic_risk_events=out,
+        topic_partitions=PARTITIONS,
+    )
+
+
+async def create_topics(bootstrap: str, names: Sequence[str]) -> None:
+    from streams.broker.topics import ensure_topics
+
+    await ensure_topics(bootstrap, dict.fromkeys(names, PARTITIONS))
+
+
+async def end_count(consumer: Any, topic: str) -> int:
+    from aiokafka import TopicPartition
+
+    offsets = await consumer.end_offsets([TopicPartition(topic, p) for p in range(PARTITIONS)])
+    return int(sum(offsets.values()))
+
+
+async def read_all(bootstrap: str, topic: str) -> list[tuple[int, bytes]]:
+    """Every record of ``topic`` as (producer timestamp ms, value)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=10_000)
+    await c.start()
+    out: list[tuple[int, bytes]] = []
+    try:
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        ends = await c.end_offsets(tps)
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        while remaining:
+            batch = await c.getmany(timeout_ms=1000)
+            for recs in batch.values():
+                out.extend((r.timestamp, r.value) for r in recs)
+            for tp in list(remaining):
+                if await c.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await c.stop()
+    return out
+
+
+# ------------------------------------------------------------------------------------ processes
+
+
+@dataclass
+class Proc:
+    """A process under test: its own session (so its group can be signalled), log in a file."""
+
+    cmd: list[str]
+    env: dict[str, str]
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+    started: float = 0.0
+
+    def start(self) -> Proc:
+        with self.log.open("ab") as fh:
+            self.popen = subprocess.Popen(
+                self.cmd, cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self.started = time.time()
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen else None
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self) -> None:
+        p = self.popen
+        if p is None or p.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+
+    def tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+
+def base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RISKSTREAM_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@dataclass
+class Ctx:
+    bootstrap: str
+    registry: Path
+    work: Path
+    backlog: Topics
+    msgs: Messages
+    run_id: str
+    timeout: float
+    broker_pid: int | None
+    profile_dir: Path | None = None
+    profile_s: float = 15.0
+    profiles: dict[str, str] = field(default_factory=dict)
+
+    def name(self, tag: str) -> str:
+        return f"bench-{self.run_id}-{tag}"
+
+
+def riskstream_env(ctx: Ctx, app_id: str, topics: Topics, out: str, worker: dict[str, Any]) -> dict[str, str]:
+    env = base_env()
+    env.update(
+        {
+            "RISKSTREAM_BOOTSTRAP_SERVERS": ctx.bootstrap,
+            "RISKSTREAM_APP_ID": app_id,
+            "RISKSTREAM_TOPIC_TRANSACTIONS": topics.transactions,
+            "RISKSTREAM_TOPIC_CLICKSTREAM": topics.clickstream,
+            "RISKSTREAM_TOPIC_LABELS": topics.labels,
+            "RISKSTREAM_TOPIC_RISK_EVENTS": out,
+            "RISKSTREAM_TOPIC_DEAD_LETTER": f"{out}-dlq",
+            "RISKSTREAM_TOPIC_PARTITIONS": str(PARTITIONS),
+            "RISKSTREAM_REGISTRY_DIR": str(ctx.registry),
+            "RISKSTREAM_WORKER_DATA_DIR": str(ctx.work / app_id),
+            "RISKSTREAM_WEB_PORT": str(free_port()),
+            "RISKSTREAM_METRICS_PORT": str(free_port()),
+            "RISKSTREAM_HOME": str(ctx.work / "home"),
+        }
+    )
+    env.update({f"RISKSTREAM_{k.upper()}": str(v) for k, v in worker.items() if k != "loglevel"})
+    return env
+
+
+def worker_proc(ctx: Ctx, tag: str, topics: Topics, out: str, worker: dict[str, Any]) -> Proc:
+    app_id = ctx.name(tag)
+    env = riskstream_env(ctx, app_id, topics, out, worker)
+    cmd = [sys.executable, "-m", "streams.cli", "worker", "--loglevel", str(worker["loglevel"])]
+    return Proc(cmd, env, ctx.work / f"{app_id}.log")
+
+
+def plain_proc(ctx: Ctx, tag: str, topics: Topics, out: str, worker: dict[str, Any]) -> Proc:
+    app_id = ctx.name(tag)
+    env = riskstream_env(ctx, app_id, topics, out, worker)
+    port = env["RISKSTREAM_WEB_PORT"]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "plain_faust_agent.py"), "worker", "-l", "info"]
+    return Proc([*cmd, "--web-port", port], env, ctx.work / f"{app_id}.log")
+
+
+def relay_proc(ctx: Ctx, tag: str, topics: Topics, out: str) -> Proc:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "relay", ctx.bootstrap, ctx.name(tag), out]
+    return Proc([*cmd, *topics.inputs], base_env(), ctx.work / f"{ctx.name(tag)}.log")
+
+
+# ------------------------------------------------------------------------------------ measuring
+
+
+def _interp(samples: list[tuple[float, float | None]], t: float) -> float | None:
+    pts = [(a, b) for a, b in samples if b is not None]
+    if not pts:
+        return None
+    ts = np.array([a for a, _ in pts])
+    vs = np.array([b for _, b in pts])
+    return float(np.interp(t, ts, vs))
+
+
+def _pct(a: np.ndarray, q: float) -> float | None:
+    return round(float(np.percentile(a, q)), 2) if len(a) else None
+
+
+async def watch(
+    ctx: Ctx, proc: Proc, out: str, expected: int, timeout: float, profile_as: str | None = None
+) -> dict[str, Any]:
+    """Run ``proc`` until ``out`` holds ``expected`` records (or timeout / the process dies),
+    sampling the CPU time of the process and the broker; then stop it."""
+    from aiokafka import AIOKafkaConsumer
+
+    watcher = AIOKafkaConsumer(bootstrap_servers=ctx.bootstrap, enable_auto_commit=False)
+    await watcher.start()
+    samples: list[tuple[float, float | None, float | None]] = []
+    spy: subprocess.Popen[bytes] | None = None
+    status = "ok"
+    load0 = loadavg()
+    proc.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            now = time.time()
+            samples.append((now, cpu_seconds(proc.pid), cpu_seconds(ctx.broker_pid)))
+            n = await end_count(watcher, out)
+            if n >= expected:
+                break
+            if not proc.alive():
+                status = f"exited with {proc.popen.returncode if proc.popen else '?'}"
+                print(proc.tail(), file=sys.stderr)
+                break
+            if time.monotonic() > deadline:
+                status = f"timeout after {timeout:.0f} s ({n}/{expected} records)"
+                break
+            if profile_as and spy is None and n > 0 and ctx.profile_dir is not None:
+                spy = start_profile(ctx, proc, profile_as)
+            await asyncio.sleep(0.25)
+    finally:
+        await watcher.stop()
+        if spy is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                spy.wait(ctx.profile_s + 30)
+        proc.stop()
+    records = await read_all(ctx.bootstrap, out)
+    ts = np.array(sorted(t for t, _ in records), dtype=np.int64)
+    span = float(ts[-1] - ts[0]) / 1000.0 if len(ts) > 1 else 0.0
+    res: dict[str, Any] = {
+        "status": status,
+        "output_records": len(records),
+        "expected_records": expected,
+        "span_s": round(span, 3),
+        "first_output_after_start_s": round(float(ts[0]) / 1000.0 - proc.started, 2) if len(ts) else None,
+        "loadavg_start": load0,
+        "loadavg_end": loadavg(),
+        "log": str(proc.log),
+    }
+    if len(ts) > 1:
+        t0, t1 = float(ts[0]) / 1000.0, float(ts[-1]) / 1000.0
+        for key, col in (("process_cpu_s", 1), ("broker_cpu_s", 2)):
+            series = [(s[0], s[col]) for s in samples]
+            a, b = _interp(series, t0), _interp(series, t1)
+            res[key] = round(b - a, 2) if a is not None and b is not None else None
+    res["_records"] = records
+    return res
+
+
+def start_profile(ctx: Ctx, proc: Proc, name: str) -> subprocess.Popen[bytes] | None:
+    spy_bin = Path(sys.executable).with_name("py-spy")
+    if not spy_bin.exists() or ctx.profile_dir is None:
+        return None
+    ctx.profile_dir.mkdir(parents=True, exist_ok=True)
+    path = ctx.profile_dir / f"{name}.txt"
+    ctx.profiles[name] = str(path)
+    cmd = [str(spy_bin), "record", "-p", str(proc.pid), "-d", str(int(ctx.profile_s)), "-f", "raw"]
+    return subprocess.Popen(
+        [*cmd, "-o", str(path), "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+
+
+def risk_stats(res: dict[str, Any], msgs: Messages) -> dict[str, Any]:
+    """Rates of a run that emits one risk event per transaction."""
+    import orjson
+
+    records = res.pop("_records")
+    docs = [orjson.loads(v) for _, v in records]
+    ids = [d["transaction_id"] for d in docs]
+    res["batches"] = batch_stats(docs)
+    span = res["span_s"]
+    distinct = len(set(ids))
+    # the messages consumed between the first and the last risk event: those between the first
+    # and the last transaction, scaled down if the run stopped early
+    covered = msgs.between_txns * min(distinct / msgs.n_txn, 1.0)
+    res.update(
+        {
+            "distinct_transactions": distinct,
+            "duplicates": len(ids) - distinct,
+            "messages_per_s": round(covered / span, 1) if span else None,
+            "transactions_per_s": round(distinct / span, 1) if span else None,
+        }
+    )
+    if res.get("process_cpu_s"):
+        res["messages_per_cpu_s"] = round(covered / res["process_cpu_s"], 1)
+    return res
+
+
+def batch_stats(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Micro-batches as seen in the risk events: events sharing a scored time and an inference
+    time came from one model call."""
+    sizes: dict[tuple[int, float], int] = {}
+    for d in docs:
+        k = (d["scored_time"], d["latency_ms"].get("inference", 0.0))
+        sizes[k] = sizes.get(k, 0) + 1
+    if not sizes:
+        return {}
+    n = np.array(list(sizes.values()))
+    inf = np.array([k[1] for k in sizes])
+    return {
+        "model_calls": len(n),
+        "transactions_per_call_mean": round(float(n.mean()), 1),
+        "transactions_per_call_p50": float(np.median(n)),
+        "transactions_per_call_max": int(n.max()),
+        "inference_ms_per_call_mean": round(float(inf.mean()), 3),
+        "inference_ms_total": round(float(inf.sum()), 1),
+    }
+
+
+def relay_stats(res: dict[str, Any]) -> dict[str, Any]:
+    records = res.pop("_records")
+    span = res["span_s"]
+    res["messages_per_s"] = round(len(records) / span, 1) if span else None
+    if res.get("process_cpu_s"):
+        res["messages_per_cpu_s"] = round(len(records) / res["process_cpu_s"], 1)
+    return res
+
+
+# ------------------------------------------------------------------------------------ phases
+
+
+async def run_worker(ctx: Ctx, label: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    worker = {**DEFAULT_WORKER, **overrides}
+    out = ctx.name(f"a-{label}-risk")
+    await create_topics(ctx.bootstrap, [out, f"{out}-dlq"])
+    proc = worker_proc(ctx, f"a-{label}", ctx.backlog, out, worker)
+    res = await watch(ctx, proc, out, ctx.msgs.n_txn, ctx.timeout)
+    return {"system": "a", "label": label, "settings": worker, **risk_stats(res, ctx.msgs)}
+
+
+async def run_plain(ctx: Ctx, label: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    worker = {**DEFAULT_WORKER, **overrides}
+    out = ctx.name(f"b-{label}-risk")
+    await create_topics(ctx.bootstrap, [out])
+    proc = plain_proc(ctx, f"b-{label}", ctx.backlog, out, worker)
+    res = await watch(ctx, proc, out, ctx.msgs.n_txn, ctx.timeout)
+    return {"system": "b", "label": label, "settings": worker, **risk_stats(res, ctx.msgs)}
+
+
+async def run_relay(ctx: Ctx) -> dict[str, Any]:
+    out = ctx.name("c-out")
+    await create_topics(ctx.bootstrap, [out])
+    proc = relay_proc(ctx, "c", ctx.backlog, out)
+    res = await watch(ctx, proc, out, ctx.msgs.counts["messages"], ctx.timeout)
+    return {"system": "c", "label": "raw-aiokafka", **relay_stats(res)}
+
+
+async def run_profiles(ctx: Ctx, paced_rate: float | None, fraction: float, warmup: int) -> None:
+    """Extra, untimed runs of (a) default and (b) draining the backlog, and of (a) default under
+    the latency phase's paced feed, with py-spy attached once output flows."""
+    assert ctx.profile_dir is not None
+    out = ctx.name("pa-risk")
+    await create_topics(ctx.bootstrap, [out, f"{out}-dlq"])
+    proc = worker_proc(ctx, "pa", ctx.backlog, out, DEFAULT_WORKER)
+    (await watch(ctx, proc, out, ctx.msgs.n_txn, ctx.timeout, profile_as="worker")).pop("_records")
+    out = ctx.name("pb-risk")
+    await create_topics(ctx.bootstrap, [out])
+    proc = plain_proc(ctx, "pb", ctx.backlog, out, DEFAULT_WORKER)
+    (await watch(ctx, proc, out, ctx.msgs.n_txn, ctx.timeout, profile_as="plain")).pop("_records")
+    if paced_rate:
+        secs = ctx.profile_s + 15.0
+        await run_latency(ctx, "default", paced_rate, fraction, secs, "constant", warmup, "worker-paced")
+
+
+async def paced_send(
+    events: Sequence[Any], bootstrap: str, topics: Topics, rate: float | None
+) -> dict[str, Any]:
+    """Produce ``events`` in order at a constant message rate (``None``: as fast as possible),
+    with replay_events' producer settings; Kafka timestamps are the send time."""
+    import orjson
+    from aiokafka import AIOKafkaProducer
+
+    from modeling.records import ClickEvent, Transaction
+
+    def topic(ev: Any) -> str:
+        if isinstance(ev, Transaction):
+            return topics.transactions
+        return topics.clickstream if isinstance(ev, ClickEvent) else topics.labels
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        linger_ms=5,
+        max_batch_size=512 * 1024,
+        acks="all",
+        enable_idempotence=True,
+    )
+    await producer.start()
+    pending: list[asyncio.Future[Any]] = []
+    t0, cpu0 = time.monotonic(), time.process_time()
+    behind = 0.0
+    try:
+        for i, ev in enumerate(events):
+            if rate:
+                ahead = t0 + i / rate - time.monotonic()
+                if ahead > 0.002:
+                    await asyncio.sleep(ahead)
+                behind = max(behind, -ahead)
+            pending.append(
+                await producer.send(topic(ev), orjson.dumps(ev.to_dict()), key=ev.user_id.encode())
+            )
+            if len(pending) >= 5000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await producer.flush()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    seconds = time.monotonic() - t0
+    return {
+        "messages": len(events),
+        "seconds": round(seconds, 2),
+        "rate": round(len(events) / seconds, 1),
+        "max_behind_schedule_s": round(behind, 3),
+        "producer_cpu_s": round(time.process_time() - cpu0, 2),  # this harness process
+    }
+
+
+async def run_latency(
+    ctx: Ctx,
+    label: str,
+    max_rate: float,
+    fraction: float,
+    seconds: float,
+    pacing: str,
+    warmup: int,
+    profile_as: str | None = None,
+) -> dict[str, Any]:
+    """Fresh topics, one default worker, a constant (or event-time) paced feed; percentiles."""
+    import orjson
+
+    from modeling.records import Transaction
+    from streams.replay import replay_events
+
+    tag = f"lat-{label}-{pacing}" + (f"-{profile_as}" if profile_as else "")
+    worker = {**DEFAULT_WORKER, **SWEEP[label]}
+    topics = Topics(ctx.name(f"{tag}-tx"), ctx.name(f"{tag}-clicks"), ctx.name(f"{tag}-labels"))
+    out = ctx.name(f"{tag}-risk")
+    await create_topics(ctx.bootstrap, [*topics.inputs, out, f"{out}-dlq"])
+    rate = max_rate * fraction
+    events = ctx.msgs.events
+    warm, rest = events[:warmup], events[warmup : warmup + int(rate * seconds)]
+    warm_ids = {e.transaction_id for e in warm if isinstance(e, Transaction)}
+    n_tx = len(warm_ids) + sum(isinstance(e, Transaction) for e in rest)
+    proc = worker_proc(ctx, tag, topics, out, worker)
+    feed: dict[str, Any] = {"pacing": pacing, "target_rate": round(rate, 1), "warmup_messages": len(warm)}
+
+    async def produce() -> None:
+        await paced_send(warm, ctx.bootstrap, topics, None)
+        from aiokafka import AIOKafkaConsumer
+
+        c = AIOKafkaConsumer(bootstrap_servers=ctx.bootstrap, enable_auto_commit=False)
+        await c.start()
+        try:  # the worker is up and assigned once the warm-up's risk events are out
+            while await end_count(c, out) < len(warm_ids):
+                await asyncio.sleep(0.2)
+        finally:
+            await c.stop()
+        await asyncio.sleep(1.0)
+        feed["load_at_feed_start"] = loadavg()
+        if pacing == "constant":
+            feed.update(await paced_send(rest, ctx.bootstrap, topics, rate))
+        else:
+            t = np.array([event_time(e) for e in rest], dtype=np.int64)
+            natural = len(rest) / max((t[-1] - t[0]) / 1000.0, 1e-3)
+            speed = rate / natural
+            per_s = np.bincount(((t - t[0]) / 1000.0 / speed).astype(np.int64))
+            feed.update({"speed": round(speed, 1), "peak_1s_rate": int(per_s.max())})
+            rep = await replay_events(
+                rest, settings_for(ctx.bootstrap, topics, out), speed=speed, progress=False
+            )
+            feed.update({"messages": rep.total, "seconds": round(rep.seconds, 2), "rate": round(rep.rate, 1)})
+
+    producer_task = asyncio.create_task(produce())
+    res = await watch(ctx, proc, out, n_tx, ctx.timeout + seconds, profile_as=profile_as)
+    if not producer_task.done():
+        producer_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await producer_task
+    records = res.pop("_records")
+    docs = [(ts, orjson.loads(v)) for ts, v in records]
+    docs = [(ts, d) for ts, d in docs if d["transaction_id"] not in warm_ids]
+    lat = {k: np.array([d["latency_ms"][k] for _, d in docs]) for k in ("end_to_end", "queue", "inference")}
+    e2e = lat["end_to_end"]
+    # Kafka timestamp -> the worker's receipt (Faust's time_in): fetch and hand-over delay
+    before = e2e - lat["queue"] - lat["inference"]
+    to_out = np.array([ts - (d["scored_time"] - d["latency_ms"]["end_to_end"]) for ts, d in docs])
+    out_ts = [ts for ts, _ in docs]
+    span = (max(out_ts) - min(out_ts)) / 1000.0 if len(out_ts) > 1 else 0.0
+
+    def pcts(a: np.ndarray) -> dict[str, float | None]:
+        return {"p50": _pct(a, 50), "p90": _pct(a, 90), "p99": _pct(a, 99), "max": _pct(a, 100)}
+
+    res.update(
+        {
+            "feed": feed,
+            "scored_transactions": len(docs),
+            "output_transactions_per_s": round(len(docs) / span, 1) if span else None,
+            "batches": batch_stats([d for _, d in docs]),
+            "end_to_end_ms": pcts(e2e),
+            "input_to_output_record_ms": pcts(to_out),
+            "breakdown_ms": {
+                "kafka_to_worker_receipt": pcts(before),
+                "queue_in_worker": pcts(lat["queue"]),
+                "inference_per_batch": pcts(lat["inference"]),
+            },
+        }
+    )
+    return {"system": "a", "label": f"latency-{label}-{pacing}", "settings": worker, **res}
+
+
+# ------------------------------------------------------------------------------------ relay role
+
+
+async def relay(bootstrap: str, group: str, out: str, topics: Sequence[str]) -> None:
+    """(c): consume the inputs with getmany and produce every value unchanged; no work."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=True,
+        auto_commit_interval_ms=1000,
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=256 * 1024, acks="all"
+    )
+    await consumer.start()
+    await producer.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=100)
+            for recs in batch.values():
+                for r in recs:
+                    await producer.send(out, r.value, key=r.key)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+def _ratio(x: float | None, y: float | None) -> float | None:
+    return round(x / y, 3) if x and y else None
+
+
+def summarize(runs: list[dict[str, Any]], latency: dict[str, Any] | None) -> dict[str, Any]:
+    """Headline numbers: (a) and (b) with default settings, (c); the best of each sweep too."""
+
+    def pick(system: str, label: str | None = None) -> dict[str, Any] | None:
+        ok = [r for r in runs if r["system"] == system and r.get("messages_per_s")]
+        if label is not None:
+            return next((r for r in ok if r["label"] == label), None)
+        return max(ok, key=lambda r: r["messages_per_s"], default=None)
+
+    def get(r: dict[str, Any] | None, key: str) -> Any:
+        return r.get(key) if r else None
+
+    a, b, c = pick("a", "default"), pick("b", "default"), pick("c")
+    a_best, b_best = pick("a"), pick("b")
+    p99 = latency["end_to_end_ms"]["p99"] if latency else None
+    s: dict[str, Any] = {
+        "a_default_messages_per_s": get(a, "messages_per_s"),
+        "a_default_transactions_per_s": get(a, "transactions_per_s"),
+        "a_best": {"label": get(a_best, "label"), "messages_per_s": get(a_best, "messages_per_s")},
+        "b_default_messages_per_s": get(b, "messages_per_s"),
+        "b_default_transactions_per_s": get(b, "transactions_per_s"),
+        "b_best": {"label": get(b_best, "label"), "messages_per_s": get(b_best, "messages_per_s")},
+        "c_messages_per_s": get(c, "messages_per_s"),
+        "a_over_b": _ratio(get(a, "messages_per_s"), get(b, "messages_per_s")),
+        "a_over_c": _ratio(get(a, "messages_per_s"), get(c, "messages_per_s")),
+        "a_best_over_b_best": _ratio(get(a_best, "messages_per_s"), get(b_best, "messages_per_s")),
+        "a_best_over_c": _ratio(get(a_best, "messages_per_s"), get(c, "messages_per_s")),
+        "a_over_b_per_cpu_s": _ratio(get(a, "messages_per_cpu_s"), get(b, "messages_per_cpu_s")),
+        "a_over_c_per_cpu_s": _ratio(get(a, "messages_per_cpu_s"), get(c, "messages_per_cpu_s")),
+        "latency_settings": latency["settings"] if latency else None,
+        "latency_feed_rate": latency["feed"].get("rate") if latency else None,
+        "latency_p50_ms": latency["end_to_end_ms"]["p50"] if latency else None,
+        "latency_p99_ms": p99,
+    }
+    ab, ac = s["a_over_b"], s["a_over_c"]
+    s["targets"] = {
+        "a_at_least_10x_b": None if ab is None else ab >= 10.0,
+        "a_at_least_half_of_c": None if ac is None else ac >= 0.5,
+        "p99_at_most_100ms_at_half_rate": None if p99 is None else p99 <= 100.0,
+    }
+    return s
+
+
+def print_table(runs: list[dict[str, Any]], latency: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    cols = f"{'msg/s':>10}{'txn/s':>10}{'msg/CPU-s':>11}{'txn/call':>9}{'span s':>8}{'load':>7}"
+    head = f"{'run':<28}{cols}  status"
+    print("\n" + head + "\n" + "-" * len(head))
+    for r in runs:
+        name = f"({r['system']}) {r['label']}"
+        txn = r.get("transactions_per_s")
+        print(
+            f"{name:<28}{r.get('messages_per_s') or 0:>10,.0f}{txn or 0:>10,.0f}"
+            f"{r.get('messages_per_cpu_s') or 0:>11,.0f}"
+            f"{r.get('batches', {}).get('transactions_per_call_mean') or 0:>9.1f}{r['span_s']:>8.1f}"
+            f"{r['loadavg_end'][0]:>7.1f}  {r['status']}"
+        )
+    for lat in latency:
+        e, f = lat["end_to_end_ms"], lat["feed"]
+        print(
+            f"\n{lat['label']}: fed {f.get('rate', 0):,.0f} msg/s (target {f['target_rate']:,.0f}); "
+            f"end-to-end p50 {e['p50']} ms  p90 {e['p90']} ms  p99 {e['p99']} ms  max {e['max']} ms"
+            f"  [{lat['status']}]"
+        )
+    t = summary["targets"]
+    print(
+        f"\n(a)/(b) = {summary['a_over_b']}  (target ≥ 10: {t['a_at_least_10x_b']})   "
+        f"(a)/(c) = {summary['a_over_c']}  (target ≥ 0.5: {t['a_at_least_half_of_c']})   "
+        f"p99 ≤ 100 ms: {t['p99_at_most_100ms_at_half_rate']}"
+    )
+    print(
+        f"best settings: (a) {summary['a_best']['label']} / (b) {summary['b_best']['label']} = "
+        f"{summary['a_best_over_b_best']}   (a) best / (c) = {summary['a_best_over_c']}"
+    )
+    print(
+        f"per CPU-second: (a)/(b) = {summary['a_over_b_per_cpu_s']}  "
+        f"(a)/(c) = {summary['a_over_c_per_cpu_s']}"
+    )
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+async def bench(args: argparse.Namespace, ctx: Ctx, result: dict[str, Any]) -> None:
+    from streams.replay import replay_events
+
+    await create_topics(ctx.bootstrap, ctx.backlog.inputs)
+    print(f"preloading {ctx.msgs.counts['messages']:,} messages ...", flush=True)
+    rep = await replay_events(ctx.msgs.events, settings_for(ctx.bootstrap, ctx.backlog), progress=False)
+    result["preload"] = {"messages": rep.total, "seconds": round(rep.seconds, 2), "rate": round(rep.rate, 1)}
+    runs: list[dict[str, Any]] = result["runs"]
+
+    def keep(r: dict[str, Any]) -> None:
+        runs.append(r)
+        print(
+            f"  ({r['system']}) {r['label']}: {r.get('messages_per_s')} msg/s, "
+            f"{r.get('transactions_per_s')} txn/s, load {r['loadavg_end'][0]} [{r['status']}]",
+            flush=True,
+        )
+
+    labels = args.sweep.split(",") if args.sweep else list(QUICK_SWEEP if args.quick else SWEEP)
+    unknown = [x for x in labels if x not in SWEEP]
+    if unknown:
+        raise SystemExit(f"unknown sweep settings {unknown}; choose from {list(SWEEP)}")
+    if "default" in labels:
+        labels.remove("default")
+    print("(a) worker, default settings", flush=True)
+    keep(await run_worker(ctx, "default", {}))
+    if not args.skip_baselines:
+        for label, overrides in PLAIN_SWEEP.items() if not args.quick else [("default", {})]:
+            print(f"(b) plain Faust agent, {label}: {overrides}", flush=True)
+            keep(await run_plain(ctx, label, overrides))
+        print("(c) raw aiokafka relay", flush=True)
+        keep(await run_relay(ctx))
+    for label in labels:
+        print(f"(a) worker, {label}: {SWEEP[label]}", flush=True)
+        keep(await run_worker(ctx, label, SWEEP[label]))
+    measured = {r["label"]: r.get("messages_per_s") for r in runs if r["system"] == "a"}
+    pacings = ("constant", "speed") if args.latency_pacing == "both" else (args.latency_pacing,)
+    for label in args.latency_settings.split(",") if args.latency_seconds > 0 else ():
+        rate = measured.get(label)
+        if not rate:
+            print(f"no measured rate for {label!r}: latency run skipped", flush=True)
+            continue
+        for pacing in pacings:
+            print(
+                f"(a) latency, {label}: {args.latency_fraction:.0%} of {rate:,.0f} msg/s, {pacing} pacing",
+                flush=True,
+            )
+            lat = await run_latency(
+                ctx, label, rate, args.latency_fraction, args.latency_seconds, pacing, args.warmup
+            )
+            result["latency"].append(lat)
+            print(
+                f"  p50 {lat['end_to_end_ms']['p50']} ms, p99 {lat['end_to_end_ms']['p99']} ms "
+                f"[{lat['status']}]",
+                flush=True,
+            )
+    if ctx.profile_dir is not None:
+        print(f"profiling (untimed) into {ctx.profile_dir}", flush=True)
+        await run_profiles(ctx, measured.get("default"), args.latency_fraction, args.warmup)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["relay"]:  # internal: system (c), started by the benchmark itself
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(relay(argv[1], argv[2], argv[3], argv[4:]))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--transactions", type=int, default=30_000, help="transactions in the message window")
+    ap.add_argument("--start-day", type=float, default=7.0, help="window start, days into the file")
+    ap.add_argument("--file", type=Path, default=DATA)
+    ap.add_argument("--registry", type=Path, help="reuse a registry with a published behaviour model")
+    ap.add_argument("--bootstrap", help="use this broker instead of starting a local one")
+    ap.add_argument("--sweep", help=f"comma-separated worker settings for (a), of {','.join(SWEEP)}")
+    ap.add_argument(
+        "--quick", action="store_true", help=f"sweep only {','.join(QUICK_SWEEP)}; (b) default only"
+    )
+    ap.add_argument("--skip-baselines", action="store_true", help="run (a) only")
+    ap.add_argument("--timeout", type=float, default=150.0, help="seconds per run before giving up")
+    ap.add_argument("--latency-fraction", type=float, default=0.5, help="feed rate / measured max rate")
+    ap.add_argument("--latency-seconds", type=float, default=45.0, help="length of the paced feed (0: skip)")
+    ap.add_argument("--latency-pacing", choices=("constant", "speed", "both"), default="constant")
+    ap.add_argument(
+        "--latency-settings", default="default", help="comma-separated (a) settings measured for latency"
+    )
+    ap.add_argument("--warmup", type=int, default=500, help="messages sent before the paced feed")
+    ap.add_argument("--profile", type=Path, help="also run py-spy on untimed (a)/(b) runs into this folder")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, broker data)")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "worker.json")
+    args = ap.parse_args(argv)
+    # produce retries right after a topic is created (no leader yet) are expected; keep quiet
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+
+    from modeling.settings import load_settings
+
+    result: dict[str, Any] = {
+        "command": " ".join(["python", "benchmarks/bench_worker.py", *argv]),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine_info(),
+        "runs": [],
+        "latency": [],
+    }
+    work = Path(tempfile.mkdtemp(prefix="bench-worker-"))
+    kafka = None
+    ctx: Ctx | None = None
+    try:
+        print(f"loading messages from {args.file.name} ...", flush=True)
+        msgs = load_messages(args.file, args.transactions, args.start_day)
+        result["messages"] = {
+            "file": args.file.name,
+            "start_day": args.start_day,
+            **msgs.counts,
+            "between_first_and_last_transaction": msgs.between_txns,
+            "payload_bytes": msgs.bytes,
+            "event_time_days": round((msgs.window[1] - msgs.window[0]) / DAY_MS, 2),
+        }
+        print(f"  {msgs.counts}", flush=True)
+        if args.registry:
+            registry = args.registry
+        else:
+            print("training and publishing a model ...", flush=True)
+            registry = train_registry(work / "registry")
+        from modeling.predictor import resolve_device
+        from modeling.registry import ModelRegistry
+
+        version = ModelRegistry(registry).current("behaviour")
+        device = f"{load_settings().device} -> {resolve_device(load_settings().device)}"
+        result["model"] = {"registry": str(registry), "version": version, "device": device}
+        if args.bootstrap:
+            bootstrap, broker_pid = args.bootstrap, None
+            result["broker"] = {"bootstrap": bootstrap, "own": False}
+        else:
+            from streams.broker.local import LocalKafka
+
+            lib = load_settings().kafka_home / "lib"
+            kafka = LocalKafka(
+                work / "kafka",
+                port=free_port(),
+                controller_port=free_port(),
+                lib_dir=lib,
+                partitions=PARTITIONS,
+            )
+            print("starting a local Kafka broker ...", flush=True)
+            st = kafka.start()
+            bootstrap, broker_pid = st.bootstrap, st.pid
+            result["broker"] = {
+                "bootstrap": bootstrap,
+                "own": True,
+                "version": st.version,
+                "heap": kafka.heap,
+            }
+        run_id = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
+        backlog = Topics(f"bench-{run_id}-tx", f"bench-{run_id}-clicks", f"bench-{run_id}-labels")
+        ctx = Ctx(bootstrap, registry, work, backlog, msgs, run_id, args.timeout, broker_pid, args.profile)
+        result["settings"] = {
+            "partitions": PARTITIONS,
+            "timeout_s": args.timeout,
+            "latency_fraction": args.latency_fraction,
+            "latency_seconds": args.latency_seconds,
+            "latency_pacing": args.latency_pacing,
+            "worker_defaults": DEFAULT_WORKER,
+            "sweep": SWEEP,
+            "plain_sweep": PLAIN_SWEEP,
+        }
+        asyncio.run(bench(args, ctx, result))
+    finally:
+        if kafka is not None:
+            kafka.stop()
+        result["machine"]["loadavg_end"] = loadavg()
+        if ctx is not None and ctx.profiles:
+            result["profiles"] = ctx.profiles
+        lat = result["latency"][0] if result["latency"] else None
+        result["summary"] = summarize(result["runs"], lat)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print_table(result["runs"], result["latency"], result["summary"])
+        print(f"\nwrote {args.out}")
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

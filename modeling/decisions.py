@@ -223,9 +223,14 @@ class ReasonCoder:
 
 
 def fit_linear_surrogate(
-    z: npt.ArrayLike, logits: npt.ArrayLike, ridge: float = 1e-2
+    z: npt.ArrayLike, logits: npt.ArrayLike, ridge: float = 0.3
 ) -> npt.NDArray[np.float32]:
-    """Weights ``w`` of ``logit ≈ b + z·w`` by ridge least squares (intercept not penalized)."""
+    """Weights ``w`` of ``logit ≈ b + z·w`` by ridge least squares (intercept not penalized).
+
+    The window features are strongly collinear (sums, means and maxima over nested windows);
+    plain least squares then gives large weights of opposite signs to near-duplicates, which
+    makes poor reasons. The ridge (``ridge · n`` on standardized features) shrinks them towards
+    shared, same-signed weights."""
     zz = np.asarray(z, dtype=np.float64)
     t = np.asarray(logits, dtype=np.float64).ravel()
     if zz.ndim != 2 or len(zz) != len(t):

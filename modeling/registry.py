@@ -110,6 +110,7 @@ def _write_json_atomic(path: Path, obj: Mapping[str, Any]) -> None:
     data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; bundles are read by other users (workers)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -278,6 +279,7 @@ class ModelRegistry:
         tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
         try:
             shutil.copytree(src, tmp, dirs_exist_ok=True)
+            os.chmod(tmp, 0o755)  # mkdtemp makes 0700; serving workers may run as another user
             files = {f.relative_to(tmp).as_posix(): sha256_file(f) for f in _bundle_files(tmp)}
             if not files:
                 raise RegistryError(f"staging directory {src} is empty")

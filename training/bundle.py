@@ -10,6 +10,7 @@ inference program, publishes it with a full manifest, then reloads it through th
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from modeling.evaluation import DAY_MS, days_from_ms, evaluate
 from modeling.networks import NetConfig, export_fraudnet
 from modeling.predictor import Predictor, PredictorOptions
 from modeling.registry import BEHAVIOUR, ModelRegistry
-from training.trainer import Arrays, FitResult, TrainConfig, fit, score
+from training.trainer import Arrays, FitResult, TrainConfig, fit_ensemble, score
 
 
 @dataclass(frozen=True)
@@ -132,15 +133,18 @@ def train_and_publish(
     decline_rate: float = 0.002,
     source: str = "",
     extra: dict[str, Any] | None = None,
+    extra_members: Sequence[tuple[dict[str, Any], TrainConfig]] = (),
 ) -> Published:
+    """Train (``net_overrides`` + ``train_cfg``, plus ``extra_members`` blended in logit space),
+    choose thresholds and reason codes on validation, export, publish, verify; see the module doc."""
     train = Arrays(tab[split.train], seq[split.train], y[split.train])
     val = Arrays(tab[split.val], seq[split.val], y[split.val])
     if len(val) == 0:
         raise ValueError("the validation period has no transactions")
-    net_cfg = NetConfig(
-        n_features=tab.shape[1], seq_len=seq.shape[1], seq_features=seq.shape[2], **net_overrides
-    )
-    fitres = fit(net_cfg, train, val, train_cfg)
+    shape = {"n_features": tab.shape[1], "seq_len": seq.shape[1], "seq_features": seq.shape[2]}
+    net_cfg = NetConfig(**shape, **net_overrides)
+    members = [(net_cfg, train_cfg)] + [(NetConfig(**shape, **o), c) for o, c in extra_members]
+    fitres = fit_ensemble(members, train, val)
 
     val_scores = score(fitres.model, val.tab, val.seq, train_cfg.eval_batch_size)
     thresholds = choose_thresholds(val_scores, review_rate, decline_rate)
@@ -171,6 +175,7 @@ def train_and_publish(
                 "net": net_cfg.to_dict(),
                 "train": train_cfg.to_dict(),
                 "pos_weight": fitres.pos_weight,
+                "blend": [{"net": n.to_dict(), "train": c.to_dict()} for n, c in members[1:]],
             },
             "metrics": {
                 "validation": val_metrics,

@@ -18,7 +18,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from training.train_command import add_net_arguments, add_train_arguments, net_overrides, train_config
+from training.train_command import (
+    add_net_arguments,
+    add_train_arguments,
+    blend_members,
+    net_overrides,
+    train_config,
+)
 
 if TYPE_CHECKING:
     from training.trainer import TrainConfig
@@ -87,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     from modeling.evaluation import HANDBOOK_RESULTS, days_from_ms, evaluate, prequential_folds
     from modeling.networks import NetConfig
-    from training.trainer import Arrays, fit, score
+    from training.trainer import Arrays, fit_ensemble, score
 
     data = load_features(args.file, args.cache, progress=not args.no_progress)
     tab, seq, y, time_ms, cards = data["tab"], data["seq"], data["y"], data["time_ms"], data["user_id"]
@@ -108,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: the last fold's test week ends after the data ({int(days.max())})", file=sys.stderr)
         return 1
     base_cfg = train_config(args)
-    net_cfg = NetConfig(tab.shape[1], seq.shape[1], seq.shape[2], **net_overrides(args))
+    shape = (tab.shape[1], seq.shape[1], seq.shape[2])
+    net_cfg = NetConfig(*shape, **net_overrides(args))
+    extra = [(NetConfig(*shape, **o), c) for o, c in blend_members(args, base_cfg)]
     results: list[dict[str, Any]] = []
     for i, fold in enumerate(folds):
         t0 = time.perf_counter()
@@ -117,8 +125,9 @@ def run(args: argparse.Namespace) -> int:
         scores = np.zeros(len(test), dtype=np.float64)
         epoch_s: list[float] = []
         for e in range(args.ensemble):
-            cfg = _with_seed(base_cfg, args.seed + 1000 * e)
-            res = fit(net_cfg, train, None, cfg)
+            members = [(net_cfg, base_cfg), *extra]
+            members = [(n, _with_seed(c, c.seed + 1000 * e)) for n, c in members]
+            res = fit_ensemble(members, train, None)
             scores += score(res.model, tab[test], seq[test]) / args.ensemble
             epoch_s += res.epoch_seconds
         m = evaluate(y[test], scores, cards[test], days[test])
@@ -186,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
         },
         "net": net_cfg.to_dict(),
         "train": base_cfg.to_dict(),
+        "blend": [{"net": n.to_dict(), "train": c.to_dict()} for n, c in extra],
         "ensemble": args.ensemble,
         "folds": results,
         "summary": summary,

@@ -16,8 +16,26 @@ HELP = "train the behaviour model on a historical file and publish a new model v
 
 
 def add_net_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("network")
-    g.add_argument("--seq-encoder", choices=("attn", "gru", "none"), default="attn")
+    g = parser.add_argument_group(
+        "network",
+        "The default model blends two members in logit space: a tabular network over piecewise-linear "
+        "and threshold encodings of the features (sharp: high precision at the top), and a fusion "
+        "network over standardized features plus an attention encoder over the last N transactions "
+        "(smooth: better ranking of the hard cases). --no-blend publishes the first alone.",
+    )
+    g.add_argument(
+        "--seq-encoder",
+        choices=("attn", "gru", "none"),
+        default="none",
+        help="sequence encoder of the first member",
+    )
+    g.add_argument(
+        "--encoding",
+        choices=("ple_tree", "ple_quantile", "none"),
+        default="ple_tree",
+        help="numeric encoding of the first member",
+    )
+    g.add_argument("--no-blend", action="store_true", help="publish the first member alone")
     g.add_argument("--hidden", default="128,64", help="tabular MLP widths, comma separated")
     g.add_argument("--seq-channels", type=int, default=32)
     g.add_argument("--head-hidden", type=int, default=64)
@@ -28,7 +46,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=12)
     g.add_argument("--batch-size", type=int, default=512, help="per process")
-    g.add_argument("--lr", type=float, default=2e-3)
+    g.add_argument("--lr", type=float, default=1e-3, help="learning rate (the blend member uses 2x)")
     g.add_argument("--weight-decay", type=float, default=1e-4)
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--patience", type=int, default=3, help="early-stopping patience (epochs)")
@@ -63,9 +81,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_train_arguments(parser)
 
 
+def blend_members(args: argparse.Namespace, cfg: TrainConfig) -> list[tuple[dict[str, Any], TrainConfig]]:
+    """The smooth second member (standardized inputs, attention over the sequence), unless --no-blend."""
+    if args.no_blend:
+        return []
+    from dataclasses import replace
+
+    net = {**net_overrides(args), "numeric_encoding": "none", "seq_encoder": "attn"}
+    return [(net, replace(cfg, lr=2 * cfg.lr, seed=cfg.seed + 1))]
+
+
 def net_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "seq_encoder": args.seq_encoder,
+        "numeric_encoding": args.encoding,
         "tab_hidden": tuple(int(h) for h in str(args.hidden).split(",") if h),
         "seq_channels": args.seq_channels,
         "head_hidden": args.head_hidden,
@@ -133,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     registry = ModelRegistry(args.registry if args.registry is not None else settings.registry_dir)
+    cfg = train_config(args)
     published = train_and_publish(
         tab=m.tab,
         seq=m.seq,
@@ -143,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
         feature_set=m.feature_set,
         split=split,
         net_overrides=net_overrides(args),
-        train_cfg=train_config(args),
+        train_cfg=cfg,
+        extra_members=blend_members(args, cfg),
         registry=registry,
         review_rate=args.review_rate,
         decline_rate=args.decline_rate,

@@ -33,8 +33,8 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,17 +42,17 @@ import numpy as np
 import numpy.typing as npt
 
 from modeling.evaluation import average_precision, roc_auc
-from modeling.networks import FraudNet, NetConfig, fit_standardizers
+from modeling.networks import FraudEnsemble, FraudNet, NetConfig, Scorer, fit_standardizers
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 12
     batch_size: int = 512  # per process; the global batch is batch_size × nprocs
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 1e-4
     grad_accum: int = 1
-    patience: int = 3
+    patience: int = 3  # epochs without a better validation AP before stopping; 0 = never stop early
     pos_weight: float | None = None  # None: sqrt(n_neg / n_pos)
     seed: int = 7
     nprocs: int = 1
@@ -94,11 +94,12 @@ class EpochStats:
     samples_per_s: float
     val_ap: float | None = None
     val_auc: float | None = None
+    member: int = 0
 
 
 @dataclass
 class FitResult:
-    model: FraudNet
+    model: Scorer
     history: list[EpochStats]
     best_epoch: int
     best_val_ap: float | None
@@ -153,7 +154,7 @@ def build_model(net_cfg: NetConfig, train: Arrays, seed: int) -> FraudNet:
 
 
 def score(
-    model: FraudNet, tab: npt.NDArray[np.float32], seq: npt.NDArray[np.float32], batch_size: int = 8192
+    model: Scorer, tab: npt.NDArray[np.float32], seq: npt.NDArray[np.float32], batch_size: int = 8192
 ) -> npt.NDArray[np.float32]:
     """Probabilities [n] from the in-memory model (eval mode, no gradients)."""
     import paddle
@@ -171,7 +172,7 @@ def score(
     return out
 
 
-def param_fingerprint(model: FraudNet) -> str:
+def param_fingerprint(model: Scorer) -> str:
     h = hashlib.sha256()
     for name, p in sorted(model.state_dict().items()):
         h.update(name.encode())
@@ -289,7 +290,7 @@ def _train_loop(
                 best_state = {k: v.numpy().copy() for k, v in model.state_dict().items()}
             else:
                 bad_epochs += 1
-                stop = float(bad_epochs >= cfg.patience)
+                stop = float(0 < cfg.patience <= bad_epochs)
         if world > 1:
             flag = paddle.to_tensor([stop], dtype="float32")
             dist.broadcast(flag, src=0)
@@ -336,6 +337,35 @@ def fit(net_cfg: NetConfig, train: Arrays, val: Arrays | None, cfg: TrainConfig)
     model.set_prior_correction(pos_weight)
     model.eval()
     return FitResult(model, history, best_epoch, best_ap, pos_weight, world, device, fingerprints)
+
+
+def fit_ensemble(
+    members: Sequence[tuple[NetConfig, TrainConfig]], train: Arrays, val: Arrays | None
+) -> FitResult:
+    """Train each member (its own network and training settings) and average them in logit
+    space (:class:`FraudEnsemble`). All members share the first one's positive weight, so one
+    prior correction fits the blend. One member gives a plain :class:`FraudNet` result."""
+    if not members:
+        raise ValueError("no ensemble members")
+    pos_weight = resolve_pos_weight(members[0][1], train.y)
+    results = [fit(net, train, val, replace(cfg, pos_weight=pos_weight)) for net, cfg in members]
+    if len(results) == 1:
+        return results[0]
+    nets = [r.model for r in results]
+    if not all(isinstance(n, FraudNet) for n in nets):
+        raise TypeError("ensemble members must be single networks")
+    ensemble = FraudEnsemble([n for n in nets if isinstance(n, FraudNet)])
+    ensemble.set_prior_correction(pos_weight)
+    ensemble.eval()
+    history = [replace(h, member=i) for i, r in enumerate(results) for h in r.history]
+    best_ap = None
+    if val is not None and len(val) and val.y.any():
+        best_ap = average_precision(val.y, score(ensemble, val.tab, val.seq, members[0][1].eval_batch_size))
+    first = results[0]
+    fingerprints = [f for r in results for f in r.rank_fingerprints]
+    return FitResult(
+        ensemble, history, first.best_epoch, best_ap, pos_weight, first.world_size, first.device, fingerprints
+    )
 
 
 def _set_threads(n: int) -> None:

@@ -140,3 +140,21 @@ def test_linear_attribution_points_at_the_driving_feature() -> None:
     )
     w = linear_attribution(res.model, tab[y == 1], seq[y == 1])
     assert w.shape == (F,) and int(np.argmax(w)) == 0
+
+
+def test_piecewise_linear_gemm_form_matches_the_definition() -> None:
+    from modeling.networks import PiecewiseLinear
+
+    tab, _, y = data(400, 4)
+    enc = PiecewiseLinear(F, 6, steps=True)
+    enc.fit(tab, y, min_leaf=8)
+    lo, inv = ple_tables(tab, y, 6, 8)
+    got_lo, got_inv = enc.bins()
+    np.testing.assert_allclose(got_inv, inv, rtol=1e-6)
+    np.testing.assert_allclose(got_lo[inv > 0], lo[inv > 0], rtol=1e-4, atol=1e-5)
+    x = data(50, 5)[0]
+    want = np.clip((x[:, :, None] - lo) * inv, 0, 1)  # [B, F, T]
+    out = enc(paddle.to_tensor(x)).numpy()
+    assert out.shape == (50, 2 * F * 6)
+    np.testing.assert_allclose(out[:, : F * 6], want.reshape(50, -1), atol=1e-5)
+    np.testing.assert_array_equal(out[:, F * 6 :], (want.reshape(50, -1) > 0).astype(np.float32))

@@ -58,6 +58,9 @@ def test_publish_assigns_versions_and_writes_a_full_manifest(reg: ModelRegistry,
     assert {"python", "numpy", "paddle", "riskstream"} <= set(m["libraries"]) == set(library_versions())
     for key in ("training_data", "hyperparameters", "metrics", "thresholds"):
         assert m[key] == manifest()[key]
+    # readable by other users (workers), like any published file
+    assert (reg.path(v2) / MANIFEST).stat().st_mode & 0o777 == 0o644
+    assert reg.path(v2).stat().st_mode & 0o755 == 0o755
     # the staging directory is left as it was, and nothing is left over in the root
     assert not (tmp_path / "a" / MANIFEST).exists()
     assert sorted(p.name for p in reg.root.iterdir()) == ["behaviour"]

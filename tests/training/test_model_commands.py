@@ -94,6 +94,9 @@ def test_train_publishes_and_models_commands_manage_versions(
     assert manifest["training_data"]["validation_until"].startswith("2018-05-10")
     assert manifest["training_data"]["label_delay_days"] == 7.0
     assert manifest["feature_set"].startswith("fs")
+    blend = manifest["hyperparameters"]["blend"]  # the default blends a smooth second member
+    assert [b["net"]["numeric_encoding"] for b in blend] == ["none"]
+    assert manifest["hyperparameters"]["net"]["numeric_encoding"] == "ple_tree"
 
     assert (
         main(
@@ -108,6 +111,7 @@ def test_train_publishes_and_models_commands_manage_versions(
                 "--no-clicks",
                 "--seq-encoder",
                 "none",
+                "--no-blend",
             ]
         )
         == 0
@@ -126,6 +130,7 @@ def test_train_publishes_and_models_commands_manage_versions(
     assert main(["models", "--registry", str(reg_dir), "show", "behaviour-0002"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["version"] == "behaviour-0002" and shown["hyperparameters"]["net"]["seq_encoder"] == "none"
+    assert shown["hyperparameters"]["blend"] == []
     assert main(["models", "--registry", str(reg_dir), "verify", "behaviour-0002"]) == 0
     assert "verified" in capsys.readouterr().out
     assert (

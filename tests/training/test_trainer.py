@@ -131,3 +131,32 @@ def test_train_and_publish_writes_a_verified_bundle(tmp_path: Path) -> None:
     assert max(set(tops), key=tops.count) == "TERMINAL_RISK_7D_HIGH"
     with pytest.raises(ValueError, match="no training period"):
         point_in_time_split(time_ms, t0, t0 + 5 * DAY_MS, val_days=3, delay_days=3)
+
+
+def test_a_blend_of_two_members_exports_as_one_program(tmp_path: Path) -> None:
+    from modeling.networks import FraudEnsemble, export_fraudnet, paddle
+    from training.trainer import fit_ensemble
+
+    train, val = synthetic(2048, 7), synthetic(500, 8)
+    smooth = replace(NET, numeric_encoding="none", seq_encoder="attn")
+    res = fit_ensemble(
+        [(NET, replace(CFG, epochs=1)), (smooth, replace(CFG, epochs=1, lr=6e-3, pos_weight=2.0))], train, val
+    )
+    assert isinstance(res.model, FraudEnsemble) and len(res.model.members) == 2
+    assert {h.member for h in res.history} == {0, 1}
+    assert res.best_val_ap is not None and res.pos_weight == resolve_pos_weight(CFG, train.y)
+    with paddle.no_grad():
+        t, s = paddle.to_tensor(val.tab), paddle.to_tensor(val.seq)
+        mean_logit = (res.model.members[0].logits(t, s) + res.model.members[1].logits(t, s)) / 2
+        want = (1 / (1 + res.pos_weight * np.exp(-mean_logit.numpy()))).ravel()
+    np.testing.assert_allclose(score(res.model, val.tab, val.seq), want, rtol=1e-5)
+    info = export_fraudnet(res.model, tmp_path)
+    p = Predictor(
+        tmp_path / info.model_file,
+        tmp_path / info.params_file,
+        info.inputs,
+        PredictorOptions(device="cpu", use_onednn=False),
+    )
+    np.testing.assert_allclose(p.predict({"tab": val.tab, "seq": val.seq}), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="shapes"):
+        FraudEnsemble([res.model.members[0], type(res.model.members[0])(replace(NET, n_features=F + 1))])

@@ -105,7 +105,10 @@ def test_replayed_live_scores_equal_backtest(kafka_broker: str, model_registry: 
     assert len(live) == n_tx
 
     registry = ModelRegistry(reg)
-    pred = Predictor.load(registry, "behaviour", PredictorOptions(), expected_feature_set=config.feature_set)
+    # The worker's own predictor settings: kernels differ between oneDNN and plain CPU, and the
+    # model's bin-edge indicators turn last-bit differences into visible score differences.
+    options = PredictorOptions.from_settings(sc.settings())
+    pred = Predictor.load(registry, "behaviour", options, expected_feature_set=config.feature_set)
     res = backtest(sample, [Scorer(pred, config)], config, eval_from=split, progress=False)
     offline = dict(zip(res.transaction_id.tolist(), res.runs[0].scores.tolist(), strict=True))
     ids = sorted(offline)

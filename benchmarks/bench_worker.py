@@ -14,7 +14,7 @@ transactions. They are produced once into three input topics (the backlog); ever
 run below reads that same backlog with its own consumer group and writes its own output topic.
 
 * (a) riskstream's worker: ``python -m streams.cli worker`` (one process, a real model trained
-  and published here with ``training.bundle.train_and_publish``, or ``--registry``), once per
+  and published here with ``training.bundle.train_and_publish_matrix``, or ``--registry``), once per
   entry of ``SWEEP`` (pipeline max batch, max wait, model max batch, oneDNN, log level).
 * (b) a plain Faust agent written the usual way (``benchmarks/plain_faust_agent.py``): one
   event at a time, user state in a Faust table, the model called per transaction (batch 1);
@@ -222,7 +222,7 @@ def train_registry(root: Path) -> Path:
     """Train and publish a real behaviour model (as tests/integration/conftest.py does)."""
     from modeling.features import FeatureConfig
     from modeling.registry import ModelRegistry
-    from training.bundle import point_in_time_split, train_and_publish
+    from training.bundle import point_in_time_split, train_and_publish_matrix
     from training.featurize import featurize_frame
     from training.history import load_history
     from training.trainer import TrainConfig
@@ -231,15 +231,9 @@ def train_registry(root: Path) -> Path:
     m = featurize_frame(df, FeatureConfig())
     start, end = int(m.time_ms.min()), int(m.time_ms.max()) + 1
     split = point_in_time_split(m.time_ms, start, end, val_days=2, delay_days=0)
-    train_and_publish(
-        tab=m.tab,
-        seq=m.seq,
-        y=m.y,
-        time_ms=m.time_ms,
-        cards=m.user_id,
-        feature_names=m.feature_names,
-        feature_set=m.feature_set,
-        split=split,
+    train_and_publish_matrix(
+        m,
+        split,
         net_overrides={},
         train_cfg=TrainConfig(epochs=2, progress=False, device="cpu"),
         registry=ModelRegistry(root),

@@ -24,6 +24,7 @@ from modeling.evaluation import DAY_MS, days_from_ms, evaluate
 from modeling.networks import NetConfig, export_fraudnet
 from modeling.predictor import Predictor, PredictorOptions
 from modeling.registry import BEHAVIOUR, ModelRegistry
+from training.featurize import FeatureMatrix
 from training.trainer import Arrays, FitResult, TrainConfig, fit_ensemble, score
 
 
@@ -203,3 +204,19 @@ def train_and_publish(
         worst = float(np.max(np.abs(exported - val_scores[:k])))
         raise RuntimeError(f"published {version} scores differ from the trained model by up to {worst:g}")
     return Published(version, manifest["metrics"], fitres, registry.path(version))
+
+
+def train_and_publish_matrix(m: FeatureMatrix, split: Split, **kwargs: Any) -> Published:
+    """:func:`train_and_publish` on a :class:`training.featurize.FeatureMatrix` (its arrays,
+    cards = user ids, feature names and feature-set identity); ``kwargs`` as there."""
+    return train_and_publish(
+        tab=m.tab,
+        seq=m.seq,
+        y=m.y,
+        time_ms=m.time_ms,
+        cards=m.user_id,
+        feature_names=m.feature_names,
+        feature_set=m.feature_set,
+        split=split,
+        **kwargs,
+    )

@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     from modeling.features import FeatureConfig
     from modeling.registry import ModelRegistry
     from modeling.settings import load_settings
-    from training.bundle import point_in_time_split, train_and_publish
+    from training.bundle import point_in_time_split, train_and_publish_matrix
     from training.featurize import featurize_file
 
     settings = load_settings()
@@ -163,15 +163,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     registry = ModelRegistry(args.registry if args.registry is not None else settings.registry_dir)
     cfg = train_config(args)
-    published = train_and_publish(
-        tab=m.tab,
-        seq=m.seq,
-        y=m.y,
-        time_ms=m.time_ms,
-        cards=m.user_id,
-        feature_names=m.feature_names,
-        feature_set=m.feature_set,
-        split=split,
+    published = train_and_publish_matrix(
+        m,
+        split,
         net_overrides=net_overrides(args),
         train_cfg=cfg,
         extra_members=blend_members(args, cfg),

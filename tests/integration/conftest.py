@@ -9,7 +9,7 @@ import pytest
 
 from modeling.features import FeatureConfig
 from modeling.registry import ModelRegistry
-from training.bundle import point_in_time_split, train_and_publish
+from training.bundle import point_in_time_split, train_and_publish_matrix
 from training.featurize import featurize_frame
 from training.history import load_history
 from training.trainer import TrainConfig
@@ -25,15 +25,9 @@ def model_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     m = featurize_frame(df, config)
     start, end = int(m.time_ms.min()), int(m.time_ms.max()) + 1
     split = point_in_time_split(m.time_ms, start, end, val_days=2, delay_days=0)
-    train_and_publish(
-        tab=m.tab,
-        seq=m.seq,
-        y=m.y,
-        time_ms=m.time_ms,
-        cards=m.user_id,
-        feature_names=m.feature_names,
-        feature_set=m.feature_set,
-        split=split,
+    train_and_publish_matrix(
+        m,
+        split,
         net_overrides={},
         train_cfg=TrainConfig(epochs=2, progress=False, device="cpu"),
         registry=ModelRegistry(root),

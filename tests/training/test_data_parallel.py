@@ -6,23 +6,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from synthetic import F, N, S, synthetic
 
 from modeling.networks import NetConfig
-from training.trainer import Arrays, TrainConfig, fit
-
-F, N, S = 10, 6, 4
-
-
-def synthetic(n: int, seed: int) -> Arrays:
-    rng = np.random.default_rng(seed)
-    tab = rng.normal(size=(n, F)).astype(np.float32)
-    tab[:, 0] = np.abs(tab[:, 0]) * 80.0  # an amount-like column
-    seq = rng.normal(size=(n, N, S)).astype(np.float32)
-    seq[: n // 4, :3] = 0.0
-    logit = -4.0 + 1.8 * tab[:, 1] + 1.2 * seq[:, -1, 0] + 0.01 * tab[:, 0]
-    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int8)
-    return Arrays(tab, seq, y)
-
+from training.trainer import TrainConfig, fit
 
 NET = NetConfig(F, N, S, tab_hidden=(16, 8), seq_channels=8, head_hidden=8, dropout=0.0)
 CFG = TrainConfig(epochs=3, batch_size=128, lr=3e-3, device="cpu", progress=False, seed=11, patience=0)

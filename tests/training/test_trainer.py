@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic import F, N, S, synthetic
 
 from modeling.decisions import ReasonCoder, Thresholds
 from modeling.evaluation import DAY_MS
@@ -17,19 +18,7 @@ from modeling.registry import ModelRegistry
 from training.bundle import point_in_time_split, train_and_publish
 from training.trainer import Arrays, TrainConfig, fit, param_fingerprint, resolve_pos_weight, score
 
-F, N, S = 10, 6, 4
 NAMES = ("amount_log", "t_risk_7d", "u_count_1d", *(f"f{i}" for i in range(F - 3)))
-
-
-def synthetic(n: int, seed: int) -> Arrays:
-    rng = np.random.default_rng(seed)
-    tab = rng.normal(size=(n, F)).astype(np.float32)
-    tab[:, 0] = np.abs(tab[:, 0]) * 80.0
-    seq = rng.normal(size=(n, N, S)).astype(np.float32)
-    seq[: n // 4, :3] = 0.0
-    logit = -4.0 + 1.8 * tab[:, 1] + 1.2 * seq[:, -1, 0] + 0.01 * tab[:, 0]
-    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int8)
-    return Arrays(tab, seq, y)
 
 
 NET = NetConfig(F, N, S, tab_hidden=(16, 8), seq_channels=8, head_hidden=8, dropout=0.0)

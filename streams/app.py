@@ -1,41 +1,48 @@
-"""The Faust shell: app, topics, tables and agents around :class:`streams.pipeline.BatchProcessor`.
+"""The Faust shell: app, topics, tables and batch loops around :class:`streams.pipeline.BatchProcessor`.
 
 Topology (every input topic keyed by user id, so one user's events meet in one partition)::
 
     transactions ─┐
-    clickstream  ─┼─> agent `score` ──> risk-events            (key: user id)
-    labels       ─┘        │  │    └──> riskstream-dead-letter (original bytes + reason headers)
-                           │  └──────> table `user-state`      (user id -> UserState snapshot)
-                           └─────────> `<app>-terminal-labels` (key: terminal id, 1 partition)
-                                              │
-                                     agent `terminals` ──> global table `terminal-state`
-                                                         (every worker holds every terminal)
+    clickstream  ─┼─> loop `score` ──> risk-events            (key: user id)
+    labels       ─┘       │  │    └──> riskstream-dead-letter (original bytes + reason headers)
+                          │  └──────> table `user-state`      (user id -> UserState snapshot)
+                          └─────────> `<app>-terminal-labels` (key: terminal id, 1 partition)
+                                             │
+                                    loop `terminals` ──> global table `terminal-state`
+                                                        (every worker holds every terminal)
+
+Faust runs the consumer group, partition assignment, the changelog-backed tables and their
+recovery, offset commits, timers and the web server. Input messages do not go through Faust's
+per-event streams: the consumer hands them to an :class:`streams.intake.InputBuffer` and a
+:class:`streams.batch_loop.BatchLoop` takes micro-batches from it (why: ``streams/intake.py``).
 
 Terminal risk is built from labels of many users, so it cannot live in the user's partition:
-the scoring agent forwards each label, re-keyed by terminal, to an internal one-partition topic
+the scoring loop forwards each label, re-keyed by terminal, to an internal one-partition topic
 whose single consumer is the only writer of the global table; every worker reads that table's
 changelog into a local replica. Features use a label only once it is ``label_allowance_ms`` old,
 which covers this propagation.
 
-At-least-once: ``take_events`` acks a batch only after its body ran, and Faust flushes the
-producer before it commits offsets, so an input offset is committed only after its risk event was
-produced. Risk events carry the transaction id: downstream consumers deduplicate on it.
+At-least-once: a batch is acked once the broker acknowledged every record it produced, batches
+in order, and Faust flushes the producer before it commits offsets, so an input offset is
+committed only after its risk event was delivered. Risk events carry the transaction id:
+downstream consumers deduplicate on it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import weakref
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import faust
-from faust.streams import _current_event
 
 from modeling.features import FeatureConfig, FeatureEngine, TerminalState
 from modeling.records import parse_label
 from modeling.settings import Settings
+from streams.batch_loop import BatchLoop, Taken
+from streams.intake import BatchingApp, InputBuffer
 from streams.metrics import Metrics
 from streams.model_watch import ModelWatcher
 from streams.pipeline import KIND_CLICK, KIND_LABEL, KIND_TXN, BatchProcessor, InMessage
@@ -60,7 +67,7 @@ def feature_config(settings: Settings) -> FeatureConfig:
 
 def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     metrics = metrics or Metrics()
-    app = faust.App(
+    app = BatchingApp(
         settings.app_id,
         broker=[f"kafka://{h.strip()}" for h in settings.bootstrap_servers.split(",")],
         store="memory://",
@@ -78,9 +85,8 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         # small records; without linger every send is its own request.
         producer_linger=0.02,
         producer_max_batch_size=256 * 1024,
-        # Messages prefetched ahead of the agent. A saturated worker keeps this queue full, so
-        # it bounds the queueing latency: keep it about two micro-batches.
-        stream_buffer_maxsize=2 * settings.pipeline_max_batch,
+        # Records per fetch: keeps what one fetch adds to the input buffer near its high-water mark.
+        broker_max_poll_records=2 * settings.pipeline_max_batch,
         table_cleanup_interval=3600.0,
         consumer_auto_offset_reset="earliest",
         broker_credentials=None,
@@ -93,8 +99,6 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         settings.topic_labels: KIND_LABEL,
     }
     inputs = app.topic(*kinds, key_type=bytes, value_type=bytes, partitions=p)
-    risk_topic = app.topic(settings.topic_risk_events, key_type=bytes, value_type=bytes, partitions=p)
-    dead_topic = app.topic(settings.topic_dead_letter, key_type=bytes, value_type=bytes, partitions=p)
     term_topic = app.topic(
         f"{settings.app_id}-terminal-labels", key_type=bytes, value_type=bytes, partitions=1, internal=True
     )
@@ -112,60 +116,82 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         max_message_bytes=settings.max_message_bytes,
     )
 
-    @app.agent(inputs)
-    async def score(stream: Any) -> None:
-        within = settings.pipeline_max_wait_ms / 1000.0
-        async for events in stream.take_events(settings.pipeline_max_batch, within=within):
-            batch = []
-            for ev in events:
-                m = ev.message
-                metrics.events_in.labels(m.topic).inc()
-                batch.append(
-                    InMessage(
-                        kinds[m.topic],
-                        m.topic,
-                        m.partition,
-                        m.offset,
-                        m.key,
-                        m.value,
-                        int(m.timestamp * 1000) if m.timestamp else int(time.time() * 1000),
-                        m.time_in or time.monotonic(),  # set by Faust's monitor on receipt
-                    )
-                )
-            res = processor.process(batch)
-            for key, value in res.risk_events:
-                await risk_topic.send(key=key, value=value)
-            for dl in res.dead_letters:
-                await dead_topic.send(key=dl.key, value=dl.value, headers=dl.headers)
-            for key, value in res.terminal_labels:
-                await term_topic.send(key=key, value=value)
-            # A table write goes to the changelog partition of the current event; inside
-            # take_events there is none, so point it at an event of the user's partition.
-            by_partition = {ev.message.partition: ev for ev in events}
-            for uid, raw in res.user_states.items():
-                _current_event.set(weakref.ref(by_partition[res.user_partition[uid]]))
-                users[uid] = raw
-            _current_event.set(None)
-            _record(metrics, settings, res)
+    # Every input message reaches the scorer through a batch buffer (streams/intake.py), not a
+    # per-event Faust stream: the consumer appends, the loop takes micro-batches.
+    in_buffer = InputBuffer(high_water=4 * settings.pipeline_max_batch)
+    app.batch_topics(inputs, in_buffer)
+    term_buffer = InputBuffer(high_water=4 * settings.pipeline_max_batch)
+    app.batch_topics(term_topic, term_buffer)
+    send = app.producer.send
+    risk_name, dead_name, term_name = (
+        settings.topic_risk_events,
+        settings.topic_dead_letter,
+        term_topic.get_topic_name(),
+    )
 
-    @app.agent(term_topic)
-    async def terminal_labels(stream: Any) -> None:
-        within = settings.pipeline_max_wait_ms / 1000.0
-        async for events in stream.take_events(settings.pipeline_max_batch, within=within):
-            touched: dict[str, TerminalState] = {}
-            for ev in events:
-                lb = parse_label(ev.value, settings.max_message_bytes)
-                ts = touched.get(lb.terminal_id)
-                if ts is None:
-                    raw = terminals.get(lb.terminal_id)
-                    ts = TerminalState.from_bytes(raw) if raw is not None else TerminalState()
-                    touched[lb.terminal_id] = ts
-                engine.terminal_label(ts, lb)
-            _current_event.set(weakref.ref(events[-1]))  # one partition: any event of the batch
-            for tid, ts in touched.items():
-                terminals[tid] = ts.to_bytes()
-            _current_event.set(None)
-            metrics.events_in.labels(term_topic.get_topic_name()).inc(len(events))
+    async def handle_inputs(taken: Taken) -> list[Any]:
+        batch = []
+        per_topic: Counter[str] = Counter()
+        for received, m in taken:
+            per_topic[m.topic] += 1
+            ts = int(m.timestamp * 1000) if m.timestamp else int(time.time() * 1000)
+            batch.append(
+                InMessage(kinds[m.topic], m.topic, m.partition, m.offset, m.key, m.value, ts, received)
+            )
+        for topic, n in per_topic.items():
+            metrics.events_in.labels(topic).inc(n)
+        res = processor.process(batch)
+        futures = []
+        for key, value in res.risk_events:
+            futures.append(await send(risk_name, key, value, None, None, None))
+        for dl in res.dead_letters:
+            futures.append(await send(dead_name, dl.key, dl.value, None, None, dl.headers))
+        for key, value in res.terminal_labels:
+            futures.append(await send(term_name, key, value, 0, None, None))
+        # State writes: the store, plus a changelog record in the user's input partition whose
+        # delivery the batch's ack waits for like its risk events' (Faust's own flush before a
+        # commit gives up on its send buffer after 0.1 s, so it cannot be relied on for that).
+        states = res.user_states
+        store = users.data
+        for uid, part in res.user_partition.items():
+            raw = states[uid]
+            futures.append(users.send_changelog(part, uid, raw))
+            store[uid] = raw
+        _record(metrics, settings, res)
+        return futures
+
+    async def handle_terminal_labels(taken: Taken) -> list[Any]:
+        touched: dict[str, TerminalState] = {}
+        for _, m in taken:
+            lb = parse_label(m.value, settings.max_message_bytes)
+            ts = touched.get(lb.terminal_id)
+            if ts is None:
+                raw = terminals.get(lb.terminal_id)
+                ts = TerminalState.from_bytes(raw) if raw is not None else TerminalState()
+                touched[lb.terminal_id] = ts
+            engine.terminal_label(ts, lb)
+        futures = []
+        store = terminals.data
+        for tid, ts in touched.items():
+            raw = ts.to_bytes()
+            futures.append(terminals.send_changelog(0, tid, raw))  # one partition
+            store[tid] = raw
+        metrics.events_in.labels(term_name).inc(len(taken))
+        return futures
+
+    within = settings.pipeline_max_wait_ms / 1000.0
+    loops = (
+        BatchLoop(app, "score", in_buffer, settings.pipeline_max_batch, within, handle_inputs),
+        BatchLoop(app, "terminals", term_buffer, settings.pipeline_max_batch, within, handle_terminal_labels),
+    )
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def score() -> None:
+        await loops[0].run()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def terminal_labels() -> None:
+        await loops[1].run()
 
     @app.timer(interval=settings.registry_poll_s)  # type: ignore[untyped-decorator]
     async def refresh_model() -> None:

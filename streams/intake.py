@@ -1,0 +1,230 @@
+"""Batched intake: the Faust consumer hands input messages to the scorer a batch at a time.
+
+Faust delivers every message on its own: its fetcher races each delivery against a rebalance
+(``wait_first`` — two asyncio tasks per message), wraps it in an ``Event`` and pushes it through a
+``Stream`` with sensors, processors and per-event acks. Measured here, that path alone costs
+about 170–200 µs of CPU per message with an agent that does nothing: the ceiling of any Faust agent
+on this machine is about 5–6k messages/s before any work is done (``benchmarks/README.md``).
+
+This module keeps everything Faust is good at — the consumer group and its partition assignor,
+changelog-backed tables and their recovery, offset tracking and commits, flow control during a
+rebalance, timers and the web server — and replaces only that per-message hand-off for the topics
+the worker consumes in batches:
+
+* :class:`BatchingConsumer` is Faust's aiokafka consumer with ``_drain_messages`` changed in one
+  place: a message of a batch topic is appended to that topic's :class:`InputBuffer` (no task, no
+  ``Event``); every other topic (table changelogs among them) takes Faust's own path.
+* :class:`InputBuffer` is a bounded FIFO. The fetcher stops fetching while a buffer is over its
+  high-water mark (back-pressure). Messages not taken when their partition moves are dropped
+  (older consumer generation) and fetched again by the partition's next owner.
+* :meth:`InputBuffer.take` returns a micro-batch: up to ``max_n`` messages, waiting at most
+  ``max_wait_s`` after the first of them arrived.
+* :class:`BatchingApp` is ``faust.App`` using that consumer.
+
+Offsets stay Faust's business: the scorer tracks a message when it takes it
+(``Consumer.track_message``, as a ``Stream`` does) and acks it (``Consumer.ack``) once its outputs
+are delivered; Faust commits acked offsets only, and flushes the producer before every commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Any
+
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+
+class InputBuffer:
+    """Messages fetched for some topics, waiting to be taken in micro-batches."""
+
+    def __init__(self, high_water: int, *, clock: Any = time.monotonic) -> None:
+        self.high_water = high_water
+        self._clock = clock
+        self._q: deque[tuple[float, Any]] = deque()  # (monotonic receipt time, message)
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    def put(self, message: Any) -> None:
+        self._q.append((self._clock(), message))
+        self._arrived.set()
+        if len(self._q) >= self.high_water:
+            self._room.clear()
+
+    def full(self) -> bool:
+        return len(self._q) >= self.high_water
+
+    async def wait_for_room(self) -> None:
+        await self._room.wait()
+
+    def discard(self, tps: Any = None) -> None:
+        """Drop what was not taken yet, of the topic-partitions ``tps`` (``None``: all)."""
+        if tps is None:
+            self._q.clear()
+        elif self._q:
+            kept = [x for x in self._q if x[1].tp not in tps]
+            self._q.clear()  # in place: a waiting take() holds this deque
+            self._q.extend(kept)
+        if len(self._q) < self.high_water:
+            self._room.set()
+
+    async def take(self, max_n: int, max_wait_s: float) -> list[tuple[float, Any]]:
+        """Up to ``max_n`` messages; waits at most ``max_wait_s`` after the first one arrived."""
+        q = self._q
+        while not q:
+            self._arrived.clear()
+            await self._arrived.wait()
+        if len(q) < max_n:
+            deadline = q[0][0] + max_wait_s
+            while len(q) < max_n:
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except TimeoutError:
+                    break
+                if not q:  # discarded by a seek while we waited
+                    return []
+        n = min(max_n, len(q))
+        popleft = q.popleft
+        out = [popleft() for _ in range(n)]
+        if len(q) < self.high_water:
+            self._room.set()
+        return out
+
+
+class BatchingConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer; messages of batch topics go to their :class:`InputBuffer`.
+
+    Seeks are the delicate part. Faust seeks every stream partition back to its committed offset
+    after a rebalance and table recovery while the fetcher keeps running, then resumes flow, which
+    clears agent queues; a fetch that started before the seek can still be handed out after it.
+    Two earlier versions of this class lost events in the SIGKILL test through that window (one
+    cleared its buffer on resume, one dropped fetches that overlapped a seek). The rule now is
+    Kafka's own: every batch-topic partition has a next offset to deliver, set by each seek; a
+    message is delivered only if it is that offset (or later, across a gap of control records),
+    so stale copies are dropped and nothing is skipped. A seek also drops what the buffer holds
+    for the sought partitions, since it will be fetched again. Buffers are not cleared on resume;
+    the scorer drops messages of an older consumer generation itself.
+    """
+
+    next_offset: dict[Any, int | None]  # batch-topic partition -> next offset to deliver
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.next_offset = {}
+
+    def _discard_buffered(self, tps: Any) -> None:
+        for buf in {id(b): b for b in getattr(self.app, "input_buffers", {}).values()}.values():
+            buf.discard(tps)
+
+    async def perform_seek(self) -> None:
+        await super().perform_seek()
+        # No await from here on: the fetcher cannot deliver between the seek's new read offsets
+        # (the committed offsets, None where nothing was committed) and these.
+        self.next_offset = dict(self._read_offset)
+        self._discard_buffered(None)
+
+    async def seek(self, partition: Any, offset: int) -> None:
+        await super().seek(partition, offset)
+        self.next_offset[partition] = offset
+        self._discard_buffered({partition})
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised via Kafka
+        buffers: dict[str, InputBuffer] = getattr(self.app, "input_buffers", {})
+        # The loop of faust.transport.consumer.Consumer._drain_messages (faust-streaming 0.11 to
+        # 0.15), with batch-topic messages handed to their buffer (delivery rule: class docstring)
+        # and a back-pressure wait; other topics (table changelogs) take Faust's path unchanged.
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        commit_every = self._commit_every
+        sleep = asyncio.sleep
+        app = self.app
+        yield_every = 100
+        since_yield = 0
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                for buf in buffers.values():
+                    if buf.full():
+                        await self.wait_first(buf.wait_for_room(), self.suspend_flow.wait())
+                ait = getmany(timeout=1.0)
+                await self.sleep(0)
+                if self.should_stop:
+                    continue
+                async for tp, message in ait:
+                    since_yield += 1
+                    if since_yield > yield_every:
+                        await sleep(0)
+                        since_yield = 0
+                    offset = message.offset
+                    if commit_every is not None and self._n_acked >= commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                    target = buffers.get(tp.topic)
+                    if target is not None:
+                        if message.generation_id != app.consumer_generation_id:
+                            continue  # an older assignment's; the seek after a rebalance refetches it
+                        nxt = self.next_offset.get(tp)
+                        if nxt is not None:
+                            if offset < nxt:
+                                continue  # delivered already, or a pre-seek copy
+                            if offset > nxt and acks_enabled_for(message.topic):
+                                # Offsets nxt..offset-1 hold no data (transaction markers):
+                                # let commits pass them, as Faust does.
+                                await self._add_gap(tp, nxt, offset - 1)
+                        self.next_offset[tp] = offset + 1
+                        target.put(message)
+                        set_read_offset(tp, offset)
+                        continue
+                    r_offset = get_read_offset(tp)
+                    if r_offset is None or offset >= r_offset:
+                        gap = offset - (r_offset or 0)
+                        if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                            await self._add_gap(tp, r_offset + 1, offset)
+                        await self.wait_first(callback(message), self.suspend_flow.wait())
+                        set_read_offset(tp, offset)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+
+
+class BatchingTransport(faust_aiokafka.Transport):
+    Consumer = BatchingConsumer
+
+
+class BatchingApp(faust.App):
+    """``faust.App`` whose consumer fills :attr:`input_buffers` for the topics registered there."""
+
+    input_buffers: dict[str, InputBuffer]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.input_buffers = {}
+
+    def batch_topics(self, topic: Any, buffer: InputBuffer) -> None:
+        """Consume ``topic`` (a ``faust.Topic``) into ``buffer``: subscribed, never streamed."""
+        for name in topic.topics:
+            self.input_buffers[name] = buffer
+        self.topics.add(topic)  # the conductor subscribes the consumer and enables acks
+
+    def _new_transport(self) -> Any:
+        return BatchingTransport(self.conf.broker_consumer, self)

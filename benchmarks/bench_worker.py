@@ -2,7 +2,7 @@
 
     python benchmarks/bench_worker.py [--transactions 30000] [--registry DIR] [--bootstrap HOST:PORT]
                                       [--sweep default,batch256,...] [--quick] [--timeout 150]
-                                      [--latency-settings default,onednn-off] [--profile DIR]
+                                      [--latency-settings default,wait100] [--profile DIR]
                                       [--out benchmarks/results/worker.json]
 
 About 25 minutes on 2 shared cores with the defaults (``--quick``: about 10).
@@ -95,17 +95,17 @@ SWEEP: dict[str, dict[str, Any]] = {
     "model64": {"model_max_batch": 64},
     "wait5": {"pipeline_max_wait_ms": 5},
     "wait100": {"pipeline_max_wait_ms": 100},
-    # oneDNN caches primitives per input shape (16 by default): micro-batches of varying size
-    # miss that cache; off, Paddle's own CPU kernels are used.
-    "onednn-off": {"use_onednn": False},
-    "onednn-off-wait100": {"use_onednn": False, "pipeline_max_wait_ms": 100},
+    # oneDNN (off by default) caches primitives per input shape (16 by default): micro-batches of
+    # varying size miss that cache; off, Paddle's own CPU kernels are used.
+    "onednn-on": {"use_onednn": True},
+    "onednn-on-wait100": {"use_onednn": True, "pipeline_max_wait_ms": 100},
     # Faust's worker sets the root logger to DEBUG when --loglevel is warning or above (its
     # progress spinner listens to every record), so every debug call builds a LogRecord.
     "loglevel-warning": {"loglevel": "warning"},
 }
 # (b) runs with the same predictor options as (a)'s default, and with oneDNN off.
-PLAIN_SWEEP: dict[str, dict[str, Any]] = {"default": {}, "onednn-off": {"use_onednn": False}}
-QUICK_SWEEP = ("default", "onednn-off")
+PLAIN_SWEEP: dict[str, dict[str, Any]] = {"default": {}, "onednn-on": {"use_onednn": True}}
+QUICK_SWEEP = ("default", "wait100")
 
 
 def free_port() -> int:

@@ -45,6 +45,7 @@ from streams.batch_loop import BatchLoop, Taken
 from streams.intake import BatchingApp, InputBuffer
 from streams.metrics import Metrics
 from streams.model_watch import ModelWatcher
+from streams.output import BatchOutput, ChangelogKeys
 from streams.pipeline import KIND_CLICK, KIND_LABEL, KIND_TXN, BatchProcessor, InMessage
 
 log = logging.getLogger("riskstream.worker")
@@ -111,8 +112,8 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     processor = BatchProcessor(
         engine,
         watcher.scorer,
-        users.get,
-        terminals.get,
+        lambda uid: _store_dict(users).get(uid),
+        lambda tid: _store_dict(terminals).get(tid),
         max_message_bytes=settings.max_message_bytes,
     )
 
@@ -122,7 +123,12 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     app.batch_topics(inputs, in_buffer)
     term_buffer = InputBuffer(high_water=4 * settings.pipeline_max_batch)
     app.batch_topics(term_topic, term_buffer)
-    send = app.producer.send
+    out = BatchOutput(app)
+    user_keys, terminal_keys = ChangelogKeys(users), ChangelogKeys(terminals)
+    user_log, terminal_log = (
+        users.changelog_topic.get_topic_name(),
+        terminals.changelog_topic.get_topic_name(),
+    )
     risk_name, dead_name, term_name = (
         settings.topic_risk_events,
         settings.topic_dead_letter,
@@ -141,43 +147,39 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         for topic, n in per_topic.items():
             metrics.events_in.labels(topic).inc(n)
         res = processor.process(batch)
-        futures = []
-        for key, value in res.risk_events:
-            futures.append(await send(risk_name, key, value, None, None, None))
-        for dl in res.dead_letters:
-            futures.append(await send(dead_name, dl.key, dl.value, None, None, dl.headers))
-        for key, value in res.terminal_labels:
-            futures.append(await send(term_name, key, value, 0, None, None))
-        # State writes: the store, plus a changelog record in the user's input partition whose
-        # delivery the batch's ack waits for like its risk events' (Faust's own flush before a
-        # commit gives up on its send buffer after 0.1 s, so it cannot be relied on for that).
+        records: list[Any] = [(risk_name, None, key, value, None) for key, value in res.risk_events]
+        records += [(dead_name, None, dl.key, dl.value, dl.headers) for dl in res.dead_letters]
+        records += [(term_name, 0, key, value, None) for key, value in res.terminal_labels]
+        # State writes: the table's store, plus a changelog record in the user's input partition
+        # (where Faust's table recovery looks for it), delivered with the batch's other records.
         states = res.user_states
-        store = users.data
+        store = _store_dict(users)
         for uid, part in res.user_partition.items():
             raw = states[uid]
-            futures.append(users.send_changelog(part, uid, raw))
+            records.append((user_log, part, user_keys(uid), raw, None))
             store[uid] = raw
+        futures = await out.send(records)
         _record(metrics, settings, res)
         return futures
 
     async def handle_terminal_labels(taken: Taken) -> list[Any]:
         touched: dict[str, TerminalState] = {}
+        store = _store_dict(terminals)
         for _, m in taken:
             lb = parse_label(m.value, settings.max_message_bytes)
             ts = touched.get(lb.terminal_id)
             if ts is None:
-                raw = terminals.get(lb.terminal_id)
+                raw = store.get(lb.terminal_id)
                 ts = TerminalState.from_bytes(raw) if raw is not None else TerminalState()
                 touched[lb.terminal_id] = ts
             engine.terminal_label(ts, lb)
-        futures = []
-        store = terminals.data
+        records: list[Any] = []
         for tid, ts in touched.items():
             raw = ts.to_bytes()
-            futures.append(terminals.send_changelog(0, tid, raw))  # one partition
+            records.append((terminal_log, 0, terminal_keys(tid), raw, None))  # one partition
             store[tid] = raw
         metrics.events_in.labels(term_name).inc(len(taken))
-        return futures
+        return await out.send(records)
 
     within = settings.pipeline_max_wait_ms / 1000.0
     loops = (
@@ -214,6 +216,16 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         processor.users.clear()
 
     return Runtime(app, processor, watcher, metrics)
+
+
+def _store_dict(table: Any) -> dict[str, bytes]:
+    """The dict inside a table's memory store: reads and writes without Faust's per-key hooks.
+
+    The worker writes the changelog itself (``streams/output.py``); Faust's recovery fills this
+    same dict from the changelog.
+    """
+    d: dict[str, bytes] = table.data.data
+    return d
 
 
 def _record(metrics: Metrics, settings: Settings, res: Any) -> None:

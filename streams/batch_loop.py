@@ -6,8 +6,8 @@ One loop per :class:`streams.intake.InputBuffer`. Per batch:
 2. Flow control: while Faust is rebalancing the loop waits; messages fetched under an older
    consumer generation are dropped untracked (the partition's next owner fetches them again from
    the committed offset), exactly as a Faust ``Stream`` skips them.
-3. Each message is tracked (``Consumer.track_message``: Faust now waits for its ack before it
-   gives the partition away or stops).
+3. Each message is tracked (as ``Consumer.track_message`` does: Faust now waits for its ack
+   before it gives the partition away or stops).
 4. ``handle`` runs the batch and returns the delivery futures of what it produced.
 5. The batch is acked when every future succeeded, and batches are acked in the order they were
    taken (a later batch whose records were delivered first waits): Faust commits the first run
@@ -118,14 +118,15 @@ class BatchLoop:
         batch = [x for x in taken if x[1].generation_id == gen]
         if not batch:
             return
-        consumer = app.consumer
+        # Track as a Faust Stream does (Consumer.track_message without its per-message sensor):
+        # Faust now waits for these acks before it hands the partition over or stops.
+        unacked = app.consumer._unacked_messages
         for _, m in batch:
-            consumer.track_message(m)
+            m.tracked = True
+            unacked.add(m)
         futures = await self.handle(batch)
         self.acks.add(futures, [m for _, m in batch])
         self.batches += 1
-        # Back-pressure from the producer (changelog writes go through Faust's buffer).
-        await app.producer.buffer.wait_until_ebb()
 
     def _failed(self, exc: BaseException, msgs: list[Any]) -> None:
         first = msgs[0]

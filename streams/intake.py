@@ -110,10 +110,13 @@ class BatchingConsumer(faust_aiokafka.Consumer):
     Two earlier versions of this class lost events in the SIGKILL test through that window (one
     cleared its buffer on resume, one dropped fetches that overlapped a seek). The rule now is
     Kafka's own: every batch-topic partition has a next offset to deliver, set by each seek; a
-    message is delivered only if it is that offset (or later, across a gap of control records),
-    so stale copies are dropped and nothing is skipped. A seek also drops what the buffer holds
-    for the sought partitions, since it will be fetched again. Buffers are not cleared on resume;
-    the scorer drops messages of an older consumer generation itself.
+    message is delivered only if it is that offset, so stale copies are dropped and nothing is
+    skipped. A message ahead of it makes the partition seek back to it (a fetch begun before a
+    seek can deliver records from the old position after it); only if the fetch from there
+    starts beyond it again is the hole taken as a real gap (transaction markers). A seek also
+    drops what the buffer holds for the sought partitions, since it will be fetched again.
+    Buffers are not cleared on resume; the scorer drops messages of an older consumer generation
+    itself.
     """
 
     next_offset: dict[Any, int | None]  # batch-topic partition -> next offset to deliver
@@ -121,6 +124,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.next_offset = {}
+        self._reseek: dict[Any, tuple[int, int]] = {}  # partition -> (offset sought back to, fetch no)
 
     def _discard_buffered(self, tps: Any) -> None:
         for buf in {id(b): b for b in getattr(self.app, "input_buffers", {}).values()}.values():
@@ -155,11 +159,13 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         app = self.app
         yield_every = 100
         since_yield = 0
+        fetch_no = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 for buf in buffers.values():
                     if buf.full():
                         await self.wait_first(buf.wait_for_room(), self.suspend_flow.wait())
+                fetch_no += 1
                 ait = getmany(timeout=1.0)
                 await self.sleep(0)
                 if self.should_stop:
@@ -178,13 +184,24 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                         if message.generation_id != app.consumer_generation_id:
                             continue  # an older assignment's; the seek after a rebalance refetches it
                         nxt = self.next_offset.get(tp)
-                        if nxt is not None:
+                        if nxt is not None and offset != nxt:
                             if offset < nxt:
                                 continue  # delivered already, or a pre-seek copy
-                            if offset > nxt and acks_enabled_for(message.topic):
-                                # Offsets nxt..offset-1 hold no data (transaction markers):
-                                # let commits pass them, as Faust does.
-                                await self._add_gap(tp, nxt, offset - 1)
+                            # Ahead of the next offset: a fetch from before a seek (its
+                            # records are still in flight) or a real gap (transaction markers).
+                            # Seek back to it once; if the next fetch from there still starts
+                            # beyond it, the gap is real and commits may pass it, as in Faust.
+                            tried = self._reseek.get(tp)
+                            if tried is not None and tried[0] == nxt and tried[1] != fetch_no:
+                                if acks_enabled_for(message.topic):
+                                    await self._add_gap(tp, nxt, offset - 1)
+                            else:
+                                if tried is None or tried[0] != nxt:
+                                    self._reseek[tp] = (nxt, fetch_no)
+                                    await super().seek(tp, nxt)
+                                continue
+                        if self._reseek:
+                            self._reseek.pop(tp, None)
                         self.next_offset[tp] = offset + 1
                         target.put(message)
                         set_read_offset(tp, offset)

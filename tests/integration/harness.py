@@ -218,3 +218,42 @@ async def consume(
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+async def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:
+    """Messages of ``topics`` not yet committed by consumer group ``group`` (end - committed)."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await admin.start()
+    await c.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        tps = [tp for tp in committed if tp.topic in topics]
+        parts = {t: c.partitions_for_topic(t) or set() for t in topics}
+        from aiokafka.structs import TopicPartition
+
+        all_tps = [TopicPartition(t, p) for t, ps in parts.items() for p in ps]
+        ends = await c.end_offsets(all_tps) if all_tps else {}
+        done = {tp: committed[tp].offset for tp in tps}
+        return sum(max(end - max(done.get(tp, 0), 0), 0) for tp, end in ends.items())
+    finally:
+        await c.stop()
+        await admin.close()
+
+
+def wait_caught_up(scenario: Scenario, timeout: float = 300.0, worker: WorkerProc | None = None) -> None:
+    """Until the scenario's group has committed every input message (the worker is done)."""
+    topics = [scenario.topics[k] for k in ("transactions", "clickstream", "labels")]
+    deadline = time.monotonic() + timeout
+    lag = -1
+    while time.monotonic() < deadline:
+        lag = run(group_lag(scenario.bootstrap, f"rs-{scenario.name}", topics))
+        if lag == 0:
+            return
+        if worker is not None:
+            worker.check_alive()
+        time.sleep(1.0)
+    raise AssertionError(f"group rs-{scenario.name} still {lag} messages behind after {timeout} s")

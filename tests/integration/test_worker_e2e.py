@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pandas as pd
 import pytest
-from harness import Scenario, WorkerProc, consume, produce, run
+from harness import Scenario, WorkerProc, consume, produce, run, wait_caught_up
 
 from modeling.features import FeatureConfig, FeatureEngine, FeatureRunner, UserState
 from modeling.records import ClickEvent, Label, Transaction, parse_risk_event
@@ -137,16 +137,14 @@ def test_sigkill_mid_stream_loses_nothing_and_restores_state(
     w2 = WorkerProc(sc, "second").start()
     try:
         w2.wait_metrics()
-        deadline = time.monotonic() + 300
-        seen: set[str] = set()
-        recs: list[object] = []
-        while len(seen) < n_tx and time.monotonic() < deadline:
-            recs = run(consume(sc.bootstrap, sc.topics["risk_events"], timeout=20, idle=3))
-            seen = {orjson.loads(r.value)["transaction_id"] for r in recs}  # type: ignore[attr-defined]
+        # Done when the group has committed every input message: a commit follows the delivery
+        # of the batch's risk events and changelog records.
+        wait_caught_up(sc, timeout=300, worker=w2)
+        recs = run(consume(sc.bootstrap, sc.topics["risk_events"], timeout=60, idle=3))
+        seen = {orjson.loads(r.value)["transaction_id"] for r in recs}
         assert seen == {e.transaction_id for e in events if isinstance(e, Transaction)}, "lost events"
         assert len(recs) >= n_tx  # at-least-once: redelivered ones may appear twice
         # Window state recovered from the changelog equals a from-scratch replay.
-        time.sleep(3)  # let the last table writes reach the changelog
         changelog = run(consume(sc.bootstrap, f"rs-{sc.name}-user-state-changelog", timeout=30, idle=3))
         latest: dict[str, bytes] = {}
         for r in changelog:

@@ -29,12 +29,16 @@ are delivered; Faust commits acked offsets only, and flushes the producer before
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from typing import Any
 
 import faust
+from faust.transport.consumer import ensure_TP
 from faust.transport.drivers import aiokafka as faust_aiokafka
+
+log = logging.getLogger("riskstream.intake")
 
 
 class InputBuffer:
@@ -101,45 +105,117 @@ class InputBuffer:
         return out
 
 
+DELIVER, SKIP, RESEEK, GAP = "deliver", "skip", "reseek", "gap"
+
+
+class DeliveryCursors:
+    """The next offset to deliver per partition, and what to do with each fetched message.
+
+    Kafka's own rule: a message is delivered only if it is its partition's next offset, so
+    stale copies are dropped and nothing is skipped. :meth:`expect` sets the next offset (a seek);
+    it belongs to the consumer generation it was set in, and a partition with none (never sought
+    in this generation) takes the first message that comes. :meth:`decide` answers, per message:
+
+    * ``DELIVER`` — it is the next offset (or the first one): the next offset moves past it;
+    * ``SKIP`` — below the next offset (delivered already, or a copy from before a seek), or
+      ahead of it in a fetch that already asked for a seek back;
+    * ``RESEEK`` — ahead of the next offset, first time: seek the partition back to it (a fetch
+      begun before a seek can hand out records of the old position after it);
+    * ``GAP`` — ahead of it again in a later fetch, after seeking back: the offsets are not in
+      the log (transaction markers, compaction). The caller marks them as a gap for commits, as
+      Faust does, and delivers the message; the next offset moves past it.
+    """
+
+    def __init__(self) -> None:
+        self._next: dict[Any, tuple[int, int]] = {}  # partition -> (generation, next offset)
+        self._reseek: dict[Any, tuple[int, int]] = {}  # partition -> (offset sought back to, fetch no)
+
+    def expect(self, tp: Any, offset: int, generation: int) -> None:
+        self._next[tp] = (generation, offset)
+        self._reseek.pop(tp, None)
+
+    def next_offset(self, tp: Any, generation: int) -> int | None:
+        cur = self._next.get(tp)
+        return cur[1] if cur is not None and cur[0] == generation else None
+
+    def decide(self, tp: Any, offset: int, generation: int, fetch_no: int) -> tuple[str, int]:
+        """``(action, next offset before this message)`` for a message fetched by fetch ``fetch_no``
+        (with no next offset yet, the message's own)."""
+        nxt = self.next_offset(tp, generation)
+        if nxt is None:
+            nxt = offset
+        action = DELIVER
+        if offset != nxt:
+            if offset < nxt:
+                return SKIP, nxt
+            tried = self._reseek.get(tp)
+            if tried is None or tried[0] != nxt:
+                self._reseek[tp] = (nxt, fetch_no)
+                return RESEEK, nxt
+            if tried[1] == fetch_no:
+                return SKIP, nxt
+            action = GAP
+        if self._reseek:
+            self._reseek.pop(tp, None)
+        self._next[tp] = (generation, offset + 1)
+        return action, nxt
+
+
 class BatchingConsumer(faust_aiokafka.Consumer):
     """Faust's aiokafka consumer; messages of batch topics go to their :class:`InputBuffer`.
 
     Seeks are the delicate part. Faust seeks every stream partition back to its committed offset
-    after a rebalance and table recovery while the fetcher keeps running, then resumes flow, which
-    clears agent queues; a fetch that started before the seek can still be handed out after it.
-    Two earlier versions of this class lost events in the SIGKILL test through that window (one
-    cleared its buffer on resume, one dropped fetches that overlapped a seek). The rule now is
-    Kafka's own: every batch-topic partition has a next offset to deliver, set by each seek; a
-    message is delivered only if it is that offset, so stale copies are dropped and nothing is
-    skipped. A message ahead of it makes the partition seek back to it (a fetch begun before a
-    seek can deliver records from the old position after it); only if the fetch from there
-    starts beyond it again is the hole taken as a real gap (transaction markers). A seek also
-    drops what the buffer holds for the sought partitions, since it will be fetched again.
-    Buffers are not cleared on resume; the scorer drops messages of an older consumer generation
-    itself.
+    after a rebalance and table recovery while the fetcher keeps running; a fetch that started
+    before the seek can still be handed out after it. Earlier versions of this class lost events
+    in the SIGKILL test through that window (one cleared its buffer on resume, one dropped
+    fetches that overlapped a seek, one dropped what a group's first run had fetched before a
+    seek that never came). Delivery now follows :class:`DeliveryCursors`: each seek sets the
+    partition's next offset, only that offset is delivered, and a message ahead of it makes the
+    partition seek back once. A seek drops what the buffer holds of the sought partitions, since
+    it will be fetched again; a partition with nothing committed is not sought, so what was
+    fetched of it stays. Buffers are not cleared on resume; the scorer drops messages of an
+    older consumer generation itself.
     """
-
-    next_offset: dict[Any, int | None]  # batch-topic partition -> next offset to deliver
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.next_offset = {}
-        self._reseek: dict[Any, tuple[int, int]] = {}  # partition -> (offset sought back to, fetch no)
+        self.cursors = DeliveryCursors()
 
     def _discard_buffered(self, tps: Any) -> None:
         for buf in {id(b): b for b in getattr(self.app, "input_buffers", {}).values()}.values():
             buf.discard(tps)
 
+    def _expect(self, tp: Any, offset: int) -> None:
+        self.cursors.expect(tp, offset, self.app.consumer_generation_id)
+
     async def perform_seek(self) -> None:
-        await super().perform_seek()
-        # No await from here on: the fetcher cannot deliver between the seek's new read offsets
-        # (the committed offsets, None where nothing was committed) and these.
-        self.next_offset = dict(self._read_offset)
-        self._discard_buffered(None)
+        """Faust's ``perform_seek``, with the delivery rule kept in step (class docstring).
+
+        A partition with a committed offset is sought there: delivery restarts at it and what the
+        buffer holds of it goes (it will be fetched again). A partition with no committed offset
+        is not sought (aiokafka seeks only to offsets above 0), so the fetch position is wherever
+        the fetcher got since the assignment; what was fetched from it is kept, or it would never
+        come again (a group's first run lost events that way).
+        """
+        committed = await self.seek_to_committed()
+        # No await from here on: the fetcher cannot deliver between the seek and these updates.
+        self._read_offset.update(
+            {tp: offset if offset is not None and offset >= 0 else None for tp, offset in committed.items()}
+        )
+        self._committed_offset.update(
+            {ensure_TP(tp): offset or None for tp, offset in committed.items() if offset is not None}
+        )
+        sought = set()
+        for tp, offset in committed.items():
+            if offset is not None and offset >= 0:
+                self._expect(tp, offset)
+                sought.add(tp)
+        if sought:
+            self._discard_buffered(sought)
 
     async def seek(self, partition: Any, offset: int) -> None:
         await super().seek(partition, offset)
-        self.next_offset[partition] = offset
+        self._expect(partition, offset)
         self._discard_buffered({partition})
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised via Kafka
@@ -160,6 +236,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         yield_every = 100
         since_yield = 0
         fetch_no = 0
+        decide = self.cursors.decide
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 for buf in buffers.values():
@@ -183,26 +260,17 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                     if target is not None:
                         if message.generation_id != app.consumer_generation_id:
                             continue  # an older assignment's; the seek after a rebalance refetches it
-                        nxt = self.next_offset.get(tp)
-                        if nxt is not None and offset != nxt:
-                            if offset < nxt:
-                                continue  # delivered already, or a pre-seek copy
-                            # Ahead of the next offset: a fetch from before a seek (its
-                            # records are still in flight) or a real gap (transaction markers).
-                            # Seek back to it once; if the next fetch from there still starts
-                            # beyond it, the gap is real and commits may pass it, as in Faust.
-                            tried = self._reseek.get(tp)
-                            if tried is not None and tried[0] == nxt and tried[1] != fetch_no:
-                                if acks_enabled_for(message.topic):
-                                    await self._add_gap(tp, nxt, offset - 1)
-                            else:
-                                if tried is None or tried[0] != nxt:
-                                    self._reseek[tp] = (nxt, fetch_no)
-                                    await super().seek(tp, nxt)
+                        action, nxt = decide(tp, offset, message.generation_id, fetch_no)
+                        if action is not DELIVER:
+                            if action is SKIP:
                                 continue
-                        if self._reseek:
-                            self._reseek.pop(tp, None)
-                        self.next_offset[tp] = offset + 1
+                            if action is RESEEK:
+                                log.warning("seeking %s back to %d (got %d)", tp, nxt, offset)
+                                await super().seek(tp, nxt)  # not self.seek: the cursor stays
+                                continue
+                            log.warning("%s: offsets %d..%d absent, taken as a gap", tp, nxt, offset - 1)
+                            if acks_enabled_for(message.topic):
+                                await self._add_gap(tp, nxt, offset - 1)
                         target.put(message)
                         set_read_offset(tp, offset)
                         continue

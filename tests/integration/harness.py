@@ -232,11 +232,17 @@ async def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:
     try:
         committed = await admin.list_consumer_group_offsets(group)
         tps = [tp for tp in committed if tp.topic in topics]
-        parts = {t: c.partitions_for_topic(t) or set() for t in topics}
+        # A consumer with no subscription knows no topic until it asks: without this metadata
+        # request partitions_for_topic() is None and every topic would look caught up.
+        await c.topics()
+        parts = {t: c.partitions_for_topic(t) for t in topics}
+        missing = [t for t, ps in parts.items() if not ps]
+        if missing:
+            raise AssertionError(f"no partitions known for {missing}")
         from aiokafka.structs import TopicPartition
 
-        all_tps = [TopicPartition(t, p) for t, ps in parts.items() for p in ps]
-        ends = await c.end_offsets(all_tps) if all_tps else {}
+        all_tps = [TopicPartition(t, p) for t, ps in parts.items() for p in ps or ()]
+        ends = await c.end_offsets(all_tps)
         done = {tp: committed[tp].offset for tp in tps}
         return sum(max(end - max(done.get(tp, 0), 0), 0) for tp, end in ends.items())
     finally:

@@ -1,4 +1,5 @@
-"""InputBuffer (micro-batch hand-off from the consumer) and InOrderAcks (ack order vs delivery)."""
+"""InputBuffer (micro-batch hand-off from the consumer), DeliveryCursors (which fetched message is
+delivered after seeks and rebalances) and InOrderAcks (ack order vs delivery)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import time
 from typing import Any, NamedTuple
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streams.batch_loop import InOrderAcks
-from streams.intake import InputBuffer
+from streams.intake import DELIVER, GAP, RESEEK, SKIP, DeliveryCursors, InputBuffer
 
 
 class TP(NamedTuple):
@@ -170,3 +173,71 @@ def test_take_never_returns_more_than_asked(n: int) -> None:
 
     sizes = asyncio.run(go())
     assert sum(sizes) == 12 and max(sizes) <= n
+
+
+def test_cursor_without_a_seek_takes_the_first_message_then_only_the_next_offset() -> None:
+    # A group's first run: nothing committed, nothing sought; delivery starts wherever the fetch
+    # position is and then goes on without holes.
+    c = DeliveryCursors()
+    assert c.decide(A, 500, 1, 1) == (DELIVER, 500)
+    assert c.decide(A, 501, 1, 1) == (DELIVER, 501)
+    assert c.decide(A, 501, 1, 2)[0] == SKIP  # a copy
+    assert c.next_offset(A, 1) == 502
+    assert c.decide(B, 7, 1, 2) == (DELIVER, 7)  # partitions are independent
+
+
+def test_cursor_after_a_seek_drops_older_copies_and_asks_once_to_seek_back_for_newer_ones() -> None:
+    c = DeliveryCursors()
+    for off in range(20):
+        c.decide(A, off, 1, 1)
+    c.expect(A, 10, 1)  # Faust seeks back to the committed offset
+    assert c.decide(A, 20, 1, 2) == (RESEEK, 10)  # from a fetch begun before the seek
+    assert c.decide(A, 21, 1, 2) == (SKIP, 10)  # rest of that fetch
+    assert c.decide(A, 5, 1, 3) == (SKIP, 10)
+    assert [c.decide(A, off, 1, 3)[0] for off in (10, 11, 12)] == [DELIVER] * 3
+    assert c.next_offset(A, 1) == 13
+
+
+def test_cursor_takes_a_hole_as_a_gap_only_when_a_later_fetch_starts_beyond_it_again() -> None:
+    c = DeliveryCursors()
+    c.expect(A, 10, 1)
+    assert c.decide(A, 12, 1, 1) == (RESEEK, 10)
+    assert c.decide(A, 12, 1, 1) == (SKIP, 10)  # same fetch: still the old position
+    assert c.decide(A, 12, 1, 2) == (GAP, 10)  # fetched again from 10, starts at 12: not in the log
+    assert c.decide(A, 13, 1, 2) == (DELIVER, 13)
+    # A new hole asks for a new seek back before it is believed.
+    assert c.decide(A, 16, 1, 3) == (RESEEK, 14)
+
+
+def test_cursor_of_an_earlier_generation_does_not_hold_back_a_new_assignment() -> None:
+    c = DeliveryCursors()
+    c.expect(A, 900, 1)
+    # The partition went to another worker and came back (generation 3) with no seek yet.
+    assert c.decide(A, 300, 3, 1) == (DELIVER, 300)
+    c.expect(A, 950, 3)
+    assert c.decide(A, 301, 3, 2) == (SKIP, 950)
+
+
+@given(st.lists(st.integers(min_value=0, max_value=60), min_size=1, max_size=200))
+def test_cursor_never_delivers_an_offset_twice_or_skips_one_it_was_shown(seeks: list[int]) -> None:
+    # Fetches replay the log from the positions a seek or a reseek set; whatever the seeks, the
+    # delivered offsets since the last seek are consecutive from it.
+    c = DeliveryCursors()
+    log = list(range(80))
+    position, fetch_no = 0, 0
+    for target in seeks:
+        c.expect(A, target, 1)
+        since: list[int] = []
+        for _ in range(4):  # a few fetches of 5 records from the current position
+            fetch_no += 1
+            for off in log[position : position + 5]:
+                action, nxt = c.decide(A, off, 1, fetch_no)
+                if action is RESEEK:
+                    position = nxt
+                    break
+                if action is DELIVER:
+                    since.append(off)
+                assert action is not GAP  # the log has no holes
+            else:
+                position += 5
+        assert since == list(range(target, target + len(since)))

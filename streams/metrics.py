@@ -61,6 +61,13 @@ class Metrics:
         )
         self.model_info = Info("riskstream_model", "The model versions being served", registry=r)
         self.model_swaps = Counter("riskstream_model_swaps", "Hot model swaps done", ["kind"], registry=r)
+        self.gc_pause_seconds = Histogram(
+            "riskstream_gc_pause_seconds",
+            "Python garbage-collector pauses (the event loop stands still), per generation",
+            ["generation"],
+            buckets=_LAT,
+            registry=r,
+        )
         self.model_rejections = Counter(
             "riskstream_model_rejections",
             "Published bundles refused (verification failed)",

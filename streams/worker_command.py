@@ -19,6 +19,7 @@ def run(args: argparse.Namespace) -> int:
     import faust
 
     from modeling.settings import load_settings
+    from streams import gc_pauses
     from streams.app import build_app
     from streams.broker.topics import ensure_topics, project_topics
 
@@ -33,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     asyncio.set_event_loop(loop)
     loop.run_until_complete(ensure_topics(settings.bootstrap_servers, project_topics(settings)))
     rt = build_app(settings)
+    gc_pauses.tune(rt.metrics)
     rt.metrics.serve(settings.metrics_port)
     logging.getLogger("riskstream.worker").info(
         "serving model %s (feature set %s); metrics on :%d",

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     model_max_batch: int = Field(default=256, ge=1)
     registry_poll_s: float = Field(default=5.0, gt=0)
     commit_interval_s: float = Field(default=1.0, gt=0)
+    # Fetch requests: the broker answers once this many bytes are ready or the wait is over.
+    # With Faust's (1 byte, 1.5 s) a steady trickle makes every fetch return a message or two,
+    # and the worker fell behind at a quarter of its backlog rate; the wait is part of the
+    # latency budget, and an idle worker sends a fetch per wait (benchmarks/README.md).
+    fetch_min_bytes: int = Field(default=64 * 1024, ge=1)
+    fetch_max_wait_ms: int = Field(default=10, ge=0)
 
     # --- models ------------------------------------------------------------------------------
     registry_dir: Path = Field(default_factory=lambda: default_home() / "registry")

@@ -70,6 +70,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     metrics = metrics or Metrics()
     app = BatchingApp(
         settings.app_id,
+        fetch_settings=(settings.fetch_min_bytes, settings.fetch_max_wait_ms),
         broker=[f"kafka://{h.strip()}" for h in settings.bootstrap_servers.split(",")],
         store="memory://",
         datadir=str(settings.worker_data_dir),

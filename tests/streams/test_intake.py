@@ -241,3 +241,19 @@ def test_cursor_never_delivers_an_offset_twice_or_skips_one_it_was_shown(seeks: 
             else:
                 position += 5
         assert since == list(range(target, target + len(since)))
+
+
+def test_the_consumer_fetches_with_the_apps_fetch_settings_not_faust_fixed_ones() -> None:
+    from streams.intake import BatchingApp, BatchingConsumerThread
+
+    async def main() -> tuple[str, int, int]:
+        app = BatchingApp("fetch-settings-test", broker="kafka://127.0.0.1:1", fetch_settings=(12_345, 7))
+        thread = app.consumer._thread
+        consumer = thread._create_worker_consumer(app.transport)  # not started: no connection
+        try:
+            return type(thread).__name__, consumer._fetch_min_bytes, consumer._fetch_max_wait_ms
+        finally:
+            await consumer.stop()
+            thread.thread_loop.close()  # the consumer thread's own loop, never started here
+
+    assert asyncio.run(main()) == (BatchingConsumerThread.__name__, 12_345, 7)

@@ -232,11 +232,11 @@ async def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:
     try:
         committed = await admin.list_consumer_group_offsets(group)
         tps = [tp for tp in committed if tp.topic in topics]
-        # A consumer with no subscription knows no topic until it asks: without this metadata
-        # request partitions_for_topic() is None and every topic would look caught up.
-        await c.topics()
-        parts = {t: c.partitions_for_topic(t) for t in topics}
-        missing = [t for t, ps in parts.items() if not ps]
+        # Ask the broker: a fresh consumer's cached metadata may not list the topics yet, and a
+        # topic it does not know would look caught up.
+        described = await admin.describe_topics(topics)
+        parts = {t["topic"]: {p["partition"] for p in t["partitions"]} for t in described}
+        missing = [t for t in topics if not parts.get(t)]
         if missing:
             raise AssertionError(f"no partitions known for {missing}")
         from aiokafka.structs import TopicPartition

@@ -184,10 +184,18 @@ def test_two_workers_share_partitions_and_swap_models_under_load(
         while sum(w.metric("riskstream_model_rejections_total") for w in workers) < 2:
             assert time.monotonic() < deadline, workers[0].log_tail()
             time.sleep(0.5)
-        # A good new version is picked up without a restart, mid-stream.
+        # A good new version is picked up without a restart, mid-stream: the workers swap while
+        # they score the next quarter of the events; the last quarter goes in once both have
+        # swapped, so the new version must show in the output.
         registry.rollback("behaviour", to=first)
         good = _republish(registry, first, tmp_path / "good", note="retrained")
-        _replay(sc, events[len(events) // 2 :])
+        second = events[len(events) // 2 :]
+        _replay(sc, second[: len(second) // 2])
+        deadline = time.monotonic() + 60
+        while min(w.metric("riskstream_model_swaps_total", kind="behaviour") for w in workers) < 1:
+            assert time.monotonic() < deadline, workers[0].log_tail()
+            time.sleep(0.5)
+        _replay(sc, second[len(second) // 2 :])
         recs = []
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:

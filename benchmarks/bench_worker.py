@@ -103,7 +103,7 @@ SWEEP: dict[str, dict[str, Any]] = {
     # progress spinner listens to every record), so every debug call builds a LogRecord.
     "loglevel-warning": {"loglevel": "warning"},
 }
-# (b) runs with the same predictor options as (a)'s default, and with oneDNN off.
+# (b) runs with the same predictor options as (a)'s default, and with oneDNN on.
 PLAIN_SWEEP: dict[str, dict[str, Any]] = {"default": {}, "onednn-on": {"use_onednn": True}}
 QUICK_SWEEP = ("default", "wait100")
 

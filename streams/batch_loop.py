@@ -94,8 +94,7 @@ class BatchLoop:
         self.max_n = max_n
         self.max_wait_s = max_wait_s
         self.handle = handle
-        self.batches = 0
-        self._crash: asyncio.Future[Any] | None = None
+        self._crash: asyncio.Future[Any] | None = None  # holds the crash task while it runs
         self.acks = InOrderAcks(lambda m: self.app.consumer.ack(m), self._failed)
 
     async def run(self) -> None:
@@ -121,12 +120,12 @@ class BatchLoop:
         # Track as a Faust Stream does (Consumer.track_message without its per-message sensor):
         # Faust now waits for these acks before it hands the partition over or stops.
         unacked = app.consumer._unacked_messages
-        for _, m in batch:
+        msgs = [m for _, m in batch]
+        for m in msgs:
             m.tracked = True
-            unacked.add(m)
+        unacked.update(msgs)
         futures = await self.handle(batch)
-        self.acks.add(futures, [m for _, m in batch])
-        self.batches += 1
+        self.acks.add(futures, msgs)
 
     def _failed(self, exc: BaseException, msgs: list[Any]) -> None:
         first = msgs[0]

@@ -3,7 +3,7 @@
 The worker holds many long-lived objects (decoded user states, Faust, aiokafka, Paddle) and
 allocates short-lived ones for every message. With CPython's default thresholds (700, 10, 10)
 the collector scans that whole heap every few seconds under load; each full collection stops
-the event loop for as long as the scan takes (Faust logged its timers waking 0.3–0.4 s late
+the event loop for as long as the scan takes (Faust logged its timers waking 0.3–0.5 s late
 during the demo). Here what exists once the worker is built is frozen out of collection
 (``gc.freeze``: reference counting still frees it), and young collections run less often so
 that fewer objects survive into the old generation. Pauses are observed in

@@ -222,7 +222,7 @@ def run(coro: Any) -> Any:
 
 async def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:
     """Messages of ``topics`` not yet committed by consumer group ``group`` (end - committed)."""
-    from aiokafka import AIOKafkaConsumer
+    from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -231,7 +231,6 @@ async def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:
     await c.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
-        tps = [tp for tp in committed if tp.topic in topics]
         # Ask the broker: a fresh consumer's cached metadata may not list the topics yet, and a
         # topic it does not know would look caught up.
         described = await admin.describe_topics(topics)
@@ -239,11 +238,8 @@ async def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:
         missing = [t for t in topics if not parts.get(t)]
         if missing:
             raise AssertionError(f"no partitions known for {missing}")
-        from aiokafka.structs import TopicPartition
-
-        all_tps = [TopicPartition(t, p) for t, ps in parts.items() for p in ps or ()]
-        ends = await c.end_offsets(all_tps)
-        done = {tp: committed[tp].offset for tp in tps}
+        ends = await c.end_offsets([TopicPartition(t, p) for t, ps in parts.items() for p in ps])
+        done = {tp: meta.offset for tp, meta in committed.items()}
         return sum(max(end - max(done.get(tp, 0), 0), 0) for tp, end in ends.items())
     finally:
         await c.stop()

@@ -10,8 +10,12 @@ About 25 minutes on 2 shared cores with the defaults (``--quick``: about 10).
 Messages: a window of ``training.history.event_stream`` over handbook_2w (transactions, the
 synthetic clickstream, labels at transaction time + 7 days) starting ``--start-day`` days in, so
 labels flow alongside transactions as they do in production, holding ``--transactions``
-transactions. They are produced once into three input topics (the backlog); every throughput
-run below reads that same backlog with its own consumer group and writes its own output topic.
+transactions. Every run starts from the window state of all the file's events before the window
+(``--start-day`` days of history, seeded into its changelog as ``riskstream warmup`` does), as a
+worker in production does; ``--cold`` starts from empty state (what this benchmark measured
+before 2026-11-30, which flattered the worker: snapshots were small). The window's messages
+are produced once into three input topics (the backlog); every throughput run below reads
+that same backlog with its own consumer group and writes its own output topic.
 
 * (a) riskstream's worker: ``python -m streams.cli worker`` (one process, a real model trained
   and published here with ``training.bundle.train_and_publish_matrix``, or ``--registry``), once per
@@ -85,6 +89,7 @@ DEFAULT_WORKER: dict[str, Any] = {
     "pipeline_max_batch": 512,
     "pipeline_max_wait_ms": 20,
     "model_max_batch": 256,
+    "state_flush_interval_ms": 1000,
     "loglevel": "info",
 }
 SWEEP: dict[str, dict[str, Any]] = {
@@ -99,13 +104,16 @@ SWEEP: dict[str, dict[str, Any]] = {
     # varying size miss that cache; off, Paddle's own CPU kernels are used.
     "onednn-on": {"use_onednn": True},
     "onednn-on-wait100": {"use_onednn": True, "pipeline_max_wait_ms": 100},
+    # User states written after every micro-batch: what the worker did before
+    # streams/state_flush.py.
+    "flush-every-batch": {"state_flush_interval_ms": 0},
     # Faust's worker sets the root logger to DEBUG when --loglevel is warning or above (its
     # progress spinner listens to every record), so every debug call builds a LogRecord.
     "loglevel-warning": {"loglevel": "warning"},
 }
 # (b) runs with the same predictor options as (a)'s default, and with oneDNN on.
 PLAIN_SWEEP: dict[str, dict[str, Any]] = {"default": {}, "onednn-on": {"use_onednn": True}}
-QUICK_SWEEP = ("default", "wait100")
+QUICK_SWEEP = ("default", "flush-every-batch")
 
 
 def free_port() -> int:
@@ -165,6 +173,7 @@ class Messages:
     last_txn: int
     window: tuple[int, int]  # event-time range [ms]
     bytes: int
+    history: list[Any] = field(default_factory=list)  # the file's events before the window
 
     @property
     def n_txn(self) -> int:
@@ -193,9 +202,11 @@ def load_messages(path: Path, n_txn: int, start_day: float) -> Messages:
     stream = event_stream(df, FeatureConfig())
     t0 = int(df["time_ms"].min()) + int(start_day * DAY_MS)
     events: list[Any] = []
+    history: list[Any] = []
     n = 0
     for ev in stream.events():
         if event_time(ev) < t0:
+            history.append(ev)
             continue
         if isinstance(ev, Transaction):
             if n == n_txn:
@@ -211,8 +222,77 @@ def load_messages(path: Path, n_txn: int, start_day: float) -> Messages:
     counts["messages"] = len(events)
     size = sum(len(orjson.dumps(e.to_dict())) for e in events)
     return Messages(
-        events, counts, tx_idx[0], tx_idx[-1], (event_time(events[0]), event_time(events[-1])), size
+        events, counts, tx_idx[0], tx_idx[-1], (event_time(events[0]), event_time(events[-1])), size, history
     )
+
+
+@dataclass
+class WarmState:
+    """Window state as of the message window's start: every event of the file before it, run
+    through the feature engine (what ``riskstream warmup`` seeds). Serialized once, written into
+    each run's changelog before its process starts, so every run starts from the same state."""
+
+    users: dict[str, bytes]
+    terminals: dict[str, bytes]
+    transactions: int
+    user_bytes_mean: float
+
+
+def build_warm_state(history: list[Any]) -> WarmState:
+    from modeling.features import FeatureConfig, FeatureEngine
+    from streams.warmup import build_state
+
+    runner, n = build_state(history, FeatureEngine(FeatureConfig()))
+    users = {uid: st.to_bytes() for uid, st in runner.users.items()}
+    terms = {tid: ts.to_bytes() for tid, ts in runner.terminals.items()}
+    mean = sum(map(len, users.values())) / max(len(users), 1)
+    return WarmState(users, terms, n, mean)
+
+
+async def seed_changelogs(bootstrap: str, logs: dict[str, tuple[dict[str, bytes], bool]]) -> None:
+    """Write snapshots into changelog topics: ``{topic: (key -> snapshot, keyed_by_user)}``.
+    User states go to the partition their user id hashes to (as the input topics), terminal
+    states to the global table's single partition; keys are serialized as Faust does (JSON)."""
+    import orjson
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from streams.broker.topics import ensure_topics
+
+    await ensure_topics(bootstrap, {t: PARTITIONS if by_user else 1 for t, (_, by_user) in logs.items()})
+    parts = list(range(PARTITIONS))
+    partitioner = DefaultPartitioner()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=10, max_batch_size=512 * 1024, acks="all"
+    )
+    await producer.start()
+    try:
+        futs = []
+        for topic, (states, by_user) in logs.items():
+            for key, raw in states.items():
+                p = partitioner(key.encode(), parts, parts) if by_user else 0
+                futs.append(await producer.send(topic, raw, key=orjson.dumps(key), partition=p))
+        await producer.flush()
+        await asyncio.gather(*futs)
+    finally:
+        await producer.stop()
+
+
+async def seed_worker(ctx: Ctx, app_id: str) -> None:
+    if ctx.warm is not None:
+        await seed_changelogs(
+            ctx.bootstrap,
+            {
+                f"{app_id}-user-state-changelog": (ctx.warm.users, True),
+                f"{app_id}-terminal-state-changelog": (ctx.warm.terminals, False),
+            },
+        )
+
+
+async def seed_plain(ctx: Ctx, app_id: str) -> None:
+    # The plain agent keeps terminal state in a dict, not a table: it starts without it.
+    if ctx.warm is not None:
+        await seed_changelogs(ctx.bootstrap, {f"{app_id}-users-changelog": (ctx.warm.users, True)})
 
 
 # ------------------------------------------------------------------------------------ model
@@ -375,6 +455,7 @@ class Ctx:
     profile_dir: Path | None = None
     profile_s: float = 15.0
     profiles: dict[str, str] = field(default_factory=dict)
+    warm: WarmState | None = None
 
     def name(self, tag: str) -> str:
         return f"bench-{self.run_id}-{tag}"
@@ -576,6 +657,7 @@ async def run_worker(ctx: Ctx, label: str, overrides: dict[str, Any]) -> dict[st
     worker = {**DEFAULT_WORKER, **overrides}
     out = ctx.name(f"a-{label}-risk")
     await create_topics(ctx.bootstrap, [out, f"{out}-dlq"])
+    await seed_worker(ctx, ctx.name(f"a-{label}"))
     proc = worker_proc(ctx, f"a-{label}", ctx.backlog, out, worker)
     res = await watch(ctx, proc, out, ctx.msgs.n_txn, ctx.timeout)
     return {"system": "a", "label": label, "settings": worker, **risk_stats(res, ctx.msgs)}
@@ -585,6 +667,7 @@ async def run_plain(ctx: Ctx, label: str, overrides: dict[str, Any]) -> dict[str
     worker = {**DEFAULT_WORKER, **overrides}
     out = ctx.name(f"b-{label}-risk")
     await create_topics(ctx.bootstrap, [out])
+    await seed_plain(ctx, ctx.name(f"b-{label}"))
     proc = plain_proc(ctx, f"b-{label}", ctx.backlog, out, worker)
     res = await watch(ctx, proc, out, ctx.msgs.n_txn, ctx.timeout)
     return {"system": "b", "label": label, "settings": worker, **risk_stats(res, ctx.msgs)}
@@ -604,10 +687,12 @@ async def run_profiles(ctx: Ctx, paced_rate: float | None, fraction: float, warm
     assert ctx.profile_dir is not None
     out = ctx.name("pa-risk")
     await create_topics(ctx.bootstrap, [out, f"{out}-dlq"])
+    await seed_worker(ctx, ctx.name("pa"))
     proc = worker_proc(ctx, "pa", ctx.backlog, out, DEFAULT_WORKER)
     (await watch(ctx, proc, out, ctx.msgs.n_txn, ctx.timeout, profile_as="worker")).pop("_records")
     out = ctx.name("pb-risk")
     await create_topics(ctx.bootstrap, [out])
+    await seed_plain(ctx, ctx.name("pb"))
     proc = plain_proc(ctx, "pb", ctx.backlog, out, DEFAULT_WORKER)
     (await watch(ctx, proc, out, ctx.msgs.n_txn, ctx.timeout, profile_as="plain")).pop("_records")
     if paced_rate:
@@ -694,6 +779,7 @@ async def run_latency(
     warm, rest = events[:warmup], events[warmup : warmup + int(rate * seconds)]
     warm_ids = {e.transaction_id for e in warm if isinstance(e, Transaction)}
     n_tx = len(warm_ids) + sum(isinstance(e, Transaction) for e in rest)
+    await seed_worker(ctx, ctx.name(tag))
     proc = worker_proc(ctx, tag, topics, out, worker)
     feed: dict[str, Any] = {"pacing": pacing, "target_rate": round(rate, 1), "warmup_messages": len(warm)}
 
@@ -969,6 +1055,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--latency-settings", default="default", help="comma-separated (a) settings measured for latency"
     )
     ap.add_argument("--warmup", type=int, default=500, help="messages sent before the paced feed")
+    ap.add_argument(
+        "--cold",
+        action="store_true",
+        help="start every run with empty state (default: the state of every event before the window)",
+    )
     ap.add_argument("--profile", type=Path, help="also run py-spy on untimed (a)/(b) runs into this folder")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, broker data)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "worker.json")
@@ -1037,6 +1128,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_id = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
         backlog = Topics(f"bench-{run_id}-tx", f"bench-{run_id}-clicks", f"bench-{run_id}-labels")
         ctx = Ctx(bootstrap, registry, work, backlog, msgs, run_id, args.timeout, broker_pid, args.profile)
+        if args.cold:
+            result["warm_state"] = None
+        else:
+            print(
+                f"building window state from the {len(msgs.history):,} events before the window ...",
+                flush=True,
+            )
+            ctx.warm = build_warm_state(msgs.history)
+            result["warm_state"] = {
+                "events": len(msgs.history),
+                "transactions": ctx.warm.transactions,
+                "users": len(ctx.warm.users),
+                "terminals": len(ctx.warm.terminals),
+                "user_snapshot_bytes_mean": round(ctx.warm.user_bytes_mean, 1),
+            }
+            print(f"  {result['warm_state']}", flush=True)
         result["settings"] = {
             "partitions": PARTITIONS,
             "timeout_s": args.timeout,

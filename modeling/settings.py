@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     model_max_batch: int = Field(default=256, ge=1)
     registry_poll_s: float = Field(default=5.0, gt=0)
     commit_interval_s: float = Field(default=1.0, gt=0)
+    # User states are written to the state table (and its changelog) once per flush, not per
+    # micro-batch; a batch is acked after the flush holding its state (streams/state_flush.py).
+    # 0 writes them after every batch.
+    state_flush_interval_ms: float = Field(default=1000.0, ge=0)
+    state_flush_max_users: int = Field(default=50_000, ge=1)
     # Fetch requests: the broker answers once this many bytes are ready or the wait is over.
     # With Faust's (1 byte, 1.5 s) a steady trickle makes every fetch return a message or two,
     # and the worker fell behind at a quarter of its backlog rate; the wait is part of the

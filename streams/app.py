@@ -5,7 +5,8 @@ Topology (every input topic keyed by user id, so one user's events meet in one p
     transactions ─┐
     clickstream  ─┼─> loop `score` ──> risk-events            (key: user id)
     labels       ─┘       │  │    └──> riskstream-dead-letter (original bytes + reason headers)
-                          │  └──────> table `user-state`      (user id -> UserState snapshot)
+                          │  └──────> table `user-state`      (user id -> UserState snapshot,
+                          │                                     written once per state flush)
                           └─────────> `<app>-terminal-labels` (key: terminal id, 1 partition)
                                              │
                                     loop `terminals` ──> global table `terminal-state`
@@ -22,14 +23,16 @@ whose single consumer is the only writer of the global table; every worker reads
 changelog into a local replica. Features use a label only once it is ``label_allowance_ms`` old,
 which covers this propagation.
 
-At-least-once: a batch is acked once the broker acknowledged every record it produced, batches
-in order, and Faust flushes the producer before it commits offsets, so an input offset is
+At-least-once: a batch is acked once the broker acknowledged every record it produced and the
+state flush holding its state changes (``streams/state_flush.py``), batches in order, and Faust
+flushes the producer before it commits offsets, so an input offset is
 committed only after its risk event was delivered. Risk events carry the transaction id:
 downstream consumers deduplicate on it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -46,15 +49,18 @@ from streams.intake import BatchingApp, InputBuffer
 from streams.metrics import Metrics
 from streams.model_watch import ModelWatcher
 from streams.output import BatchOutput, ChangelogKeys
-from streams.pipeline import KIND_CLICK, KIND_LABEL, KIND_TXN, BatchProcessor, InMessage
+from streams.pipeline import KIND_CLICK, KIND_LABEL, KIND_TXN, BatchProcessor, InMessage, StateCache
+from streams.state_flush import StateFlusher
 
 log = logging.getLogger("riskstream.worker")
+FLUSH_CHUNK = 256  # user states serialized between two yields to the event loop
 
 
 @dataclass
 class Runtime:
     app: faust.App
     processor: BatchProcessor
+    flusher: StateFlusher
     watcher: ModelWatcher
     metrics: Metrics
 
@@ -148,20 +154,43 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         for topic, n in per_topic.items():
             metrics.events_in.labels(topic).inc(n)
         res = processor.process(batch)
+        # No await between process() and epoch(): the batch's states are in the epoch's flush.
+        flushed = flusher.epoch()
         records: list[Any] = [(risk_name, None, key, value, None) for key, value in res.risk_events]
         records += [(dead_name, None, dl.key, dl.value, dl.headers) for dl in res.dead_letters]
         records += [(term_name, 0, key, value, None) for key, value in res.terminal_labels]
-        # State writes: the table's store, plus a changelog record in the user's input partition
-        # (where Faust's table recovery looks for it), delivered with the batch's other records.
-        states = res.user_states
-        store = _store_dict(users)
-        for uid, part in res.user_partition.items():
-            raw = states[uid]
-            records.append((user_log, part, user_keys(uid), raw, None))
-            store[uid] = raw
         futures = await out.send(records)
+        if len(processor.dirty) >= settings.state_flush_max_users or flusher.due():
+            flusher.wake()
         _record(metrics, settings, res)
+        return [*futures, flushed]
+
+    async def flush_user_states() -> list[Any]:
+        # State writes: the table's store, plus a changelog record in the user's input partition
+        # (where Faust's table recovery looks for it). begin_flush() runs before the first await.
+        # Serializing a month of history takes about 0.1 ms per user, so the flush yields to the
+        # event loop between chunks rather than stall it for the whole set.
+        taken = processor.begin_flush()
+        store = _store_dict(users)
+        futures: list[Any] = []
+        snapshot = processor.snapshot
+        for i in range(0, len(taken), FLUSH_CHUNK):
+            if i:
+                await asyncio.sleep(0)
+            records: list[Any] = []
+            for uid, part, st in taken[i : i + FLUSH_CHUNK]:
+                raw = snapshot(uid, st)
+                store[uid] = raw
+                records.append((user_log, part, user_keys(uid), raw, None))
+            futures += await out.send(records)
+        processor.end_flush()
+        metrics.state_flush_users.observe(len(taken))
         return futures
+
+    flusher = StateFlusher(flush_user_states, settings.state_flush_interval_ms / 1000.0)
+
+    # This loop's own decoded terminal states (the scorer keeps separate ones: these change in place).
+    term_states = StateCache(limit=1_000_000)
 
     async def handle_terminal_labels(taken: Taken) -> list[Any]:
         touched: dict[str, TerminalState] = {}
@@ -171,7 +200,11 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
             ts = touched.get(lb.terminal_id)
             if ts is None:
                 raw = store.get(lb.terminal_id)
-                ts = TerminalState.from_bytes(raw) if raw is not None else TerminalState()
+                cached = term_states.get(lb.terminal_id, raw)
+                if isinstance(cached, TerminalState):
+                    ts = cached
+                else:
+                    ts = TerminalState.from_bytes(raw) if raw is not None else TerminalState()
                 touched[lb.terminal_id] = ts
             engine.terminal_label(ts, lb)
         records: list[Any] = []
@@ -179,6 +212,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
             raw = ts.to_bytes()
             records.append((terminal_log, 0, terminal_keys(tid), raw, None))  # one partition
             store[tid] = raw
+            term_states.put(tid, raw, ts)
         metrics.events_in.labels(term_name).inc(len(taken))
         return await out.send(records)
 
@@ -195,6 +229,10 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     @app.task  # type: ignore[untyped-decorator]
     async def terminal_labels() -> None:
         await loops[1].run()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def flush_states() -> None:
+        await flusher.run()
 
     @app.timer(interval=settings.registry_poll_s)  # type: ignore[untyped-decorator]
     async def refresh_model() -> None:
@@ -213,10 +251,13 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+        # Faust waited for the acks, so the flusher has written every dirty state (or the wait
+        # timed out: write what is left, content-equal to what the next owner computes again).
+        await flusher.flush()
         # Another worker may own these users next: drop decoded states, the table is the truth.
-        processor.users.clear()
+        processor.forget()
 
-    return Runtime(app, processor, watcher, metrics)
+    return Runtime(app, processor, flusher, watcher, metrics)
 
 
 def _store_dict(table: Any) -> dict[str, bytes]:

@@ -68,6 +68,12 @@ class Metrics:
             buckets=_LAT,
             registry=r,
         )
+        self.state_flush_users = Histogram(
+            "riskstream_state_flush_users",
+            "User states written to the state table per flush (streams/state_flush.py)",
+            buckets=(*_SIZE, 8192, 16384, 32768, 65536),
+            registry=r,
+        )
         self.model_rejections = Counter(
             "riskstream_model_rejections",
             "Published bundles refused (verification failed)",

@@ -4,12 +4,16 @@ Transport-agnostic: the Faust agent hands in raw messages and performs the I/O t
 Per batch: decode and validate each message (a bad one becomes a dead letter and the rest go
 on), order the batch by event time (labels by label time; ties: clicks, transactions, labels,
 as the offline path orders them), run the feature engine on each user's state, run the model
-once on all the batch's transactions (sliced to the model's own max batch inside the predictor),
-and write each touched user's state back once.
+once on all the batch's transactions (sliced to the model's own max batch inside the predictor).
+
+A touched user's state stays *dirty* (live, in memory) until a state flush serializes it
+(:meth:`BatchProcessor.begin_flush`, ``streams/state_flush.py``): once per flush interval, not
+once per batch, so a user active in many batches is snapshotted once per flush.
 """
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +39,7 @@ _PARSERS: dict[str, Callable[[bytes, int], Record]] = {
     KIND_LABEL: parse_label,
 }
 _RANK = {KIND_CLICK: 0, KIND_TXN: 1, KIND_LABEL: 2}
+_ORDER = operator.itemgetter(0, 1, 2)  # (time, rank, arrival index): unique, a total order
 
 
 @dataclass(slots=True)
@@ -61,8 +66,7 @@ class BatchResult:
     risk_events: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key, json)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     terminal_labels: list[tuple[bytes, bytes]] = field(default_factory=list)  # (terminal key, json)
-    user_states: dict[str, bytes] = field(default_factory=dict)
-    user_partition: dict[str, int] = field(default_factory=dict)  # the input partition of each user
+    users_touched: int = 0
     scores: list[float] = field(default_factory=list)
     decisions: list[str] = field(default_factory=list)
     queue_wait_s: list[float] = field(default_factory=list)
@@ -116,10 +120,20 @@ class BatchProcessor:
         self.now_ms = now_ms
         self.users = StateCache()
         self.terminals = StateCache(limit=1_000_000)
+        # States changed since the last flush began, and the input partition each came from
+        # (its changelog partition). A dirty state is newer than the table's bytes.
+        self.dirty: dict[str, UserState] = {}
+        self.dirty_partition: dict[str, int] = {}
+        self.flushing: dict[str, UserState] = {}  # taken by a flush still writing them
+        self._sources: dict[tuple[str, int], str] = {}  # (kind, partition) -> "kind:partition"
 
     def _user(self, uid: str, touched: dict[str, UserState]) -> UserState:
         st = touched.get(uid)
         if st is not None:
+            return st
+        st = self.dirty.get(uid) or self.flushing.get(uid)
+        if st is not None:
+            touched[uid] = st
             return st
         raw = self.user_get(uid)
         cached = self.users.get(uid, raw)
@@ -154,7 +168,8 @@ class BatchProcessor:
         #    Idempotence: a user's state records the last offset it folded in per source
         #    partition; a message at or below it (a batch redelivered after a crash) is scored
         #    again but not re-applied. Freshness is judged against the state as the batch found it.
-        items: list[tuple[int, int, int, Record, InMessage, bool]] = []
+        items: list[tuple[int, int, int, Record, InMessage, bool, str]] = []
+        sources = self._sources
         for i, m in enumerate(batch):
             try:
                 rec = _PARSERS[m.kind](m.value, self.max_bytes)
@@ -163,19 +178,20 @@ class BatchProcessor:
                 out.dead_fields.append((m.topic, exc.field))
                 continue
             st = self._user(rec.user_id, touched)
-            out.user_partition[rec.user_id] = m.partition
-            fresh = st.applied.get(f"{m.kind}:{m.partition}", -1) < m.offset
+            self.dirty_partition[rec.user_id] = m.partition
+            source = sources.get((m.kind, m.partition))
+            if source is None:
+                source = sources[(m.kind, m.partition)] = f"{m.kind}:{m.partition}"
+            fresh = st.applied.get(source, -1) < m.offset
             t = rec.label_time_ms if isinstance(rec, Label) else rec.event_time_ms
-            items.append((t, _RANK[m.kind], i, rec, m, fresh))
+            items.append((t, _RANK[m.kind], i, rec, m, fresh, source))
         # 2. Event-time order inside the batch (ties: clicks, transactions, labels — the offline
         #    order): a small reorder buffer that absorbs skew between the three input topics.
-        items.sort(key=lambda x: (x[0], x[1], x[2]))
-        for _, _, _, rec, m, fresh in items:
+        items.sort(key=_ORDER)
+        for _, _, _, rec, m, fresh, source in items:
             st = touched[rec.user_id]
-            if fresh:
-                source = f"{m.kind}:{m.partition}"
-                if st.applied.get(source, -1) < m.offset:
-                    st.applied[source] = m.offset
+            if fresh and st.applied.get(source, -1) < m.offset:
+                st.applied[source] = m.offset
             if isinstance(rec, Transaction):
                 f = engine.transaction(st, rec, self._terminal(rec.terminal_id), fold=fresh)
                 txns.append(rec)
@@ -224,11 +240,43 @@ class BatchProcessor:
                 out.queue_wait_s.append(wait)
                 out.e2e_s.append(e2e / 1000.0)
             out.n_transactions = len(txns)
-        for uid, st in touched.items():
-            raw = st.to_bytes()
-            out.user_states[uid] = raw
-            self.users.put(uid, raw, st)
+        self.dirty.update(touched)
+        out.users_touched = len(touched)
         return out
+
+    def begin_flush(self) -> list[tuple[str, int, UserState]]:
+        """Take the dirty states for a flush: ``(user id, changelog partition, state)``. They
+        stay readable (and changeable by later batches) until :meth:`end_flush`; a snapshot
+        taken after a later batch changed a state holds that batch's events too, which is
+        harmless: its ``applied`` offsets say so, and a redelivered event is not applied twice."""
+        part = self.dirty_partition
+        out = [(uid, part[uid], st) for uid, st in self.dirty.items()]
+        self.flushing = self.dirty
+        self.dirty = {}
+        self.dirty_partition = {}
+        return out
+
+    def snapshot(self, uid: str, st: UserState) -> bytes:
+        """Serialize one state for the table; the caller stores exactly these bytes."""
+        raw = st.to_bytes()
+        self.users.put(uid, raw, st)
+        return raw
+
+    def end_flush(self) -> None:
+        self.flushing = {}
+
+    def take_dirty(self) -> list[tuple[str, int, bytes]]:
+        """A whole flush at once: every dirty state serialized, ``(user id, partition, bytes)``."""
+        out = [(uid, p, self.snapshot(uid, st)) for uid, p, st in self.begin_flush()]
+        self.end_flush()
+        return out
+
+    def forget(self) -> None:
+        """Drop decoded and dirty states (another worker may own these users next)."""
+        self.users.clear()
+        self.dirty = {}
+        self.dirty_partition = {}
+        self.flushing = {}
 
 
 def _dead_letter(m: InMessage, exc: ValidationError) -> DeadLetter:

@@ -284,10 +284,14 @@ class FeatureEngine:
             ts.latest_label_ms = label.label_time_ms
         c = self.config
         keep_from = ts.latest_label_ms - c.label_delay_ms - c.terminal_windows_ms[-1] - 2 * DAY_MS
-        # Insertion order roughly follows time: prune when the oldest entry has expired.
-        first = next(iter(ts.labels.values()))
-        if first[0] <= keep_from:
-            ts.labels = {k: x for k, x in ts.labels.items() if x[0] > keep_from}
+        # Insertion order roughly follows time: drop expired entries from the front (amortized
+        # O(1) per label). An expired entry behind a live one waits for it; features skip it by age.
+        labels = ts.labels
+        while labels:
+            k = next(iter(labels))
+            if labels[k][0] > keep_from:
+                break
+            del labels[k]
 
     def _terminal_features(self, ts: TerminalState | None, te: int) -> tuple[float, ...]:
         c = self.config

@@ -46,6 +46,7 @@ from modeling.records import parse_label
 from modeling.settings import Settings
 from streams.batch_loop import BatchLoop, Taken
 from streams.intake import BatchingApp, InputBuffer
+from streams.loop_lag import watch_loop_lag
 from streams.metrics import Metrics
 from streams.model_watch import ModelWatcher
 from streams.output import BatchOutput, ChangelogKeys
@@ -233,6 +234,10 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     @app.task  # type: ignore[untyped-decorator]
     async def flush_states() -> None:
         await flusher.run()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def loop_lag() -> None:
+        await watch_loop_lag(metrics.event_loop_lag_seconds)
 
     @app.timer(interval=settings.registry_poll_s)  # type: ignore[untyped-decorator]
     async def refresh_model() -> None:

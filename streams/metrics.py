@@ -68,6 +68,12 @@ class Metrics:
             buckets=_LAT,
             registry=r,
         )
+        self.event_loop_lag_seconds = Histogram(
+            "riskstream_event_loop_lag_seconds",
+            "How late the event loop wakes a sleeping task (stalls every waiting message sees)",
+            buckets=_LAT,
+            registry=r,
+        )
         self.state_flush_users = Histogram(
             "riskstream_state_flush_users",
             "User states written to the state table per flush (streams/state_flush.py)",

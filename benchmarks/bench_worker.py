@@ -521,10 +521,17 @@ def _pct(a: np.ndarray, q: float) -> float | None:
 
 
 async def watch(
-    ctx: Ctx, proc: Proc, out: str, expected: int, timeout: float, profile_as: str | None = None
+    ctx: Ctx,
+    proc: Proc,
+    out: str,
+    expected: int,
+    timeout: float,
+    profile_as: str | None = None,
+    scrape: bool = False,
 ) -> dict[str, Any]:
     """Run ``proc`` until ``out`` holds ``expected`` records (or timeout / the process dies),
-    sampling the CPU time of the process and the broker; then stop it."""
+    sampling the CPU time of the process and the broker; then stop it. ``scrape``: read the
+    worker's stall histograms from its metrics endpoint before stopping it."""
     from aiokafka import AIOKafkaConsumer
 
     watcher = AIOKafkaConsumer(bootstrap_servers=ctx.bootstrap, enable_auto_commit=False)
@@ -554,6 +561,7 @@ async def watch(
             await asyncio.sleep(0.25)
     finally:
         await watcher.stop()
+        stalls = await asyncio.to_thread(scrape_stalls, proc) if scrape and proc.alive() else None
         if spy is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 spy.wait(ctx.profile_s + 30)
@@ -577,8 +585,44 @@ async def watch(
             series = [(s[0], s[col]) for s in samples]
             a, b = _interp(series, t0), _interp(series, t1)
             res[key] = round(b - a, 2) if a is not None and b is not None else None
+    if stalls is not None:
+        res["stalls"] = stalls
     res["_records"] = records
     return res
+
+
+def scrape_stalls(proc: Proc) -> dict[str, Any] | None:
+    """The worker's event-loop lag, GC pause and state-flush histograms (cumulative since start)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{proc.env['RISKSTREAM_METRICS_PORT']}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+    except OSError as exc:
+        return {"error": repr(exc)}
+    wanted = {
+        "riskstream_event_loop_lag_seconds": "event_loop_lag_s",
+        "riskstream_gc_pause_seconds": "gc_pause_s",
+        "riskstream_state_flush_users": "state_flush_users",
+    }
+    out: dict[str, Any] = {}
+    for fam in text_string_to_metric_families(text):
+        key = wanted.get(fam.name)
+        if key is None:
+            continue
+        h: dict[str, Any] = out.setdefault(key, {"buckets": {}})
+        for smp in fam.samples:
+            if smp.name.endswith("_bucket"):
+                le = smp.labels["le"]
+                h["buckets"][le] = h["buckets"].get(le, 0) + int(smp.value)
+            elif smp.name.endswith("_count"):
+                h["count"] = h.get("count", 0) + int(smp.value)
+            elif smp.name.endswith("_sum"):
+                h["sum"] = round(h.get("sum", 0.0) + smp.value, 4)
+    return out
 
 
 def start_profile(ctx: Ctx, proc: Proc, name: str) -> subprocess.Popen[bytes] | None:
@@ -810,7 +854,7 @@ async def run_latency(
             feed.update({"messages": rep.total, "seconds": round(rep.seconds, 2), "rate": round(rep.rate, 1)})
 
     producer_task = asyncio.create_task(produce())
-    res = await watch(ctx, proc, out, n_tx, ctx.timeout + seconds, profile_as=profile_as)
+    res = await watch(ctx, proc, out, n_tx, ctx.timeout + seconds, profile_as=profile_as, scrape=True)
     if not producer_task.done():
         producer_task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -847,6 +891,64 @@ async def run_latency(
     return {"system": "a", "label": f"latency-{label}-{pacing}", "settings": worker, **res}
 
 
+async def run_relay_latency(ctx: Ctx, rate: float, seconds: float, warmup: int) -> dict[str, Any]:
+    """The latency floor: (c)'s relay on fresh topics under the same paced feed as (a)'s latency
+    run; input record timestamp -> relayed record timestamp, matched by value."""
+    tag = "lat-relay"
+    topics = Topics(ctx.name(f"{tag}-tx"), ctx.name(f"{tag}-clicks"), ctx.name(f"{tag}-labels"))
+    out = ctx.name(f"{tag}-out")
+    await create_topics(ctx.bootstrap, [*topics.inputs, out])
+    events = ctx.msgs.events
+    warm, rest = events[:warmup], events[warmup : warmup + int(rate * seconds)]
+    proc = relay_proc(ctx, tag, topics, out)
+    feed: dict[str, Any] = {"pacing": "constant", "target_rate": round(rate, 1), "warmup_messages": len(warm)}
+
+    async def produce() -> None:
+        await paced_send(warm, ctx.bootstrap, topics, None)
+        from aiokafka import AIOKafkaConsumer
+
+        c = AIOKafkaConsumer(bootstrap_servers=ctx.bootstrap, enable_auto_commit=False)
+        await c.start()
+        try:
+            while await end_count(c, out) < len(warm):
+                await asyncio.sleep(0.2)
+        finally:
+            await c.stop()
+        await asyncio.sleep(1.0)
+        feed["load_at_feed_start"] = loadavg()
+        feed.update(await paced_send(rest, ctx.bootstrap, topics, rate))
+
+    producer_task = asyncio.create_task(produce())
+    res = await watch(ctx, proc, out, len(warm) + len(rest), ctx.timeout + seconds)
+    if not producer_task.done():
+        producer_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await producer_task
+    relayed = res.pop("_records")
+    sent: dict[bytes, int] = {}
+    for t in topics.inputs:
+        for ts, value in await read_all(ctx.bootstrap, t):
+            sent[value] = ts
+    skip = len(warm)
+    first_rest = sorted(sent.values())[skip] if len(sent) > skip else 0
+    lat = np.array(
+        [ts - sent[v] for ts, v in relayed if v in sent and sent[v] >= first_rest], dtype=np.float64
+    )
+    res.update(
+        {
+            "feed": feed,
+            "matched": len(lat),
+            "input_to_output_record_ms": {
+                "p50": _pct(lat, 50),
+                "p90": _pct(lat, 90),
+                "p99": _pct(lat, 99),
+                "max": _pct(lat, 100),
+            },
+        }
+    )
+    return {"system": "c", "label": "latency-relay-constant", **res}
+
+
 # ------------------------------------------------------------------------------------ relay role
 
 
@@ -854,6 +956,9 @@ async def relay(bootstrap: str, group: str, out: str, topics: Sequence[str]) -> 
     """(c): consume the inputs with getmany and produce every value unchanged; no work."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+    from modeling.settings import Settings
+
+    defaults = Settings()
     consumer = AIOKafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap,
@@ -861,6 +966,9 @@ async def relay(bootstrap: str, group: str, out: str, topics: Sequence[str]) -> 
         auto_offset_reset="earliest",
         enable_auto_commit=True,
         auto_commit_interval_ms=1000,
+        # the worker's fetch settings, so that (c)'s latency floor is comparable
+        fetch_min_bytes=defaults.fetch_min_bytes,
+        fetch_max_wait_ms=defaults.fetch_max_wait_ms,
     )
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=256 * 1024, acks="all"
@@ -945,7 +1053,8 @@ def print_table(runs: list[dict[str, Any]], latency: list[dict[str, Any]], summa
             f"{r['loadavg_end'][0]:>7.1f}  {r['status']}"
         )
     for lat in latency:
-        e, f = lat["end_to_end_ms"], lat["feed"]
+        f = lat["feed"]
+        e = lat.get("end_to_end_ms") or lat["input_to_output_record_ms"]  # (c): record to record
         print(
             f"\n{lat['label']}: fed {f.get('rate', 0):,.0f} msg/s (target {f['target_rate']:,.0f}); "
             f"end-to-end p50 {e['p50']} ms  p90 {e['p90']} ms  p99 {e['p99']} ms  max {e['max']} ms"
@@ -1025,6 +1134,13 @@ async def bench(args: argparse.Namespace, ctx: Ctx, result: dict[str, Any]) -> N
                 f"[{lat['status']}]",
                 flush=True,
             )
+            if label == "default" and pacing == "constant" and args.relay_latency:
+                fed = lat["feed"].get("rate") or rate * args.latency_fraction
+                print(f"(c) latency floor: the relay fed at {fed:,.0f} msg/s", flush=True)
+                floor = await run_relay_latency(ctx, fed, args.latency_seconds, args.warmup)
+                result["latency"].append(floor)
+                q = floor["input_to_output_record_ms"]
+                print(f"  p50 {q['p50']} ms, p99 {q['p99']} ms [{floor['status']}]", flush=True)
     if ctx.profile_dir is not None:
         print(f"profiling (untimed) into {ctx.profile_dir}", flush=True)
         await run_profiles(ctx, measured.get("default"), args.latency_fraction, args.warmup)
@@ -1055,6 +1171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--latency-settings", default="default", help="comma-separated (a) settings measured for latency"
     )
     ap.add_argument("--warmup", type=int, default=500, help="messages sent before the paced feed")
+    ap.add_argument(
+        "--no-relay-latency",
+        dest="relay_latency",
+        action="store_false",
+        help="skip (c)'s latency floor under the same paced feed",
+    )
     ap.add_argument(
         "--cold",
         action="store_true",
@@ -1163,6 +1285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             result["profiles"] = ctx.profiles
         lat = result["latency"][0] if result["latency"] else None
         result["summary"] = summarize(result["runs"], lat)
+        floor = next((x for x in result["latency"] if x["system"] == "c"), None)
+        if floor is not None:  # the same paced feed through the relay: what Kafka alone costs here
+            result["summary"]["latency_floor_relay_ms"] = floor["input_to_output_record_ms"]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print_table(result["runs"], result["latency"], result["summary"])

@@ -50,7 +50,7 @@ from streams.loop_lag import watch_loop_lag
 from streams.metrics import Metrics
 from streams.model_watch import ModelWatcher
 from streams.output import BatchOutput, ChangelogKeys
-from streams.pipeline import KIND_CLICK, KIND_LABEL, KIND_TXN, BatchProcessor, InMessage, StateCache
+from streams.pipeline import KIND_CLICK, KIND_LABEL, KIND_TXN, BatchProcessor, InMessage
 from streams.state_flush import StateFlusher
 
 log = logging.getLogger("riskstream.worker")
@@ -190,8 +190,12 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
 
     flusher = StateFlusher(flush_user_states, settings.state_flush_interval_ms / 1000.0)
 
-    # This loop's own decoded terminal states (the scorer keeps separate ones: these change in place).
-    term_states = StateCache(limit=1_000_000)
+    # The terminal states this worker wrote, authoritative while it owns the terminal-labels
+    # partition: it must not build on the store, because the global table reads every changelog
+    # record back into the store, its own included, and a record read back after a newer write
+    # replaces that write with an older state; building on that lost labels (SIGKILL test's
+    # terminal-state check). The scorer reads the store: a moment stale at worst.
+    term_own: dict[str, TerminalState] = {}
 
     async def handle_terminal_labels(taken: Taken) -> list[Any]:
         touched: dict[str, TerminalState] = {}
@@ -200,12 +204,11 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
             lb = parse_label(m.value, settings.max_message_bytes)
             ts = touched.get(lb.terminal_id)
             if ts is None:
-                raw = store.get(lb.terminal_id)
-                cached = term_states.get(lb.terminal_id, raw)
-                if isinstance(cached, TerminalState):
-                    ts = cached
-                else:
+                ts = term_own.get(lb.terminal_id)
+                if ts is None:
+                    raw = store.get(lb.terminal_id)  # recovered from the changelog
                     ts = TerminalState.from_bytes(raw) if raw is not None else TerminalState()
+                    term_own[lb.terminal_id] = ts
                 touched[lb.terminal_id] = ts
             engine.terminal_label(ts, lb)
         records: list[Any] = []
@@ -213,7 +216,6 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
             raw = ts.to_bytes()
             records.append((terminal_log, 0, terminal_keys(tid), raw, None))  # one partition
             store[tid] = raw
-            term_states.put(tid, raw, ts)
         metrics.events_in.labels(term_name).inc(len(taken))
         return await out.send(records)
 
@@ -259,8 +261,10 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         # Faust waited for the acks, so the flusher has written every dirty state (or the wait
         # timed out: write what is left, content-equal to what the next owner computes again).
         await flusher.flush()
-        # Another worker may own these users next: drop decoded states, the table is the truth.
+        # Another worker may own these users (and the terminal-labels partition) next: drop
+        # decoded states; after the rebalance the recovered tables are the truth.
         processor.forget()
+        term_own.clear()
 
     return Runtime(app, processor, flusher, watcher, metrics)
 

@@ -240,6 +240,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         since_yield = 0
         fetch_no = 0
         decide = self.cursors.decide
+        deferred: list[tuple[Any, Any]] = []
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 for buf in buffers.values():
@@ -277,6 +278,13 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                         target.put(message)
                         set_read_offset(tp, offset)
                         continue
+                    deferred.append((tp, message))
+                # Other topics (table changelogs: the global terminal table's is read all the
+                # time) take Faust's per-message path, which awaits for every record; each await
+                # can let a whole micro-batch run. They go after this fetch's input messages are
+                # in their buffers, so those do not wait behind them.
+                for tp, message in deferred:
+                    offset = message.offset
                     r_offset = get_read_offset(tp)
                     if r_offset is None or offset >= r_offset:
                         gap = offset - (r_offset or 0)
@@ -284,6 +292,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                             await self._add_gap(tp, r_offset + 1, offset)
                         await self.wait_first(callback(message), self.suspend_flow.wait())
                         set_read_offset(tp, offset)
+                deferred.clear()
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 self.log.info("Broker stopped consumer, shutting down...")

@@ -246,9 +246,14 @@ async def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:
         await admin.close()
 
 
-def wait_caught_up(scenario: Scenario, timeout: float = 300.0, worker: WorkerProc | None = None) -> None:
-    """Until the scenario's group has committed every input message (the worker is done)."""
+def wait_caught_up(
+    scenario: Scenario, timeout: float = 300.0, worker: WorkerProc | None = None, *, terminals: bool = False
+) -> None:
+    """Until the scenario's group has committed every input message (the worker is done); with
+    ``terminals``, also every forwarded label (the terminal table is up to date)."""
     topics = [scenario.topics[k] for k in ("transactions", "clickstream", "labels")]
+    if terminals:
+        topics.append(f"rs-{scenario.name}-terminal-labels")
     deadline = time.monotonic() + timeout
     lag = -1
     while time.monotonic() < deadline:

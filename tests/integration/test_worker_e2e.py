@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from harness import Scenario, WorkerProc, consume, produce, run, wait_caught_up
 
-from modeling.features import FeatureConfig, FeatureEngine, FeatureRunner, UserState
+from modeling.features import FeatureConfig, FeatureEngine, FeatureRunner, TerminalState, UserState
 from modeling.records import ClickEvent, Label, Transaction, parse_risk_event
 from modeling.registry import ModelRegistry
 from streams.replay import replay_events
@@ -114,6 +114,13 @@ def _state_view(st: UserState) -> tuple[object, ...]:
     return (st.txn_last_ms, st.prev_ms, st.n_seen, list(st.hist), list(st.seq), st.frauds, st.devices)
 
 
+def _terminal_view(ts: TerminalState, config: FeatureConfig) -> tuple[object, ...]:
+    """The labels a feature can still use: entries past the retention are pruned at times that
+    depend on the order labels arrived in, which differs between the live path and a replay."""
+    keep_from = ts.latest_label_ms - config.label_delay_ms - config.terminal_windows_ms[-1] - 2 * 86_400_000
+    return (ts.latest_label_ms, {k: v for k, v in ts.labels.items() if v[0] > keep_from})
+
+
 def test_sigkill_mid_stream_loses_nothing_and_restores_state(
     kafka_broker: str, model_registry: Path, tmp_path: Path, sample: pd.DataFrame
 ) -> None:
@@ -139,7 +146,7 @@ def test_sigkill_mid_stream_loses_nothing_and_restores_state(
         w2.wait_metrics()
         # Done when the group has committed every input message: a commit follows the delivery
         # of the batch's risk events and changelog records.
-        wait_caught_up(sc, timeout=300, worker=w2)
+        wait_caught_up(sc, timeout=300, worker=w2, terminals=True)
         recs = run(consume(sc.bootstrap, sc.topics["risk_events"], timeout=60, idle=3))
         seen = {orjson.loads(r.value)["transaction_id"] for r in recs}
         assert seen == {e.transaction_id for e in events if isinstance(e, Transaction)}, "lost events"
@@ -157,6 +164,16 @@ def test_sigkill_mid_stream_loses_nothing_and_restores_state(
         for uid, st in runner.users.items():
             live = UserState.from_bytes(latest[uid], config)
             assert _state_view(live) == _state_view(st), uid
+        # So does terminal state: every label reached its terminal, none was lost to a stale
+        # read (the writer reads its own changelog back into the global table).
+        term_log = run(consume(sc.bootstrap, f"rs-{sc.name}-terminal-state-changelog", timeout=30, idle=3))
+        terms: dict[str, bytes] = {}
+        for r in term_log:
+            terms[orjson.loads(r.key)] = r.value
+        assert set(terms) == set(runner.terminals)
+        for tid, ts in runner.terminals.items():
+            live_t = TerminalState.from_bytes(terms[tid])
+            assert _terminal_view(live_t, config) == _terminal_view(ts, config), tid
     finally:
         w2.stop()
 

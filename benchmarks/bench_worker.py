@@ -69,7 +69,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,33 +249,13 @@ def build_warm_state(history: list[Any]) -> WarmState:
     return WarmState(users, terms, n, mean)
 
 
-async def seed_changelogs(bootstrap: str, logs: dict[str, tuple[dict[str, bytes], bool]]) -> None:
-    """Write snapshots into changelog topics: ``{topic: (key -> snapshot, keyed_by_user)}``.
-    User states go to the partition their user id hashes to (as the input topics), terminal
-    states to the global table's single partition; keys are serialized as Faust does (JSON)."""
-    import orjson
-    from aiokafka import AIOKafkaProducer
-    from aiokafka.partitioner import DefaultPartitioner
-
+async def seed_changelogs(bootstrap: str, logs: dict[str, tuple[Mapping[str, bytes], int]]) -> None:
+    """``streams.warmup.write_snapshots`` into topics created here first."""
     from streams.broker.topics import ensure_topics
+    from streams.warmup import write_snapshots
 
-    await ensure_topics(bootstrap, {t: PARTITIONS if by_user else 1 for t, (_, by_user) in logs.items()})
-    parts = list(range(PARTITIONS))
-    partitioner = DefaultPartitioner()
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=10, max_batch_size=512 * 1024, acks="all"
-    )
-    await producer.start()
-    try:
-        futs = []
-        for topic, (states, by_user) in logs.items():
-            for key, raw in states.items():
-                p = partitioner(key.encode(), parts, parts) if by_user else 0
-                futs.append(await producer.send(topic, raw, key=orjson.dumps(key), partition=p))
-        await producer.flush()
-        await asyncio.gather(*futs)
-    finally:
-        await producer.stop()
+    await ensure_topics(bootstrap, {t: n for t, (_, n) in logs.items()})
+    await write_snapshots(bootstrap, logs)
 
 
 async def seed_worker(ctx: Ctx, app_id: str) -> None:
@@ -283,8 +263,8 @@ async def seed_worker(ctx: Ctx, app_id: str) -> None:
         await seed_changelogs(
             ctx.bootstrap,
             {
-                f"{app_id}-user-state-changelog": (ctx.warm.users, True),
-                f"{app_id}-terminal-state-changelog": (ctx.warm.terminals, False),
+                f"{app_id}-user-state-changelog": (ctx.warm.users, PARTITIONS),
+                f"{app_id}-terminal-state-changelog": (ctx.warm.terminals, 1),
             },
         )
 
@@ -292,7 +272,7 @@ async def seed_worker(ctx: Ctx, app_id: str) -> None:
 async def seed_plain(ctx: Ctx, app_id: str) -> None:
     # The plain agent keeps terminal state in a dict, not a table: it starts without it.
     if ctx.warm is not None:
-        await seed_changelogs(ctx.bootstrap, {f"{app_id}-users-changelog": (ctx.warm.users, True)})
+        await seed_changelogs(ctx.bootstrap, {f"{app_id}-users-changelog": (ctx.warm.users, PARTITIONS)})
 
 
 # ------------------------------------------------------------------------------------ model
@@ -797,6 +777,25 @@ async def paced_send(
     }
 
 
+async def send_warmup(
+    ctx: Ctx, topics: Topics, warm: Sequence[Any], out: str, n_out: int, feed: dict[str, Any]
+) -> None:
+    """Before a paced feed: send ``warm`` at once and wait until ``out`` holds ``n_out`` records
+    (the process under test is up and assigned), then a second's pause."""
+    from aiokafka import AIOKafkaConsumer
+
+    await paced_send(warm, ctx.bootstrap, topics, None)
+    c = AIOKafkaConsumer(bootstrap_servers=ctx.bootstrap, enable_auto_commit=False)
+    await c.start()
+    try:
+        while await end_count(c, out) < n_out:
+            await asyncio.sleep(0.2)
+    finally:
+        await c.stop()
+    await asyncio.sleep(1.0)
+    feed["load_at_feed_start"] = loadavg()
+
+
 async def run_latency(
     ctx: Ctx,
     label: str,
@@ -828,18 +827,8 @@ async def run_latency(
     feed: dict[str, Any] = {"pacing": pacing, "target_rate": round(rate, 1), "warmup_messages": len(warm)}
 
     async def produce() -> None:
-        await paced_send(warm, ctx.bootstrap, topics, None)
-        from aiokafka import AIOKafkaConsumer
-
-        c = AIOKafkaConsumer(bootstrap_servers=ctx.bootstrap, enable_auto_commit=False)
-        await c.start()
-        try:  # the worker is up and assigned once the warm-up's risk events are out
-            while await end_count(c, out) < len(warm_ids):
-                await asyncio.sleep(0.2)
-        finally:
-            await c.stop()
-        await asyncio.sleep(1.0)
-        feed["load_at_feed_start"] = loadavg()
+        # the worker is up and assigned once the warm-up's risk events are out
+        await send_warmup(ctx, topics, warm, out, len(warm_ids), feed)
         if pacing == "constant":
             feed.update(await paced_send(rest, ctx.bootstrap, topics, rate))
         else:
@@ -904,18 +893,7 @@ async def run_relay_latency(ctx: Ctx, rate: float, seconds: float, warmup: int) 
     feed: dict[str, Any] = {"pacing": "constant", "target_rate": round(rate, 1), "warmup_messages": len(warm)}
 
     async def produce() -> None:
-        await paced_send(warm, ctx.bootstrap, topics, None)
-        from aiokafka import AIOKafkaConsumer
-
-        c = AIOKafkaConsumer(bootstrap_servers=ctx.bootstrap, enable_auto_commit=False)
-        await c.start()
-        try:
-            while await end_count(c, out) < len(warm):
-                await asyncio.sleep(0.2)
-        finally:
-            await c.stop()
-        await asyncio.sleep(1.0)
-        feed["load_at_feed_start"] = loadavg()
+        await send_warmup(ctx, topics, warm, out, len(warm), feed)
         feed.update(await paced_send(rest, ctx.bootstrap, topics, rate))
 
     producer_task = asyncio.create_task(produce())

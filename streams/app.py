@@ -25,8 +25,8 @@ which covers this propagation.
 
 At-least-once: a batch is acked once the broker acknowledged every record it produced and the
 state flush holding its state changes (``streams/state_flush.py``), batches in order, and Faust
-flushes the producer before it commits offsets, so an input offset is
-committed only after its risk event was delivered. Risk events carry the transaction id:
+flushes the producer before it commits offsets, so an input offset is committed only after its
+risk event and its state were delivered. Risk events carry the transaction id:
 downstream consumers deduplicate on it.
 """
 
@@ -161,8 +161,8 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         records += [(dead_name, None, dl.key, dl.value, dl.headers) for dl in res.dead_letters]
         records += [(term_name, 0, key, value, None) for key, value in res.terminal_labels]
         futures = await out.send(records)
-        if len(processor.dirty) >= settings.state_flush_max_users or flusher.due():
-            flusher.wake()
+        if len(processor.dirty) >= settings.state_flush_max_users:
+            flusher.wake()  # the interval is the flusher task's own timer
         _record(metrics, settings, res)
         return [*futures, flushed]
 

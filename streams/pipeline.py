@@ -66,7 +66,6 @@ class BatchResult:
     risk_events: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key, json)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     terminal_labels: list[tuple[bytes, bytes]] = field(default_factory=list)  # (terminal key, json)
-    users_touched: int = 0
     scores: list[float] = field(default_factory=list)
     decisions: list[str] = field(default_factory=list)
     queue_wait_s: list[float] = field(default_factory=list)
@@ -241,7 +240,6 @@ class BatchProcessor:
                 out.e2e_s.append(e2e / 1000.0)
             out.n_transactions = len(txns)
         self.dirty.update(touched)
-        out.users_touched = len(touched)
         return out
 
     def begin_flush(self) -> list[tuple[str, int, UserState]]:

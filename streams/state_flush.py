@@ -76,9 +76,13 @@ class StateFlusher:
         """Flush now (from the flusher's task) rather than at the end of the interval."""
         self._wake.set()
 
+    def _remaining(self) -> float:
+        """Seconds until the oldest unflushed change is ``interval_s`` old."""
+        return self.interval_s - (self._clock() - self._pending_since)
+
     def due(self) -> bool:
         """Whether the oldest unflushed change is ``interval_s`` old."""
-        return self._pending and self._clock() - self._pending_since >= self.interval_s
+        return self._pending and self._remaining() <= 0
 
     async def flush(self) -> None:
         """Write what is dirty now; the current epoch resolves when its records are delivered.
@@ -103,7 +107,7 @@ class StateFlusher:
             if not self._pending:
                 await self._armed.wait()
             self._armed.clear()
-            remaining = self.interval_s - (self._clock() - self._pending_since)
+            remaining = self._remaining()
             if remaining > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), remaining)

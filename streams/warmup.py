@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import orjson
@@ -57,32 +57,43 @@ async def _create_compacted(settings: Settings) -> None:
         await admin.close()
 
 
-async def seed_state(runner: FeatureRunner, settings: Settings) -> tuple[int, int]:
-    """Write the runner's states to the changelog topics; returns (users, terminals) written."""
+async def write_snapshots(bootstrap: str, logs: dict[str, tuple[Mapping[str, bytes], int]]) -> None:
+    """Write state snapshots into changelog topics: ``{topic: (key -> snapshot, partitions)}``.
+    With several partitions a key goes where the input topics put it (Kafka's default murmur2
+    partitioner, as the worker's changelog records follow their input partition); with one, to
+    partition 0. Keys are serialized as Faust serializes str table keys (JSON strings)."""
     from aiokafka import AIOKafkaProducer
     from aiokafka.partitioner import DefaultPartitioner
 
-    await _create_compacted(settings)
-    user_topic, term_topic = changelog_topics(settings)
-    parts = list(range(settings.topic_partitions))
     partitioner = DefaultPartitioner()
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, linger_ms=10, max_batch_size=512 * 1024, acks="all"
+        bootstrap_servers=bootstrap, linger_ms=10, max_batch_size=512 * 1024, acks="all"
     )
     await producer.start()
     try:
         futs = []
-        for uid, st in runner.users.items():
-            p = partitioner(uid.encode(), parts, parts)
-            # Faust serializes str table keys as JSON strings.
-            futs.append(await producer.send(user_topic, st.to_bytes(), key=orjson.dumps(uid), partition=p))
-        for tid, ts in runner.terminals.items():
-            futs.append(await producer.send(term_topic, ts.to_bytes(), key=orjson.dumps(tid), partition=0))
+        for topic, (states, n) in logs.items():
+            parts = list(range(n))
+            for key, raw in states.items():
+                p = partitioner(key.encode(), parts, parts) if n > 1 else 0
+                futs.append(await producer.send(topic, raw, key=orjson.dumps(key), partition=p))
         await producer.flush()
         await asyncio.gather(*futs)
     finally:
         await producer.stop()
-    return len(runner.users), len(runner.terminals)
+
+
+async def seed_state(runner: FeatureRunner, settings: Settings) -> tuple[int, int]:
+    """Write the runner's states to the changelog topics; returns (users, terminals) written."""
+    await _create_compacted(settings)
+    user_topic, term_topic = changelog_topics(settings)
+    users = {uid: st.to_bytes() for uid, st in runner.users.items()}
+    terminals = {tid: ts.to_bytes() for tid, ts in runner.terminals.items()}
+    await write_snapshots(
+        settings.bootstrap_servers,
+        {user_topic: (users, settings.topic_partitions), term_topic: (terminals, 1)},
+    )
+    return len(users), len(terminals)
 
 
 def build_state(events: Iterable[Event], engine: FeatureEngine) -> tuple[FeatureRunner, int]:

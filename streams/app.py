@@ -131,7 +131,12 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     app.batch_topics(inputs, in_buffer)
     term_buffer = InputBuffer(high_water=4 * settings.pipeline_max_batch)
     app.batch_topics(term_topic, term_buffer)
-    out = BatchOutput(app)
+    out = BatchOutput(app, metrics.stage_cpu_seconds.labels("output"))
+    # CPU time of the loop thread per stage (synchronous stretches only: no await inside)
+    cpu_score, cpu_flush, cpu_terminal = (
+        metrics.stage_cpu_seconds.labels(stage) for stage in ("score", "state_flush", "terminal_labels")
+    )
+    thread_time = time.thread_time
     user_keys, terminal_keys = ChangelogKeys(users), ChangelogKeys(terminals)
     user_log, terminal_log = (
         users.changelog_topic.get_topic_name(),
@@ -154,7 +159,9 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
             )
         for topic, n in per_topic.items():
             metrics.events_in.labels(topic).inc(n)
+        t0 = thread_time()
         res = processor.process(batch)
+        cpu_score.inc(thread_time() - t0)
         # No await between process() and epoch(): the batch's states are in the epoch's flush.
         flushed = flusher.epoch()
         records: list[Any] = [(risk_name, None, key, value, None) for key, value in res.risk_events]
@@ -178,11 +185,13 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         for i in range(0, len(taken), FLUSH_CHUNK):
             if i:
                 await asyncio.sleep(0)
+            t0 = thread_time()
             records: list[Any] = []
             for uid, part, st in taken[i : i + FLUSH_CHUNK]:
                 raw = snapshot(uid, st)
                 store[uid] = raw
                 records.append((user_log, part, user_keys(uid), raw, None))
+            cpu_flush.inc(thread_time() - t0)
             futures += await out.send(records)
         processor.end_flush()
         metrics.state_flush_users.observe(len(taken))
@@ -198,6 +207,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     term_own: dict[str, TerminalState] = {}
 
     async def handle_terminal_labels(taken: Taken) -> list[Any]:
+        t0 = thread_time()
         touched: dict[str, TerminalState] = {}
         store = _store_dict(terminals)
         for _, m in taken:
@@ -217,6 +227,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
             records.append((terminal_log, 0, terminal_keys(tid), raw, None))  # one partition
             store[tid] = raw
         metrics.events_in.labels(term_name).inc(len(taken))
+        cpu_terminal.inc(thread_time() - t0)
         return await out.send(records)
 
     within = settings.pipeline_max_wait_ms / 1000.0
@@ -239,7 +250,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
 
     @app.task  # type: ignore[untyped-decorator]
     async def loop_lag() -> None:
-        await watch_loop_lag(metrics.event_loop_lag_seconds)
+        await watch_loop_lag(metrics.event_loop_lag_seconds, cpu_counter=metrics.event_loop_cpu_seconds)
 
     @app.timer(interval=settings.registry_poll_s)  # type: ignore[untyped-decorator]
     async def refresh_model() -> None:

@@ -6,7 +6,15 @@ dashboard's queries with what a live worker serves on its metrics endpoint.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    start_http_server,
+)
 
 _LAT = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 _SIZE = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -18,6 +26,10 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
+        if registry is None:
+            # process_cpu_seconds_total, process_resident_memory_bytes, open fds: next to the
+            # event-loop thread's CPU (riskstream_event_loop_cpu_seconds) on the dashboard
+            ProcessCollector(registry=r)
         self.events_in = Counter(
             "riskstream_events_in", "Messages consumed, per topic", ["topic"], registry=r
         )
@@ -72,6 +84,19 @@ class Metrics:
             "riskstream_event_loop_lag_seconds",
             "How late the event loop wakes a sleeping task (stalls every waiting message sees)",
             buckets=_LAT,
+            registry=r,
+        )
+        self.event_loop_cpu_seconds = Counter(
+            "riskstream_event_loop_cpu_seconds",
+            "CPU seconds of the event-loop thread (scoring, state, Faust; not the Kafka consumer "
+            "thread): its rate near 1 means the worker is at its one-core ceiling",
+            registry=r,
+        )
+        self.stage_cpu_seconds = Counter(
+            "riskstream_stage_cpu_seconds",
+            "CPU seconds of the event-loop thread per stage: score (decode, features, model, risk "
+            "events), output (building produce batches), state_flush (snapshots), terminal_labels",
+            ["stage"],
             registry=r,
         )
         self.state_flush_users = Histogram(

@@ -45,7 +45,12 @@ event-time pacing follows the data's daily cycle, so its peaks run far above the
 peak 1 s rate is recorded).
 
 ``--profile DIR`` adds untimed runs with py-spy attached (raw folded stacks): (a) and (b)
-draining the backlog and (a) under the paced feed.
+draining the backlog and (a) under the paced feed; ``--py-spy-args "--gil"`` samples only the
+thread holding the GIL (where the worker's one-core ceiling goes).
+
+Every run records the CPU seconds of the process under test, of its main thread (the event
+loop: scoring, state, Faust; ``main_thread_busy`` is its share of the run's span) and of the
+broker.
 
 Results go to ``--out`` (JSON: machine, load averages, settings, counts, every run); a table is
 printed. The targets of issue 5 are (a) ≥ 10 × (b), (a) ≥ 50 % of (c) and p99 ≤ 100 ms at half
@@ -151,15 +156,18 @@ def machine_info() -> dict[str, Any]:
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU seconds of a process (all its threads), None when unreadable."""
+def cpu_seconds(pid: int | None, thread: int | None = None, *, system_only: bool = False) -> float | None:
+    """User + system CPU seconds of a process (all its threads), or of one of its threads
+    (``thread``: a thread id; the process id names its main thread), None when unreadable;
+    ``system_only``: the kernel's part only (system calls, scheduling, futexes)."""
     if pid is None:
         return None
+    stat = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(stat).read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    return (int(fields[12]) if system_only else int(fields[11]) + int(fields[12])) / _TICK
 
 
 # ------------------------------------------------------------------------------------ messages
@@ -434,6 +442,7 @@ class Ctx:
     broker_pid: int | None
     profile_dir: Path | None = None
     profile_s: float = 15.0
+    profile_args: tuple[str, ...] = ()  # extra py-spy record options, e.g. --gil, --threads
     profiles: dict[str, str] = field(default_factory=dict)
     warm: WarmState | None = None
 
@@ -516,7 +525,7 @@ async def watch(
 
     watcher = AIOKafkaConsumer(bootstrap_servers=ctx.bootstrap, enable_auto_commit=False)
     await watcher.start()
-    samples: list[tuple[float, float | None, float | None]] = []
+    samples: list[tuple[float, float | None, float | None, float | None, float | None]] = []
     spy: subprocess.Popen[bytes] | None = None
     status = "ok"
     load0 = loadavg()
@@ -525,7 +534,15 @@ async def watch(
     try:
         while True:
             now = time.time()
-            samples.append((now, cpu_seconds(proc.pid), cpu_seconds(ctx.broker_pid)))
+            samples.append(
+                (
+                    now,
+                    cpu_seconds(proc.pid),
+                    cpu_seconds(ctx.broker_pid),
+                    cpu_seconds(proc.pid, proc.pid),
+                    cpu_seconds(proc.pid, proc.pid, system_only=True),
+                )
+            )
             n = await end_count(watcher, out)
             if n >= expected:
                 break
@@ -561,10 +578,14 @@ async def watch(
     }
     if len(ts) > 1:
         t0, t1 = float(ts[0]) / 1000.0, float(ts[-1]) / 1000.0
-        for key, col in (("process_cpu_s", 1), ("broker_cpu_s", 2)):
+        # the main thread runs the event loop (scoring, state, Faust): the GIL-bound part
+        cols = ("process_cpu_s", "broker_cpu_s", "main_thread_cpu_s", "main_thread_sys_cpu_s")
+        for col, key in enumerate(cols, start=1):
             series = [(s[0], s[col]) for s in samples]
             a, b = _interp(series, t0), _interp(series, t1)
             res[key] = round(b - a, 2) if a is not None and b is not None else None
+        if res.get("main_thread_cpu_s") is not None and span > 0:
+            res["main_thread_busy"] = round(res["main_thread_cpu_s"] / span, 3)
     if stalls is not None:
         res["stalls"] = stalls
     res["_records"] = records
@@ -572,7 +593,8 @@ async def watch(
 
 
 def scrape_stalls(proc: Proc) -> dict[str, Any] | None:
-    """The worker's event-loop lag, GC pause and state-flush histograms (cumulative since start)."""
+    """The worker's event-loop lag, GC pause and state-flush histograms, and the CPU seconds of
+    its event-loop thread, in all and per stage (``cpu_s``); all cumulative since start."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -590,6 +612,12 @@ def scrape_stalls(proc: Proc) -> dict[str, Any] | None:
     }
     out: dict[str, Any] = {}
     for fam in text_string_to_metric_families(text):
+        if fam.name in ("riskstream_event_loop_cpu_seconds", "riskstream_stage_cpu_seconds"):
+            cpu = out.setdefault("cpu_s", {})
+            for smp in fam.samples:
+                if smp.name.endswith("_total"):
+                    cpu[smp.labels.get("stage", "event_loop")] = round(smp.value, 4)
+            continue
         key = wanted.get(fam.name)
         if key is None:
             continue
@@ -613,6 +641,7 @@ def start_profile(ctx: Ctx, proc: Proc, name: str) -> subprocess.Popen[bytes] | 
     path = ctx.profile_dir / f"{name}.txt"
     ctx.profiles[name] = str(path)
     cmd = [str(spy_bin), "record", "-p", str(proc.pid), "-d", str(int(ctx.profile_s)), "-f", "raw"]
+    cmd += ctx.profile_args
     return subprocess.Popen(
         [*cmd, "-o", str(path), "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
     )
@@ -829,6 +858,8 @@ async def run_latency(
     async def produce() -> None:
         # the worker is up and assigned once the warm-up's risk events are out
         await send_warmup(ctx, topics, warm, out, len(warm_ids), feed)
+        at_start = await asyncio.to_thread(scrape_stalls, proc)
+        feed["_cpu_s_at_start"] = (at_start or {}).get("cpu_s")
         if pacing == "constant":
             feed.update(await paced_send(rest, ctx.bootstrap, topics, rate))
         else:
@@ -861,6 +892,17 @@ async def run_latency(
 
     def pcts(a: np.ndarray) -> dict[str, float | None]:
         return {"p50": _pct(a, 50), "p90": _pct(a, 90), "p99": _pct(a, 99), "max": _pct(a, 100)}
+
+    # The event-loop thread's CPU over the paced feed (warm-up excluded), per fed message: in all
+    # and per stage (score, output, state_flush, terminal_labels; "other" is the rest: Faust, the
+    # intake hand-off, asyncio, acks).
+    cpu0, cpu1 = feed.pop("_cpu_s_at_start", None), (res.get("stalls") or {}).get("cpu_s")
+    if cpu0 and cpu1 and feed.get("messages"):
+        used = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
+        used["other"] = used.get("event_loop", 0.0) - sum(v for k, v in used.items() if k != "event_loop")
+        res["event_loop_cpu_us_per_message"] = {
+            k: round(v / feed["messages"] * 1e6, 1) for k, v in sorted(used.items())
+        }
 
     res.update(
         {
@@ -1161,6 +1203,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="start every run with empty state (default: the state of every event before the window)",
     )
     ap.add_argument("--profile", type=Path, help="also run py-spy on untimed (a)/(b) runs into this folder")
+    ap.add_argument(
+        "--py-spy-args",
+        default="",
+        help='extra py-spy record options for --profile: "--gil" (GIL holder only), "--threads --idle"',
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, broker data)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "worker.json")
     args = ap.parse_args(argv)
@@ -1228,6 +1275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_id = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
         backlog = Topics(f"bench-{run_id}-tx", f"bench-{run_id}-clicks", f"bench-{run_id}-labels")
         ctx = Ctx(bootstrap, registry, work, backlog, msgs, run_id, args.timeout, broker_pid, args.profile)
+        ctx.profile_args = tuple(args.py_spy_args.split())
         if args.cold:
             result["warm_state"] = None
         else:

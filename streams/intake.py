@@ -241,6 +241,22 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         fetch_no = 0
         decide = self.cursors.decide
         deferred: list[tuple[Any, Any]] = []
+
+        async def deliver(records: list[tuple[Any, Any]]) -> None:
+            # Faust's per-record delivery, in order; a suspension cancels what is left (the
+            # partitions are sought again after the rebalance).
+            for i, (tp, message) in enumerate(records):
+                if i % yield_every == yield_every - 1:
+                    await sleep(0)
+                offset = message.offset
+                r_offset = get_read_offset(tp)
+                if r_offset is None or offset >= r_offset:
+                    gap = offset - (r_offset or 0)
+                    if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                        await self._add_gap(tp, r_offset + 1, offset)
+                    await callback(message)
+                    set_read_offset(tp, offset)
+
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 for buf in buffers.values():
@@ -282,17 +298,11 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 # Other topics (table changelogs: the global terminal table's is read all the
                 # time) take Faust's per-message path, which awaits for every record; each await
                 # can let a whole micro-batch run. They go after this fetch's input messages are
-                # in their buffers, so those do not wait behind them.
-                for tp, message in deferred:
-                    offset = message.offset
-                    r_offset = get_read_offset(tp)
-                    if r_offset is None or offset >= r_offset:
-                        gap = offset - (r_offset or 0)
-                        if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                            await self._add_gap(tp, r_offset + 1, offset)
-                        await self.wait_first(callback(message), self.suspend_flow.wait())
-                        set_read_offset(tp, offset)
-                deferred.clear()
+                # in their buffers, so those do not wait behind them, and all of them in one
+                # race against a flow suspension (Faust races each record: four tasks apiece).
+                if deferred:
+                    await self.wait_first(deliver(deferred), self.suspend_flow.wait())
+                    deferred = []
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 self.log.info("Broker stopped consumer, shutting down...")

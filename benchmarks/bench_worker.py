@@ -248,11 +248,10 @@ class WarmState:
 
 def build_warm_state(history: list[Any]) -> WarmState:
     from modeling.features import FeatureConfig, FeatureEngine
-    from streams.warmup import build_state
+    from streams.warmup import build_state, snapshots
 
     runner, n = build_state(history, FeatureEngine(FeatureConfig()))
-    users = {uid: st.to_bytes() for uid, st in runner.users.items()}
-    terms = {tid: ts.to_bytes() for tid, ts in runner.terminals.items()}
+    users, terms = snapshots(runner)
     mean = sum(map(len, users.values())) / max(len(users), 1)
     return WarmState(users, terms, n, mean)
 
@@ -507,6 +506,10 @@ def _interp(samples: list[tuple[float, float | None]], t: float) -> float | None
 
 def _pct(a: np.ndarray, q: float) -> float | None:
     return round(float(np.percentile(a, q)), 2) if len(a) else None
+
+
+def _pcts(a: np.ndarray) -> dict[str, float | None]:
+    return {"p50": _pct(a, 50), "p90": _pct(a, 90), "p99": _pct(a, 99), "max": _pct(a, 100)}
 
 
 async def watch(
@@ -890,9 +893,6 @@ async def run_latency(
     out_ts = [ts for ts, _ in docs]
     span = (max(out_ts) - min(out_ts)) / 1000.0 if len(out_ts) > 1 else 0.0
 
-    def pcts(a: np.ndarray) -> dict[str, float | None]:
-        return {"p50": _pct(a, 50), "p90": _pct(a, 90), "p99": _pct(a, 99), "max": _pct(a, 100)}
-
     # The event-loop thread's CPU over the paced feed (warm-up excluded), per fed message: in all
     # and per stage (score, output, state_flush, terminal_labels; "other" is the rest: Faust, the
     # intake hand-off, asyncio, acks).
@@ -910,12 +910,12 @@ async def run_latency(
             "scored_transactions": len(docs),
             "output_transactions_per_s": round(len(docs) / span, 1) if span else None,
             "batches": batch_stats([d for _, d in docs]),
-            "end_to_end_ms": pcts(e2e),
-            "input_to_output_record_ms": pcts(to_out),
+            "end_to_end_ms": _pcts(e2e),
+            "input_to_output_record_ms": _pcts(to_out),
             "breakdown_ms": {
-                "kafka_to_worker_receipt": pcts(before),
-                "queue_in_worker": pcts(lat["queue"]),
-                "inference_per_batch": pcts(lat["inference"]),
+                "kafka_to_worker_receipt": _pcts(before),
+                "queue_in_worker": _pcts(lat["queue"]),
+                "inference_per_batch": _pcts(lat["inference"]),
             },
         }
     )
@@ -958,12 +958,7 @@ async def run_relay_latency(ctx: Ctx, rate: float, seconds: float, warmup: int) 
         {
             "feed": feed,
             "matched": len(lat),
-            "input_to_output_record_ms": {
-                "p50": _pct(lat, 50),
-                "p90": _pct(lat, 90),
-                "p99": _pct(lat, 99),
-                "max": _pct(lat, 100),
-            },
+            "input_to_output_record_ms": _pcts(lat),
         }
     )
     return {"system": "c", "label": "latency-relay-constant", **res}

@@ -83,12 +83,18 @@ async def write_snapshots(bootstrap: str, logs: dict[str, tuple[Mapping[str, byt
         await producer.stop()
 
 
+def snapshots(runner: FeatureRunner) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """The runner's user and terminal states, serialized as the tables hold them."""
+    users = {uid: st.to_bytes() for uid, st in runner.users.items()}
+    terminals = {tid: ts.to_bytes() for tid, ts in runner.terminals.items()}
+    return users, terminals
+
+
 async def seed_state(runner: FeatureRunner, settings: Settings) -> tuple[int, int]:
     """Write the runner's states to the changelog topics; returns (users, terminals) written."""
     await _create_compacted(settings)
     user_topic, term_topic = changelog_topics(settings)
-    users = {uid: st.to_bytes() for uid, st in runner.users.items()}
-    terminals = {tid: ts.to_bytes() for tid, ts in runner.terminals.items()}
+    users, terminals = snapshots(runner)
     await write_snapshots(
         settings.bootstrap_servers,
         {user_topic: (users, settings.topic_partitions), term_topic: (terminals, 1)},

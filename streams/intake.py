@@ -314,8 +314,38 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             raise
 
 
+def throttle_metadata_retries(client: Any, max_backoff_s: float = 1.0) -> None:
+    """After a failed metadata update, wait before the next one: ``retry_backoff_ms``, doubling
+    with each failure in a row up to ``max_backoff_s``; a success resets it.
+
+    aiokafka (0.12) retries at once: with the broker gone, its fetcher finds no partition leader,
+    forces a metadata update, the update fails at once (connection refused), and round again. A
+    worker whose broker went away spun one core and logged about two errors per millisecond
+    until it was killed (``tests/integration/test_broker_outage.py``). The Java client backs off
+    between failed requests in the same way (``retry.backoff.ms`` up to
+    ``retry.backoff.max.ms``). ``client`` is an ``aiokafka.AIOKafkaClient``; its
+    ``_metadata_update`` is wrapped on this instance only.
+    """
+    update = client._metadata_update
+    first = float(client._retry_backoff)
+    failures = 0
+
+    async def _metadata_update(cluster_metadata: Any, topics: Any) -> bool:
+        nonlocal failures
+        ok = bool(await update(cluster_metadata, topics))
+        if ok:
+            failures = 0
+        else:
+            await asyncio.sleep(min(first * 2**failures, max(first, max_backoff_s)))
+            failures = min(failures + 1, 30)
+        return ok
+
+    client._metadata_update = _metadata_update
+
+
 class BatchingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust's consumer thread, with the app's fetch settings (Faust fixes 1 byte / 1.5 s)."""
+    """Faust's consumer thread, with the app's fetch settings (Faust fixes 1 byte / 1.5 s) and
+    metadata retries that back off (:func:`throttle_metadata_retries`)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -323,11 +353,22 @@ class BatchingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         if fetch is not None:
             # Read by AIOKafkaConsumer.start() when it builds its Fetcher.
             consumer._fetch_min_bytes, consumer._fetch_max_wait_ms = fetch
+        throttle_metadata_retries(consumer._client)
         return consumer
+
+
+class BackoffProducer(faust_aiokafka.Producer):
+    """Faust's producer; its client's metadata retries back off (:func:`throttle_metadata_retries`)."""
+
+    def _new_producer(self, transactional_id: str | None = None) -> Any:
+        producer = super()._new_producer(transactional_id)
+        throttle_metadata_retries(producer.client)
+        return producer
 
 
 class BatchingTransport(faust_aiokafka.Transport):
     Consumer = BatchingConsumer
+    Producer = BackoffProducer
 
 
 class BatchingApp(faust.App):

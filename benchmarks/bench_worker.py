@@ -45,12 +45,21 @@ event-time pacing follows the data's daily cycle, so its peaks run far above the
 peak 1 s rate is recorded).
 
 ``--profile DIR`` adds untimed runs with py-spy attached (raw folded stacks): (a) and (b)
-draining the backlog and (a) under the paced feed; ``--py-spy-args "--gil"`` samples only the
-thread holding the GIL (where the worker's one-core ceiling goes).
+draining the backlog and (a) under the paced feed; ``--py-spy-args=--gil`` samples only the
+thread holding the GIL (where the worker's one-core ceiling goes). Give that option with ``=``:
+its value starts with ``--``.
+
+``--latency-rate R`` feeds every setting at ``R`` × ``--latency-fraction`` instead of its own
+measured rate, to compare settings at one rate (the run order matters on a shared machine: a
+fresh broker's JIT warms up during the first runs; alternate the order between invocations).
 
 Every run records the CPU seconds of the process under test, of its main thread (the event
 loop: scoring, state, Faust; ``main_thread_busy`` is its share of the run's span) and of the
-broker.
+broker; the seconds the main thread waited for a CPU while runnable
+(``main_thread_runqueue_wait_s``, from ``/proc/.../schedstat``); and the whole machine's busy
+CPU seconds (``machine_cpu_s``, ``machine_busy`` as a share of all CPUs over the span) and the
+hypervisor's steal (``machine_steal_s``). A thread's CPU time does not show a CPU it was kept
+from; the run-queue wait does.
 
 Results go to ``--out`` (JSON: machine, load averages, settings, counts, every run); a table is
 printed. The targets of issue 5 are (a) ≥ 10 × (b), (a) ≥ 50 % of (c) and p99 ≤ 100 ms at half
@@ -115,6 +124,10 @@ SWEEP: dict[str, dict[str, Any]] = {
     # Faust's worker sets the root logger to DEBUG when --loglevel is warning or above (its
     # progress spinner listens to every record), so every debug call builds a LogRecord.
     "loglevel-warning": {"loglevel": "warning"},
+    # Consumer fetches: the broker holds a fetch until it has fetch_min_bytes or fetch_max_wait_ms
+    # passed (the default is 64 KiB / 10 ms); 1 byte / 500 ms are aiokafka's and Java's defaults.
+    "fetch-wait30": {"fetch_max_wait_ms": 30},
+    "fetch-min1-wait500": {"fetch_min_bytes": 1, "fetch_max_wait_ms": 500},
 }
 # (b) runs with the same predictor options as (a)'s default, and with oneDNN on.
 PLAIN_SWEEP: dict[str, dict[str, Any]] = {"default": {}, "onednn-on": {"use_onednn": True}}
@@ -168,6 +181,30 @@ def cpu_seconds(pid: int | None, thread: int | None = None, *, system_only: bool
     except (OSError, IndexError):
         return None
     return (int(fields[12]) if system_only else int(fields[11]) + int(fields[12])) / _TICK
+
+
+def runqueue_wait_seconds(pid: int | None, thread: int | None) -> float | None:
+    """Seconds a thread spent runnable but waiting for a CPU (``/proc/.../schedstat``), None
+    when unreadable. CPU time says what a thread used; this says what it was kept from."""
+    if pid is None or thread is None:
+        return None
+    try:
+        return int(Path(f"/proc/{pid}/task/{thread}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def machine_cpu_seconds(*, steal: bool = False) -> float | None:
+    """CPU seconds the whole machine spent busy, all CPUs together (``/proc/stat``; idle and
+    iowait excluded); ``steal``: the seconds the hypervisor gave to other guests instead."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    if steal:
+        return fields[7] / _TICK if len(fields) > 7 else None
+    # user nice system idle iowait irq softirq steal (guest time is inside user already)
+    return (sum(fields[:8]) - fields[3] - fields[4] - (fields[7] if len(fields) > 7 else 0)) / _TICK
 
 
 # ------------------------------------------------------------------------------------ messages
@@ -508,6 +545,24 @@ def _pct(a: np.ndarray, q: float) -> float | None:
     return round(float(np.percentile(a, q)), 2) if len(a) else None
 
 
+STEADY_AFTER_S = 5  # the "steady" percentiles leave out this many seconds at the feed's start
+
+
+def _over_time(name: str, in_ts: np.ndarray, lat: np.ndarray) -> dict[str, Any]:
+    """``lat`` (ms) by second of input time (``in_ts``, ms): the median and the maximum of each
+    second, which show when in the run the slow events were (start-up, a stall, all along), and
+    the percentiles without the first ``STEADY_AFTER_S`` seconds."""
+    if not len(in_ts):
+        return {}
+    sec = ((in_ts - in_ts.min()) // 1000).astype(np.int64)
+    per: dict[str, list[float | None]] = {"p50": [], "max": []}
+    for i in range(int(sec.max()) + 1):
+        vals = lat[sec == i]
+        per["p50"].append(round(float(np.median(vals)), 1) if len(vals) else None)
+        per["max"].append(round(float(vals.max()), 1) if len(vals) else None)
+    return {f"{name}_per_input_second": per, f"{name}_steady": _pcts(lat[sec >= STEADY_AFTER_S])}
+
+
 def _pcts(a: np.ndarray) -> dict[str, float | None]:
     return {"p50": _pct(a, 50), "p90": _pct(a, 90), "p99": _pct(a, 99), "max": _pct(a, 100)}
 
@@ -528,7 +583,7 @@ async def watch(
 
     watcher = AIOKafkaConsumer(bootstrap_servers=ctx.bootstrap, enable_auto_commit=False)
     await watcher.start()
-    samples: list[tuple[float, float | None, float | None, float | None, float | None]] = []
+    samples: list[tuple[Any, ...]] = []  # (time, then one reading per column of ``cols`` below)
     spy: subprocess.Popen[bytes] | None = None
     status = "ok"
     load0 = loadavg()
@@ -544,6 +599,9 @@ async def watch(
                     cpu_seconds(ctx.broker_pid),
                     cpu_seconds(proc.pid, proc.pid),
                     cpu_seconds(proc.pid, proc.pid, system_only=True),
+                    runqueue_wait_seconds(proc.pid, proc.pid),
+                    machine_cpu_seconds(),
+                    machine_cpu_seconds(steal=True),
                 )
             )
             n = await end_count(watcher, out)
@@ -582,13 +640,24 @@ async def watch(
     if len(ts) > 1:
         t0, t1 = float(ts[0]) / 1000.0, float(ts[-1]) / 1000.0
         # the main thread runs the event loop (scoring, state, Faust): the GIL-bound part
-        cols = ("process_cpu_s", "broker_cpu_s", "main_thread_cpu_s", "main_thread_sys_cpu_s")
+        cols = (
+            "process_cpu_s",
+            "broker_cpu_s",
+            "main_thread_cpu_s",
+            "main_thread_sys_cpu_s",
+            "main_thread_runqueue_wait_s",
+            "machine_cpu_s",
+            "machine_steal_s",
+        )
         for col, key in enumerate(cols, start=1):
             series = [(s[0], s[col]) for s in samples]
             a, b = _interp(series, t0), _interp(series, t1)
             res[key] = round(b - a, 2) if a is not None and b is not None else None
         if res.get("main_thread_cpu_s") is not None and span > 0:
             res["main_thread_busy"] = round(res["main_thread_cpu_s"] / span, 3)
+        if res.get("machine_cpu_s") is not None and span > 0:
+            # every process on the machine: the worker, the broker, this script's feeder and reader
+            res["machine_busy"] = round(res["machine_cpu_s"] / span / (os.cpu_count() or 1), 3)
     if stalls is not None:
         res["stalls"] = stalls
     res["_records"] = records
@@ -892,6 +961,7 @@ async def run_latency(
     to_out = np.array([ts - (d["scored_time"] - d["latency_ms"]["end_to_end"]) for ts, d in docs])
     out_ts = [ts for ts, _ in docs]
     span = (max(out_ts) - min(out_ts)) / 1000.0 if len(out_ts) > 1 else 0.0
+    in_ts = np.array([d["scored_time"] - d["latency_ms"]["end_to_end"] for _, d in docs])
 
     # The event-loop thread's CPU over the paced feed (warm-up excluded), per fed message: in all
     # and per stage (score, output, state_flush, terminal_labels; "other" is the rest: Faust, the
@@ -911,6 +981,7 @@ async def run_latency(
             "output_transactions_per_s": round(len(docs) / span, 1) if span else None,
             "batches": batch_stats([d for _, d in docs]),
             "end_to_end_ms": _pcts(e2e),
+            **_over_time("end_to_end_ms", in_ts, e2e),
             "input_to_output_record_ms": _pcts(to_out),
             "breakdown_ms": {
                 "kafka_to_worker_receipt": _pcts(before),
@@ -951,14 +1022,15 @@ async def run_relay_latency(ctx: Ctx, rate: float, seconds: float, warmup: int) 
             sent[value] = ts
     skip = len(warm)
     first_rest = sorted(sent.values())[skip] if len(sent) > skip else 0
-    lat = np.array(
-        [ts - sent[v] for ts, v in relayed if v in sent and sent[v] >= first_rest], dtype=np.float64
-    )
+    pairs = [(sent[v], ts - sent[v]) for ts, v in relayed if v in sent and sent[v] >= first_rest]
+    in_ts = np.array([p[0] for p in pairs], dtype=np.float64)
+    lat = np.array([p[1] for p in pairs], dtype=np.float64)
     res.update(
         {
             "feed": feed,
             "matched": len(lat),
             "input_to_output_record_ms": _pcts(lat),
+            **_over_time("input_to_output_record_ms", in_ts, lat),
         }
     )
     return {"system": "c", "label": "latency-relay-constant", **res}
@@ -1044,6 +1116,8 @@ def summarize(runs: list[dict[str, Any]], latency: dict[str, Any] | None) -> dic
         "latency_feed_rate": latency["feed"].get("rate") if latency else None,
         "latency_p50_ms": latency["end_to_end_ms"]["p50"] if latency else None,
         "latency_p99_ms": p99,
+        # without the feed's first STEADY_AFTER_S seconds; the target is judged on the whole feed
+        "latency_steady_p99_ms": (latency.get("end_to_end_ms_steady") or {}).get("p99") if latency else None,
     }
     ab, ac = s["a_over_b"], s["a_over_c"]
     s["targets"] = {
@@ -1075,6 +1149,12 @@ def print_table(runs: list[dict[str, Any]], latency: list[dict[str, Any]], summa
             f"end-to-end p50 {e['p50']} ms  p90 {e['p90']} ms  p99 {e['p99']} ms  max {e['max']} ms"
             f"  [{lat['status']}]"
         )
+        st = lat.get("end_to_end_ms_steady") or lat.get("input_to_output_record_ms_steady")
+        if st:
+            print(
+                f"  after the first {STEADY_AFTER_S} s: "
+                f"p50 {st['p50']} ms  p99 {st['p99']} ms  max {st['max']} ms"
+            )
     t = summary["targets"]
     print(
         f"\n(a)/(b) = {summary['a_over_b']}  (target ≥ 10: {t['a_at_least_10x_b']})   "
@@ -1131,7 +1211,7 @@ async def bench(args: argparse.Namespace, ctx: Ctx, result: dict[str, Any]) -> N
     measured = {r["label"]: r.get("messages_per_s") for r in runs if r["system"] == "a"}
     pacings = ("constant", "speed") if args.latency_pacing == "both" else (args.latency_pacing,)
     for label in args.latency_settings.split(",") if args.latency_seconds > 0 else ():
-        rate = measured.get(label)
+        rate = args.latency_rate or measured.get(label)
         if not rate:
             print(f"no measured rate for {label!r}: latency run skipped", flush=True)
             continue
@@ -1161,6 +1241,10 @@ async def bench(args: argparse.Namespace, ctx: Ctx, result: dict[str, Any]) -> N
         await run_profiles(ctx, measured.get("default"), args.latency_fraction, args.warmup)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["relay"]:  # internal: system (c), started by the benchmark itself
@@ -1180,6 +1264,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--skip-baselines", action="store_true", help="run (a) only")
     ap.add_argument("--timeout", type=float, default=150.0, help="seconds per run before giving up")
     ap.add_argument("--latency-fraction", type=float, default=0.5, help="feed rate / measured max rate")
+    ap.add_argument(
+        "--latency-rate",
+        type=float,
+        help="feed rate = this × --latency-fraction, for every setting (default: each setting's measured "
+        "rate); compares settings at one rate",
+    )
     ap.add_argument("--latency-seconds", type=float, default=45.0, help="length of the paced feed (0: skip)")
     ap.add_argument("--latency-pacing", choices=("constant", "speed", "both"), default="constant")
     ap.add_argument(
@@ -1201,7 +1291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--py-spy-args",
         default="",
-        help='extra py-spy record options for --profile: "--gil" (GIL holder only), "--threads --idle"',
+        help='extra py-spy record options for --profile, given with "=": --py-spy-args=--gil '
+        '(GIL holder only), --py-spy-args="--threads --idle"',
     )
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, broker data)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "worker.json")
@@ -1244,6 +1335,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         version = ModelRegistry(registry).current("behaviour")
         device = f"{load_settings().device} -> {resolve_device(load_settings().device)}"
         result["model"] = {"registry": str(registry), "version": version, "device": device}
+        # From here on SIGTERM (``timeout``, ``kill``) unwinds like Ctrl-C, so that the broker and
+        # the workers this run starts are stopped by its ``finally`` blocks instead of outliving
+        # it. Set after Paddle is imported: its own handler aborts the process.
+        signal.signal(signal.SIGTERM, _interrupt)
         if args.bootstrap:
             bootstrap, broker_pid = args.bootstrap, None
             result["broker"] = {"bootstrap": bootstrap, "own": False}
@@ -1291,6 +1386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "partitions": PARTITIONS,
             "timeout_s": args.timeout,
             "latency_fraction": args.latency_fraction,
+            "latency_rate": args.latency_rate,
             "latency_seconds": args.latency_seconds,
             "latency_pacing": args.latency_pacing,
             "worker_defaults": DEFAULT_WORKER,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from types import FrameType
 import pytest
 
 from modeling.settings import load_settings
-from streams.broker.local import BrokerError, LocalKafka, port_open
+from streams.broker.local import BrokerError, LocalKafka, free_port_pair, port_open
 
 TEST_PORT = 19092
 TEST_CONTROLLER_PORT = 19093
@@ -34,18 +33,6 @@ _broker_info: list[str] = []
 
 def _shared_lib_dir() -> Path:
     return load_settings().kafka_home / "lib"
-
-
-def _free_port_pair() -> tuple[int, int]:
-    socks = [socket.socket() for _ in range(2)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        a, b = (s.getsockname()[1] for s in socks)
-        return int(a), int(b)
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -87,7 +74,7 @@ def local_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka
     port, controller_port = TEST_PORT, TEST_CONTROLLER_PORT
     if port_open("127.0.0.1", port) or port_open("127.0.0.1", controller_port):
         # another test session (or a leftover broker) holds the usual ports: don't fight over them
-        port, controller_port = _free_port_pair()
+        port, controller_port = free_port_pair()
     broker = LocalKafka(
         tmp_path_factory.mktemp("kafka"),
         port=port,

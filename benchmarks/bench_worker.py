@@ -958,10 +958,11 @@ async def run_latency(
     e2e = lat["end_to_end"]
     # Kafka timestamp -> the worker's receipt (Faust's time_in): fetch and hand-over delay
     before = e2e - lat["queue"] - lat["inference"]
-    to_out = np.array([ts - (d["scored_time"] - d["latency_ms"]["end_to_end"]) for ts, d in docs])
-    out_ts = [ts for ts, _ in docs]
-    span = (max(out_ts) - min(out_ts)) / 1000.0 if len(out_ts) > 1 else 0.0
+    # input Kafka timestamp = scored time - end to end; output record timestamp - that
     in_ts = np.array([d["scored_time"] - d["latency_ms"]["end_to_end"] for _, d in docs])
+    out_ts = [ts for ts, _ in docs]
+    to_out = np.array(out_ts, dtype=np.float64) - in_ts
+    span = (max(out_ts) - min(out_ts)) / 1000.0 if len(out_ts) > 1 else 0.0
 
     # The event-loop thread's CPU over the paced feed (warm-up excluded), per fed message: in all
     # and per stage (score, output, state_flush, terminal_labels; "other" is the rest: Faust, the
@@ -1150,7 +1151,7 @@ def print_table(runs: list[dict[str, Any]], latency: list[dict[str, Any]], summa
             f"  [{lat['status']}]"
         )
         st = lat.get("end_to_end_ms_steady") or lat.get("input_to_output_record_ms_steady")
-        if st:
+        if st and st["p50"] is not None:  # None: a feed shorter than STEADY_AFTER_S
             print(
                 f"  after the first {STEADY_AFTER_S} s: "
                 f"p50 {st['p50']} ms  p99 {st['p99']} ms  max {st['max']} ms"
@@ -1343,13 +1344,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             bootstrap, broker_pid = args.bootstrap, None
             result["broker"] = {"bootstrap": bootstrap, "own": False}
         else:
-            from streams.broker.local import LocalKafka
+            from streams.broker.local import LocalKafka, free_port_pair
 
             lib = load_settings().kafka_home / "lib"
+            port, controller_port = free_port_pair()  # distinct: two free_port() calls may repeat
             kafka = LocalKafka(
                 work / "kafka",
-                port=free_port(),
-                controller_port=free_port(),
+                port=port,
+                controller_port=controller_port,
                 lib_dir=lib,
                 partitions=PARTITIONS,
             )

@@ -72,6 +72,14 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     return False
 
 
+def free_port_pair(host: str = "127.0.0.1") -> tuple[int, int]:
+    """Two distinct ports free on ``host`` now (a broker's listener and its controller)."""
+    with socket.socket() as a, socket.socket() as b:
+        a.bind((host, 0))
+        b.bind((host, 0))
+        return int(a.getsockname()[1]), int(b.getsockname()[1])
+
+
 def _tool(name: str, why: str) -> str:
     path = shutil.which(name)
     if path is None:

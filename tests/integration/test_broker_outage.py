@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from harness import Scenario, WorkerProc, consume, run
 
 from modeling.features import FeatureConfig
 from modeling.records import Transaction
-from streams.broker.local import LocalKafka
+from streams.broker.local import LocalKafka, free_port_pair
 from streams.replay import replay_events
 from training.history import event_stream, load_history
 
@@ -35,17 +34,10 @@ def _log_lines(path: Path) -> int:
         return sum(1 for _ in fh)
 
 
-def _two_free_ports() -> tuple[int, int]:
-    with socket.socket() as a, socket.socket() as b:
-        a.bind(("127.0.0.1", 0))
-        b.bind(("127.0.0.1", 0))
-        return int(a.getsockname()[1]), int(b.getsockname()[1])
-
-
 @pytest.fixture()
 def own_broker(local_kafka: LocalKafka, tmp_path: Path) -> Iterator[LocalKafka]:
     """A broker of this test's own, from the jars the session's broker fetched."""
-    port, controller_port = _two_free_ports()
+    port, controller_port = free_port_pair()
     broker = LocalKafka(
         tmp_path / "kafka", port=port, controller_port=controller_port, lib_dir=local_kafka.lib_dir
     )

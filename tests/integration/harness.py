@@ -85,8 +85,9 @@ class Scenario:
 
 
 class WorkerProc:
-    def __init__(self, scenario: Scenario, tag: str) -> None:
+    def __init__(self, scenario: Scenario, tag: str, env: dict[str, str] | None = None) -> None:
         self.scenario = scenario
+        self.extra_env = env or {}
         self.metrics_port = free_port()
         self.web_port = free_port()
         self.log_path = scenario.home / f"worker-{scenario.name}-{tag}.log"
@@ -94,7 +95,7 @@ class WorkerProc:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProc:
-        env = self.scenario.env(RISKSTREAM_WORKER_DATA_DIR=str(self.data_dir))
+        env = self.scenario.env(RISKSTREAM_WORKER_DATA_DIR=str(self.data_dir), **self.extra_env)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [

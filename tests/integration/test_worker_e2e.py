@@ -121,6 +121,33 @@ def _terminal_view(ts: TerminalState, config: FeatureConfig) -> tuple[object, ..
     return (ts.latest_label_ms, {k: v for k, v in ts.labels.items() if v[0] > keep_from})
 
 
+def _assert_tables_equal_replay(sc: Scenario, events: list[Transaction | ClickEvent | Label]) -> None:
+    """The latest record per key of the user-state and terminal-state changelogs equals the
+    state a from-scratch offline replay of ``events`` builds."""
+    changelog = run(consume(sc.bootstrap, f"rs-{sc.name}-user-state-changelog", timeout=30, idle=3))
+    latest: dict[str, bytes] = {}
+    for r in changelog:
+        latest[orjson.loads(r.key)] = r.value  # table keys are JSON strings
+    config = FeatureConfig()
+    runner = FeatureRunner(FeatureEngine(config))
+    for _ in runner.run(events):
+        pass
+    assert set(latest) == set(runner.users)
+    for uid, st in runner.users.items():
+        live = UserState.from_bytes(latest[uid], config)
+        assert _state_view(live) == _state_view(st), uid
+    # So does terminal state: every label reached its terminal, none was lost to a stale
+    # read (the writer reads its own changelog back into the global table).
+    term_log = run(consume(sc.bootstrap, f"rs-{sc.name}-terminal-state-changelog", timeout=30, idle=3))
+    terms: dict[str, bytes] = {}
+    for r in term_log:
+        terms[orjson.loads(r.key)] = r.value
+    assert set(terms) == set(runner.terminals)
+    for tid, ts in runner.terminals.items():
+        live_t = TerminalState.from_bytes(terms[tid])
+        assert _terminal_view(live_t, config) == _terminal_view(ts, config), tid
+
+
 def test_sigkill_mid_stream_loses_nothing_and_restores_state(
     kafka_broker: str, model_registry: Path, tmp_path: Path, sample: pd.DataFrame
 ) -> None:
@@ -152,29 +179,69 @@ def test_sigkill_mid_stream_loses_nothing_and_restores_state(
         assert seen == {e.transaction_id for e in events if isinstance(e, Transaction)}, "lost events"
         assert len(recs) >= n_tx  # at-least-once: redelivered ones may appear twice
         # Window state recovered from the changelog equals a from-scratch replay.
-        changelog = run(consume(sc.bootstrap, f"rs-{sc.name}-user-state-changelog", timeout=30, idle=3))
-        latest: dict[str, bytes] = {}
-        for r in changelog:
-            latest[orjson.loads(r.key)] = r.value  # table keys are JSON strings
-        config = FeatureConfig()
-        runner = FeatureRunner(FeatureEngine(config))
-        for _ in runner.run(events):
-            pass
-        assert set(latest) == set(runner.users)
-        for uid, st in runner.users.items():
-            live = UserState.from_bytes(latest[uid], config)
-            assert _state_view(live) == _state_view(st), uid
-        # So does terminal state: every label reached its terminal, none was lost to a stale
-        # read (the writer reads its own changelog back into the global table).
-        term_log = run(consume(sc.bootstrap, f"rs-{sc.name}-terminal-state-changelog", timeout=30, idle=3))
-        terms: dict[str, bytes] = {}
-        for r in term_log:
-            terms[orjson.loads(r.key)] = r.value
-        assert set(terms) == set(runner.terminals)
-        for tid, ts in runner.terminals.items():
-            live_t = TerminalState.from_bytes(terms[tid])
-            assert _terminal_view(live_t, config) == _terminal_view(ts, config), tid
+        _assert_tables_equal_replay(sc, events)
     finally:
+        w2.stop()
+
+
+def test_worker_joining_mid_stream_rebalances_without_hang_or_loss(
+    kafka_broker: str, model_registry: Path, tmp_path: Path, sample: pd.DataFrame
+) -> None:
+    """A second worker joins while events stream in: partitions move away from the first worker
+    with messages in flight (taken, scored, waiting for their state flush), the joiner recovers
+    their state from the changelog while their input waits (faust-streaming #74: recovery hung
+    with a full stream buffer), and the group still scores every transaction and ends with the
+    state of a from-scratch replay."""
+    sc = _scenario(kafka_broker, model_registry, tmp_path, partitions=4)
+    events = _events(sample)
+    n_tx = sum(isinstance(e, Transaction) for e in events)
+    step = len(events) // 16 + 1
+    chunks = [events[i : i + step] for i in range(0, len(events), step)]
+    # Small batches: the input buffer's high-water mark (4 batches) is 128 messages, so it is
+    # full whenever input is waiting, and a rebalance finds it full.
+    small = {"RISKSTREAM_PIPELINE_MAX_BATCH": "32"}
+    w1 = WorkerProc(sc, "first", env=small).start()
+    w2 = WorkerProc(sc, "joiner", env=small)
+
+    def joined() -> bool:
+        """w2 owns input partitions (it reports their lag every 5 s)."""
+        try:
+            return "riskstream_consumer_lag{" in w2.metrics()
+        except OSError:  # its metrics endpoint is not up yet
+            return False
+
+    try:
+        w1.wait_metrics()
+        for chunk in chunks[:2]:
+            _replay(sc, chunk)
+        deadline = time.monotonic() + 180
+        while w1.metric("riskstream_events_out_total", topic=sc.topics["risk_events"]) < 200:
+            assert time.monotonic() < deadline, w1.log_tail()
+            time.sleep(0.2)
+        w2.start()
+        # The stream goes on while w2 starts, joins and recovers; the last chunks wait until it
+        # owns partitions, so that both score after the move.
+        for i, chunk in enumerate(chunks[2:], start=2):
+            if i == len(chunks) - 4:
+                deadline = time.monotonic() + 180
+                while not joined():
+                    assert time.monotonic() < deadline, w2.log_tail()
+                    w1.check_alive()
+                    w2.check_alive()
+                    time.sleep(0.5)
+            _replay(sc, chunk)
+            time.sleep(0.75)
+        wait_caught_up(sc, timeout=300, worker=w1, terminals=True)  # a recovery hang fails here
+        for w in (w1, w2):
+            w.check_alive()
+            assert w.metric("riskstream_events_in_total") > 0, "each worker must own partitions"
+        recs = run(consume(sc.bootstrap, sc.topics["risk_events"], timeout=60, idle=3))
+        seen = {orjson.loads(r.value)["transaction_id"] for r in recs}
+        assert seen == {e.transaction_id for e in events if isinstance(e, Transaction)}, "lost events"
+        assert len(recs) >= n_tx  # at-least-once: redelivered ones may appear twice
+        _assert_tables_equal_replay(sc, events)
+    finally:
+        w1.stop()
         w2.stop()
 
 

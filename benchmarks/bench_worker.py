@@ -693,15 +693,20 @@ def scrape_stalls(proc: Proc) -> dict[str, Any] | None:
         key = wanted.get(fam.name)
         if key is None:
             continue
-        h: dict[str, Any] = out.setdefault(key, {"buckets": {}})
         for smp in fam.samples:
-            if smp.name.endswith("_bucket"):
-                le = smp.labels["le"]
-                h["buckets"][le] = h["buckets"].get(le, 0) + int(smp.value)
-            elif smp.name.endswith("_count"):
-                h["count"] = h.get("count", 0) + int(smp.value)
-            elif smp.name.endswith("_sum"):
-                h["sum"] = round(h.get("sum", 0.0) + smp.value, 4)
+            # All label values summed; GC pauses also per generation.
+            hs = [out.setdefault(key, {"buckets": {}})]
+            if "generation" in smp.labels:
+                by_gen = out.setdefault(f"{key}_by_generation", {})
+                hs.append(by_gen.setdefault(smp.labels["generation"], {"buckets": {}}))
+            for h in hs:
+                if smp.name.endswith("_bucket"):
+                    le = smp.labels["le"]
+                    h["buckets"][le] = h["buckets"].get(le, 0) + int(smp.value)
+                elif smp.name.endswith("_count"):
+                    h["count"] = h.get("count", 0) + int(smp.value)
+                elif smp.name.endswith("_sum"):
+                    h["sum"] = round(h.get("sum", 0.0) + smp.value, 4)
     return out
 
 

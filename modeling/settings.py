@@ -67,8 +67,9 @@ class Settings(BaseSettings):
     registry_dir: Path = Field(default_factory=lambda: default_home() / "registry")
     device: Literal["auto", "cpu", "gpu"] = "auto"
     cpu_threads: int = Field(default=1, ge=1)
-    # Off by default: with this model oneDNN was slower at every batch size from 1 to 4096 on one
-    # thread (benchmarks/results/predictor.json); turn it on for larger models or more threads.
+    # Off by default: oneDNN is faster at a fixed large batch but slower below ~100 rows, and it
+    # builds its kernels per input shape, so with the worker's varying batch sizes it cost about
+    # 3x per row (benchmarks/README.md, benchmarks/results/predictor.json).
     use_onednn: bool = False
     use_tensorrt: bool = False
     use_fp16: bool = False

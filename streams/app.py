@@ -259,13 +259,15 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def report_lag() -> None:
         consumer = app.consumer
+        lags = {}
         for tp in consumer.assignment():
             if tp.topic not in kinds:
                 continue
             hw = consumer.highwater(tp)
             pos = await consumer.position(tp)
             if hw is not None and pos is not None:
-                metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(hw - pos, 0))
+                lags[(tp.topic, tp.partition)] = max(hw - pos, 0)
+        metrics.set_consumer_lag(lags)  # partitions given away in a rebalance leave the gauge
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:

@@ -1,7 +1,7 @@
 """Every Prometheus metric the worker exports, in one place.
 
-Dashboards (docker/grafana) and alerts may only use the names defined here; a test compares the
-dashboard's queries with what a live worker serves on its metrics endpoint.
+Dashboards (docker/grafana) and alerts (docker/prometheus/alerts.yml) may only use the names
+defined here; tests compare their queries with what a live worker serves on its metrics endpoint.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class Metrics:
         )
         self.scores = Histogram("riskstream_score", "Fraud scores emitted", buckets=_SCORE, registry=r)
         self.decisions = Counter("riskstream_decisions", "Decisions emitted", ["decision"], registry=r)
+        self._lag_labels: set[tuple[str, str]] = set()
         self.consumer_lag = Gauge(
             "riskstream_consumer_lag", "Messages behind the partition end", ["topic", "partition"], registry=r
         )
@@ -111,6 +112,18 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+
+    def set_consumer_lag(self, lags: dict[tuple[str, int], int]) -> None:
+        """The lag of exactly the partitions in ``lags``, ``(topic, partition) -> messages``.
+        A partition this worker reported before and no longer owns is removed: left in place,
+        its last value would be summed with the new owner's (dashboard, RiskstreamBehind)."""
+        gauge = self.consumer_lag
+        now = {(topic, str(partition)): lag for (topic, partition), lag in lags.items()}
+        for labels in set(self._lag_labels) - set(now):
+            gauge.remove(*labels)
+        for labels, lag in now.items():
+            gauge.labels(*labels).set(lag)
+        self._lag_labels = set(now)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         start_http_server(port, addr=addr, registry=self.registry)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -132,6 +133,16 @@ class WorkerProc:
             if all(f'{k}="{v}"' in lab for k, v in labels.items()):
                 total += float(value)
         return total
+
+    def label_sets(self, name: str) -> list[dict[str, str]]:
+        """The label sets of the samples of ``name`` this worker serves now."""
+        out = []
+        for line in self.metrics().splitlines():
+            head, _, _ = line.rpartition(" ")
+            metric, _, lab = head.partition("{")
+            if metric == name:
+                out.append(dict(re.findall(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"', lab)))
+        return out
 
     def wait_metrics(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout

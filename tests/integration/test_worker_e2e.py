@@ -235,6 +235,20 @@ def test_worker_joining_mid_stream_rebalances_without_hang_or_loss(
         for w in (w1, w2):
             w.check_alive()
             assert w.metric("riskstream_events_in_total") > 0, "each worker must own partitions"
+        # Consumer lag: each input partition reported by exactly one worker (the one that gave
+        # partitions away must stop reporting them), within two 5 s reporting rounds.
+        inputs = {sc.topics[k] for k in ("transactions", "clickstream", "labels")}
+        everyone = {(t, str(p)) for t in inputs for p in range(sc.partitions)}
+        deadline = time.monotonic() + 12
+        while True:
+            owned = [
+                {(x["topic"], x["partition"]) for x in w.label_sets("riskstream_consumer_lag")}
+                for w in (w1, w2)
+            ]
+            if not owned[0] & owned[1] and owned[0] | owned[1] == everyone:
+                break
+            assert time.monotonic() < deadline, f"lag reported for {owned}, expected each of {everyone} once"
+            time.sleep(1.0)
         recs = run(consume(sc.bootstrap, sc.topics["risk_events"], timeout=60, idle=3))
         seen = {orjson.loads(r.value)["transaction_id"] for r in recs}
         assert seen == {e.transaction_id for e in events if isinstance(e, Transaction)}, "lost events"

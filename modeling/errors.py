@@ -8,7 +8,8 @@
     ├── StateError               a serialized state blob cannot be restored
     ├── ModelLoadError           a model bundle is missing, corrupt or fails verification
     ├── RegistryError            the model registry cannot satisfy a request
-    └── PredictorError           inference failed (retriable: the batch can be tried again)
+    ├── PredictorError           inference failed (retriable: the batch can be tried again)
+    └── ConfigError              settings name something unusable (a TLS file, …)
 
 Every error carries ``context``: a dict of what was being done (topic, offset, version, path …).
 """
@@ -64,3 +65,8 @@ class PredictorError(RiskstreamError):
     """Inference failed; the batch may be retried."""
 
     retriable = True
+
+
+class ConfigError(RiskstreamError):
+    """The settings are complete but name something that cannot be used (a missing or invalid
+    TLS certificate or key file, …)."""

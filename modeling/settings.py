@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources import TomlConfigSettingsSource
 
@@ -26,7 +26,18 @@ class Settings(BaseSettings):
 
     # --- Kafka -------------------------------------------------------------------------------
     bootstrap_servers: str = "127.0.0.1:9092"
+    # Security of every Kafka client (worker, replay, warmup, demo, topic admin):
+    # streams/security.py. SSL verifies the broker against ssl_cafile (default: the system's CAs);
+    # ssl_certfile/ssl_keyfile add a client certificate (mutual TLS). SASL needs the username
+    # and password (RISKSTREAM_SASL_PASSWORD: it is never logged or printed).
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
     topic_transactions: str = "transactions"
     topic_clickstream: str = "clickstream"
     topic_labels: str = "labels"
@@ -78,6 +89,17 @@ class Settings(BaseSettings):
     # --- features ----------------------------------------------------------------------------
     label_delay_days: float = Field(default=7.0, ge=0)
     allowed_lateness_s: float = Field(default=3600.0, ge=0)
+
+    @model_validator(mode="after")
+    def _kafka_security_is_complete(self) -> Settings:
+        if self.security_protocol.startswith("SASL_") and not (self.sasl_username and self.sasl_password):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_username and sasl_password "
+                "(RISKSTREAM_SASL_USERNAME, RISKSTREAM_SASL_PASSWORD)"
+            )
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("a client certificate needs both ssl_certfile and ssl_keyfile")
+        return self
 
     @classmethod
     def settings_customise_sources(

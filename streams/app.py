@@ -51,6 +51,7 @@ from streams.metrics import Metrics
 from streams.model_watch import ModelWatcher
 from streams.output import BatchOutput, ChangelogKeys
 from streams.pipeline import KIND_CLICK, KIND_LABEL, KIND_TXN, BatchProcessor, InMessage
+from streams.security import faust_credentials
 from streams.state_flush import StateFlusher
 
 log = logging.getLogger("riskstream.worker")
@@ -98,7 +99,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         broker_max_poll_records=2 * settings.pipeline_max_batch,
         table_cleanup_interval=3600.0,
         consumer_auto_offset_reset="earliest",
-        broker_credentials=None,
+        broker_credentials=faust_credentials(settings),  # TLS / SASL (streams/security.py)
     )
     engine = FeatureEngine(feature_config(settings))
     p = settings.topic_partitions

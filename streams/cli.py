@@ -54,7 +54,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.config:
         os.environ["RISKSTREAM_CONFIG"] = args.config
-    rc: int = args._run(args)
+    from pydantic import ValidationError as SettingsError
+
+    from modeling.errors import RiskstreamError
+
+    try:
+        rc: int = args._run(args)
+    except RiskstreamError as exc:  # a clear message, not a traceback (a broker refusing us, …)
+        print(f"riskstream {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:
+        # Messages only: pydantic's own rendering repeats the input, passwords included.
+        errors = exc.errors(include_url=False, include_input=False)
+        why = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in errors)
+        print(f"riskstream {args.command}: invalid settings: {why}", file=sys.stderr)
+        return 2
     return rc
 
 

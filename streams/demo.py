@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from modeling.settings import load_settings
     from streams.app import feature_config
     from streams.broker.local import LocalKafka, port_open
-    from streams.broker.topics import ensure_topics, project_topics
+    from streams.broker.topics import ensure_project_topics
     from streams.replay import replay_events
     from training.history import event_stream, load_history
 
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         df = df.iloc[: args.limit]
     stream = event_stream(df, config)
     n_tx = len(df)
-    asyncio.run(ensure_topics(settings.bootstrap_servers, project_topics(settings)))
+    asyncio.run(ensure_project_topics(settings))
 
     if args.warmup_days > 0:
         import pandas as pd
@@ -208,8 +208,13 @@ async def _replay_and_collect(
     import orjson
     from aiokafka import AIOKafkaConsumer
 
+    from streams.security import client_kwargs
+
     consumer = AIOKafkaConsumer(
-        settings.topic_risk_events, bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="earliest"
+        settings.topic_risk_events,
+        bootstrap_servers=settings.bootstrap_servers,
+        auto_offset_reset="earliest",
+        **client_kwargs(settings),
     )
     await consumer.start()
     print("== 4. Replay (clickstream is synthetic)")

@@ -63,9 +63,11 @@ async def replay_events(
 ) -> ReplayReport:
     from aiokafka import AIOKafkaProducer
 
+    from streams.security import client_kwargs
+
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
-        security_protocol=settings.security_protocol,
+        **client_kwargs(settings),
         linger_ms=5,
         max_batch_size=512 * 1024,
         acks="all",

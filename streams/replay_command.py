@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from modeling.settings import load_settings
     from streams.app import feature_config
-    from streams.broker.topics import ensure_topics, project_topics
+    from streams.broker.topics import ensure_project_topics
     from streams.replay import replay_events
     from training.history import event_stream, load_history
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     async def go() -> object:
         if args.create_topics:
-            await ensure_topics(settings.bootstrap_servers, project_topics(settings))
+            await ensure_project_topics(settings)
         return await replay_events(
             stream.events(),
             settings,

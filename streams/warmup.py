@@ -15,11 +15,13 @@ import asyncio
 import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from modeling.features import Event, FeatureEngine, FeatureRunner
 from modeling.settings import Settings
+from streams.security import client_kwargs
 
 
 @dataclass
@@ -41,7 +43,7 @@ async def _create_compacted(settings: Settings) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **client_kwargs(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -57,7 +59,9 @@ async def _create_compacted(settings: Settings) -> None:
         await admin.close()
 
 
-async def write_snapshots(bootstrap: str, logs: dict[str, tuple[Mapping[str, bytes], int]]) -> None:
+async def write_snapshots(
+    bootstrap: str, logs: dict[str, tuple[Mapping[str, bytes], int]], **client_kw: Any
+) -> None:
     """Write state snapshots into changelog topics: ``{topic: (key -> snapshot, partitions)}``.
     With several partitions a key goes where the input topics put it (Kafka's default murmur2
     partitioner, as the worker's changelog records follow their input partition); with one, to
@@ -67,7 +71,7 @@ async def write_snapshots(bootstrap: str, logs: dict[str, tuple[Mapping[str, byt
 
     partitioner = DefaultPartitioner()
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=10, max_batch_size=512 * 1024, acks="all"
+        bootstrap_servers=bootstrap, linger_ms=10, max_batch_size=512 * 1024, acks="all", **client_kw
     )
     await producer.start()
     try:
@@ -98,6 +102,7 @@ async def seed_state(runner: FeatureRunner, settings: Settings) -> tuple[int, in
     await write_snapshots(
         settings.bootstrap_servers,
         {user_topic: (users, settings.topic_partitions), term_topic: (terminals, 1)},
+        **client_kwargs(settings),
     )
     return len(users), len(terminals)
 

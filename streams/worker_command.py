@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from modeling.settings import load_settings
     from streams import gc_pauses
     from streams.app import build_app
-    from streams.broker.topics import ensure_topics, project_topics
+    from streams.broker.topics import ensure_project_topics
 
     overrides = {}
     if args.web_port is not None:
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    loop.run_until_complete(ensure_topics(settings.bootstrap_servers, project_topics(settings)))
+    loop.run_until_complete(ensure_project_topics(settings))
     rt = build_app(settings)
     gc_pauses.tune(rt.metrics)
     rt.metrics.serve(settings.metrics_port)

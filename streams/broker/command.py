@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from modeling.settings import load_settings
     from streams.broker.local import LocalKafka
     from streams.broker.topics import ensure_topics, project_topics
+    from streams.security import client_kwargs
 
     settings = load_settings()
     broker = LocalKafka.from_settings(settings)
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
                     settings.bootstrap_servers,
                     names,
                     settings.topic_replication,
-                    security_protocol=settings.security_protocol,
+                    **client_kwargs(settings),
                 )
             )
             for name, partitions in names.items():

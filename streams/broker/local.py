@@ -135,7 +135,13 @@ class LocalKafka:
         lib_dir: Path | str | None = None,
         partitions: int = 4,
         heap: str = "512m",
+        listeners: dict[str, int] | None = None,
+        properties: dict[str, str] | None = None,
+        format_args: list[str] | None = None,
     ) -> None:
+        """``listeners``: more client listeners, security protocol -> port (``{"SASL_SSL": 9094}``),
+        configured through ``properties`` (merged over the defaults); ``format_args`` go to
+        ``kafka-storage format`` (``--add-scram …``). The plaintext listener stays."""
         self.home = Path(home).expanduser().absolute()
         self.lib_dir = Path(lib_dir).expanduser().absolute() if lib_dir else self.home / "lib"
         self.host = "127.0.0.1"
@@ -143,6 +149,9 @@ class LocalKafka:
         self.controller_port = controller_port
         self.partitions = partitions
         self.heap = heap
+        self.listeners = dict(listeners or {})
+        self.properties = dict(properties or {})
+        self.format_args = list(format_args or [])
         self.config_file = self.home / "config" / "server.properties"
         self.data_dir = self.home / "data"
         self.log_dir = self.home / "logs"
@@ -205,13 +214,16 @@ class LocalKafka:
 
     # --- configuration -----------------------------------------------------------------------
     def server_properties(self) -> dict[str, str]:
+        client = [f"PLAINTEXT://{self.host}:{self.port}"]
+        client += [f"{name}://{self.host}:{port}" for name, port in self.listeners.items()]
+        protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"] + [f"{n}:{n}" for n in self.listeners]
         return {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@{self.host}:{self.controller_port}",
-            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listeners": ",".join([*client, f"CONTROLLER://{self.host}:{self.controller_port}"]),
+            "advertised.listeners": ",".join(client),
+            "listener.security.protocol.map": ",".join(protocols),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "log.dirs": str(self.data_dir),
@@ -225,6 +237,7 @@ class LocalKafka:
             "transaction.state.log.min.isr": "1",
             "transaction.state.log.num.partitions": "8",
             "group.initial.rebalance.delay.ms": "0",
+            **self.properties,
         }
 
     def write_config(self) -> Path:
@@ -243,7 +256,7 @@ class LocalKafka:
         while cluster_id.startswith("-"):  # Kafka's own Uuid.randomUuid avoids these too
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         tool = [java, "-cp", f"{self.lib_dir}/*", "kafka.tools.StorageTool", "format", "--ignore-formatted"]
-        cmd = [*tool, "-t", cluster_id, "-c", str(self.config_file)]
+        cmd = [*tool, "-t", cluster_id, "-c", str(self.config_file), *self.format_args]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             raise BrokerError(f"formatting the broker storage failed:\n{res.stdout}{res.stderr}")
@@ -256,7 +269,7 @@ class LocalKafka:
             return self.status()
         java = _tool("java", "Java 17+ runs the local Kafka broker (apt install openjdk-17-jre-headless)")
         self.fetch()
-        for p in (self.port, self.controller_port):
+        for p in (self.port, self.controller_port, *self.listeners.values()):
             if port_open(self.host, p):
                 raise BrokerError(
                     f"port {p} is already in use (another broker?); choose other ports "

@@ -54,7 +54,30 @@ async def ensure_topics(
         await admin.start()
     except KafkaError as exc:
         await admin.close()
-        raise TopicError(f"cannot reach the Kafka cluster: {exc}", bootstrap=bootstrap) from exc
+        protocol = client_kwargs.get("security_protocol", "PLAINTEXT")
+        hint = ""
+        if protocol != "PLAINTEXT" and "closed" in str(exc):
+            # A broker that refuses SASL credentials (or a client certificate) closes the
+            # connection; aiokafka reports only that.
+            hint = (
+                f"; over {protocol}, a connection closed by the broker usually means it refused the "
+                "authentication: check the SASL username, password and mechanism (or the client "
+                "certificate) against the listener"
+            )
+        elif protocol in ("SSL", "SASL_SSL"):
+            # aiokafka logs the TLS error (CERTIFICATE_VERIFY_FAILED …) and raises this.
+            hint = (
+                f"; over {protocol} this is also what a failed TLS handshake looks like: see the "
+                "log line above (CERTIFICATE_VERIFY_FAILED: the broker's certificate is not signed "
+                "by ssl_cafile, or its name does not match the bootstrap host)"
+            )
+        raise TopicError(
+            f"cannot reach the Kafka cluster: {exc}{hint}",
+            bootstrap=bootstrap,
+            security_protocol=protocol,
+            sasl_mechanism=client_kwargs.get("sasl_mechanism"),
+            sasl_username=client_kwargs.get("sasl_plain_username"),
+        ) from exc
     try:
         existing = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics()}
         for name, want in names.items():
@@ -77,3 +100,16 @@ async def ensure_topics(
         return sorted(created)
     finally:
         await admin.close()
+
+
+async def ensure_project_topics(settings: Settings) -> list[str]:
+    """The project's topics (:func:`project_topics`) with the settings' replication factor, over
+    the settings' client security."""
+    from streams.security import client_kwargs
+
+    return await ensure_topics(
+        settings.bootstrap_servers,
+        project_topics(settings),
+        settings.topic_replication,
+        **client_kwargs(settings),
+    )

@@ -36,6 +36,7 @@ class Scenario:
     home: Path
     partitions: int = 4
     name: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. Kafka security settings
 
     @property
     def topics(self) -> dict[str, str]:
@@ -65,10 +66,11 @@ class Scenario:
             "PYTHONUNBUFFERED": "1",
         }
         env.pop("RISKSTREAM_CONFIG", None)
+        env.update(self.extra_env)
         env.update(extra)
         return env
 
-    def settings(self) -> Any:
+    def settings(self, **overrides: Any) -> Any:
         from modeling.settings import Settings
 
         t = self.topics
@@ -82,6 +84,7 @@ class Scenario:
             topic_dead_letter=t["dead_letter"],
             topic_partitions=self.partitions,
             registry_dir=self.registry_dir,
+            **overrides,
         )
 
 
@@ -200,14 +203,24 @@ async def produce(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None
 
 
 async def consume(
-    bootstrap: str, topic: str, *, until: int | None = None, timeout: float = 120.0, idle: float | None = None
+    bootstrap: str,
+    topic: str,
+    *,
+    until: int | None = None,
+    timeout: float = 120.0,
+    idle: float | None = None,
+    **client_kw: Any,
 ) -> list[Any]:
     """Read ``topic`` from the beginning until ``until`` records, ``timeout``, or ``idle`` seconds
-    without a new record."""
+    without a new record. ``client_kw``: more ``AIOKafkaConsumer`` arguments (security)."""
     from aiokafka import AIOKafkaConsumer
 
     c = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        **client_kw,
     )
     await c.start()
     out: list[Any] = []

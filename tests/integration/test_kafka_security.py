@@ -1,0 +1,156 @@
+"""Kafka security: the worker, the replay and a reader work against a broker that only admits
+TLS-verified, SASL-authenticated clients, and a wrong password or an unknown CA fails clearly.
+
+On a broker of this test's own: the real Apache Kafka, with a second listener ``SASL_SSL``
+(PLAIN over TLS, a PEM keystore from a throwaway CA made by ``trustme``) next to the plaintext
+one it needs for itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import trustme
+from cryptography.hazmat.primitives import serialization
+from harness import Scenario, WorkerProc, consume, run
+
+from modeling.features import FeatureConfig
+from modeling.records import Transaction
+from modeling.settings import Settings
+from streams.broker.local import LocalKafka, free_port_pair
+from streams.broker.topics import ensure_project_topics
+from streams.replay import replay_events
+from streams.security import client_kwargs
+from training.history import event_stream, load_history
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "handbook_2w.parquet"
+USER, PASSWORD = "scorer", "s3cret-for-tests"
+
+
+def _pkcs8(pem: bytes) -> bytes:
+    """Kafka's PEM keystores take PKCS#8 keys; trustme writes the traditional format."""
+    key = serialization.load_pem_private_key(pem, password=None)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+@pytest.fixture()
+def secure_broker(local_kafka: LocalKafka, tmp_path: Path) -> Iterator[tuple[LocalKafka, str, Path]]:
+    """(broker, its SASL_SSL bootstrap, the CA file clients trust)."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    keystore = tls / "broker.pem"
+    chain = b"".join(c.bytes() for c in leaf.cert_chain_pems)
+    keystore.write_bytes(_pkcs8(leaf.private_key_pem.bytes()) + chain)
+    cafile = tls / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    port, controller_port = free_port_pair()
+    secure_port, _ = free_port_pair()
+    jaas = f'org.apache.kafka.common.security.plain.PlainLoginModule required user_{USER}="{PASSWORD}";'
+    broker = LocalKafka(
+        tmp_path / "kafka",
+        port=port,
+        controller_port=controller_port,
+        lib_dir=local_kafka.lib_dir,
+        listeners={"SASL_SSL": secure_port},
+        properties={
+            "sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.sasl_ssl.plain.sasl.jaas.config": jaas,
+            "listener.name.sasl_ssl.ssl.keystore.type": "PEM",
+            "listener.name.sasl_ssl.ssl.keystore.location": str(keystore),
+        },
+    )
+    broker.start(timeout=180)
+    try:
+        yield broker, f"127.0.0.1:{secure_port}", cafile
+    finally:
+        broker.stop()
+
+
+def _security(cafile: Path, password: str = PASSWORD) -> dict[str, str]:
+    return {
+        "RISKSTREAM_SECURITY_PROTOCOL": "SASL_SSL",
+        "RISKSTREAM_SASL_MECHANISM": "PLAIN",
+        "RISKSTREAM_SASL_USERNAME": USER,
+        "RISKSTREAM_SASL_PASSWORD": password,
+        "RISKSTREAM_SSL_CAFILE": str(cafile),
+    }
+
+
+def _settings(sc: Scenario, cafile: Path, password: str = PASSWORD) -> Settings:
+    s: Settings = sc.settings(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="PLAIN",
+        sasl_username=USER,
+        sasl_password=password,
+        ssl_cafile=cafile,
+    )
+    return s
+
+
+def test_worker_scores_over_sasl_ssl(
+    secure_broker: tuple[LocalKafka, str, Path], model_registry: Path, tmp_path: Path
+) -> None:
+    _, bootstrap, cafile = secure_broker
+    reg = tmp_path / "registry"
+    shutil.copytree(model_registry, reg)
+    sc = Scenario(bootstrap, reg, tmp_path, partitions=2, extra_env=_security(cafile))
+    settings = _settings(sc, cafile)
+    df = load_history(DATA)
+    users = sorted(df["user_id"].unique())[:20]
+    sample = df[df["user_id"].isin(users)].reset_index(drop=True)
+    events = list(event_stream(sample, FeatureConfig()).events())
+    txn_ids = {e.transaction_id for e in events if isinstance(e, Transaction)}
+    w = WorkerProc(sc, "secure").start()
+    try:
+        w.wait_metrics()
+        run(replay_events(events, settings, progress=False))
+        out = sc.topics["risk_events"]
+        got = run(consume(bootstrap, out, until=len(txn_ids), timeout=240, **client_kwargs(settings)))
+        assert {orjson.loads(r.value)["transaction_id"] for r in got} == txn_ids
+        w.check_alive()
+    finally:
+        w.stop()
+    assert PASSWORD not in w.log_path.read_text(errors="replace"), "the password must not be logged"
+
+
+def test_a_wrong_password_or_an_unknown_ca_fails_clearly(
+    secure_broker: tuple[LocalKafka, str, Path],
+    model_registry: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, bootstrap, cafile = secure_broker
+    sc = Scenario(bootstrap, model_registry, tmp_path, partitions=2)
+    # Topic administration, the first thing a worker does, names the cause.
+    with pytest.raises(Exception, match=r"refused the authentication"):
+        run(ensure_project_topics(_settings(sc, cafile, password="wrong")))
+    other_ca = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(other_ca))
+    with (
+        caplog.at_level(logging.ERROR, logger="aiokafka"),
+        pytest.raises(Exception, match=r"failed TLS handshake"),
+    ):
+        run(ensure_project_topics(_settings(sc, other_ca)))
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+    # The worker itself stops with that error rather than retrying in silence.
+    w = WorkerProc(sc, "wrong-password", env=_security(cafile, password="wrong")).start()
+    assert w.proc is not None
+    try:
+        code = w.proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        w.kill()
+        raise AssertionError(f"the worker kept running with a wrong password\n{w.log_tail()}") from None
+    log = w.log_path.read_text(errors="replace")
+    assert code != 0
+    assert "authentication" in log.lower(), log[-3000:]
+    assert '"wrong"' not in log and "password='wrong'" not in log  # the password is not echoed

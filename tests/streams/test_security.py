@@ -1,0 +1,68 @@
+"""Kafka client security settings (streams/security.py); the broker side is
+tests/integration/test_kafka_security.py."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+
+from modeling.errors import ConfigError
+from modeling.settings import Settings
+from streams.security import client_kwargs, faust_credentials
+
+USER, PASSWORD = "scorer", "s3cret-for-tests"
+
+
+def test_settings_refuse_incomplete_security() -> None:
+    with pytest.raises(ValueError, match="sasl_username and sasl_password"):
+        Settings(security_protocol="SASL_SSL", sasl_username=USER)
+    with pytest.raises(ValueError, match="both ssl_certfile and ssl_keyfile"):
+        Settings(security_protocol="SSL", ssl_certfile=Path("client.pem"))
+
+
+def test_password_stays_out_of_reprs_and_reaches_the_clients() -> None:
+    s = Settings(security_protocol="SASL_SSL", sasl_username=USER, sasl_password=PASSWORD)
+    assert PASSWORD not in repr(s) and PASSWORD not in str(s.model_dump())
+    kw = client_kwargs(s)
+    assert kw["security_protocol"] == "SASL_SSL" and kw["sasl_mechanism"] == "PLAIN"
+    assert kw["sasl_plain_username"] == USER and kw["sasl_plain_password"] == PASSWORD
+    assert isinstance(kw["ssl_context"], ssl.SSLContext) and kw["ssl_context"].check_hostname
+    creds = faust_credentials(s)
+    assert (creds.username, creds.password, creds.protocol.value) == (USER, PASSWORD, "SASL_SSL")
+    assert PASSWORD not in repr(creds)
+
+
+def test_plaintext_and_sasl_without_tls() -> None:
+    assert client_kwargs(Settings()) == {"security_protocol": "PLAINTEXT"}
+    assert faust_credentials(Settings()) is None
+    s = Settings(
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username=USER,
+        sasl_password="x",
+    )
+    kw = client_kwargs(s)
+    assert "ssl_context" not in kw and kw["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert faust_credentials(s).protocol.value == "SASL_PLAINTEXT"
+
+
+def test_an_unreadable_tls_file_is_a_config_error(tmp_path: Path) -> None:
+    s = Settings(security_protocol="SSL", ssl_cafile=tmp_path / "missing-ca.pem")
+    with pytest.raises(ConfigError, match="TLS context"):
+        client_kwargs(s)
+
+
+def test_cli_reports_bad_security_settings_without_the_password(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from streams.cli import main
+
+    monkeypatch.setenv("RISKSTREAM_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("RISKSTREAM_SASL_PASSWORD", PASSWORD)
+    monkeypatch.delenv("RISKSTREAM_SASL_USERNAME", raising=False)
+    assert main(["worker"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid settings" in err and "sasl_username and sasl_password" in err
+    assert PASSWORD not in err

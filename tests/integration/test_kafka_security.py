@@ -41,9 +41,12 @@ def _pkcs8(pem: bytes) -> bytes:
     )
 
 
-@pytest.fixture()
-def secure_broker(local_kafka: LocalKafka, tmp_path: Path) -> Iterator[tuple[LocalKafka, str, Path]]:
-    """(broker, its SASL_SSL bootstrap, the CA file clients trust)."""
+@pytest.fixture(scope="module")
+def secure_broker(
+    local_kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[LocalKafka, str, Path]]:
+    """(broker, its SASL_SSL bootstrap, the CA file clients trust); one for the module."""
+    tmp_path = tmp_path_factory.mktemp("secure-broker")
     ca = trustme.CA()
     leaf = ca.issue_cert("127.0.0.1", "localhost")
     tls = tmp_path / "tls"
@@ -55,7 +58,7 @@ def secure_broker(local_kafka: LocalKafka, tmp_path: Path) -> Iterator[tuple[Loc
     ca.cert_pem.write_to_path(str(cafile))
     port, controller_port = free_port_pair()
     secure_port, _ = free_port_pair()
-    jaas = f'org.apache.kafka.common.security.plain.PlainLoginModule required user_{USER}="{PASSWORD}";'
+    plain = f'org.apache.kafka.common.security.plain.PlainLoginModule required user_{USER}="{PASSWORD}";'
     broker = LocalKafka(
         tmp_path / "kafka",
         port=port,
@@ -63,11 +66,16 @@ def secure_broker(local_kafka: LocalKafka, tmp_path: Path) -> Iterator[tuple[Loc
         lib_dir=local_kafka.lib_dir,
         listeners={"SASL_SSL": secure_port},
         properties={
-            "sasl.enabled.mechanisms": "PLAIN",
-            "listener.name.sasl_ssl.plain.sasl.jaas.config": jaas,
+            "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-512",
+            "listener.name.sasl_ssl.plain.sasl.jaas.config": plain,
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
             "listener.name.sasl_ssl.ssl.keystore.type": "PEM",
             "listener.name.sasl_ssl.ssl.keystore.location": str(keystore),
         },
+        # SCRAM users live in the cluster metadata: created when the storage is formatted.
+        format_args=["--add-scram", f"SCRAM-SHA-512=[name={USER},password={PASSWORD}]"],
     )
     broker.start(timeout=180)
     try:
@@ -86,10 +94,10 @@ def _security(cafile: Path, password: str = PASSWORD) -> dict[str, str]:
     }
 
 
-def _settings(sc: Scenario, cafile: Path, password: str = PASSWORD) -> Settings:
+def _settings(sc: Scenario, cafile: Path, password: str = PASSWORD, mechanism: str = "PLAIN") -> Settings:
     s: Settings = sc.settings(
         security_protocol="SASL_SSL",
-        sasl_mechanism="PLAIN",
+        sasl_mechanism=mechanism,
         sasl_username=USER,
         sasl_password=password,
         ssl_cafile=cafile,
@@ -154,3 +162,23 @@ def test_a_wrong_password_or_an_unknown_ca_fails_clearly(
     assert code != 0
     assert "authentication" in log.lower(), log[-3000:]
     assert '"wrong"' not in log and "password='wrong'" not in log  # the password is not echoed
+
+
+def test_scram_clients_replay_and_read_back(
+    secure_broker: tuple[LocalKafka, str, Path], tmp_path: Path
+) -> None:
+    """SCRAM-SHA-512 (the users are in the cluster metadata) through the same client settings."""
+    _, bootstrap, cafile = secure_broker
+    sc = Scenario(bootstrap, tmp_path / "registry", tmp_path, partitions=2)
+    settings = _settings(sc, cafile, mechanism="SCRAM-SHA-512")
+    run(ensure_project_topics(settings))
+    df = load_history(DATA)
+    few = df[df["user_id"].isin(sorted(df["user_id"].unique())[:5])].reset_index(drop=True)
+    events = list(event_stream(few, FeatureConfig()).events())
+    report = run(replay_events(events, settings, progress=False))
+    assert report.total == len(events)
+    txns = sc.topics["transactions"]
+    got = run(consume(bootstrap, txns, until=report.counts[txns], timeout=60, **client_kwargs(settings)))
+    assert len(got) == report.counts[txns] > 0
+    with pytest.raises(Exception, match=r"refused the authentication"):
+        run(ensure_project_topics(_settings(sc, cafile, password="wrong", mechanism="SCRAM-SHA-512")))

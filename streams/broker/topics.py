@@ -50,34 +50,25 @@ async def ensure_topics(
     from aiokafka.errors import KafkaError
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **client_kwargs)
+    # aiokafka raises "unable to bootstrap" or "connection closed" and logs the cause (a refused
+    # SASL login, a certificate that does not verify): keep what it logs to name the cause.
+    logged = _ClientErrors()
+    client_log = logging.getLogger("aiokafka")
+    client_log.addHandler(logged)
     try:
         await admin.start()
     except KafkaError as exc:
         await admin.close()
         protocol = client_kwargs.get("security_protocol", "PLAINTEXT")
-        hint = ""
-        if protocol != "PLAINTEXT" and "closed" in str(exc):
-            # A broker that refuses SASL credentials (or a client certificate) closes the
-            # connection; aiokafka reports only that.
-            hint = (
-                f"; over {protocol}, a connection closed by the broker usually means it refused the "
-                "authentication: check the SASL username, password and mechanism (or the client "
-                "certificate) against the listener"
-            )
-        elif protocol in ("SSL", "SASL_SSL"):
-            # aiokafka logs the TLS error (CERTIFICATE_VERIFY_FAILED …) and raises this.
-            hint = (
-                f"; over {protocol} this is also what a failed TLS handshake looks like: see the "
-                "log line above (CERTIFICATE_VERIFY_FAILED: the broker's certificate is not signed "
-                "by ssl_cafile, or its name does not match the bootstrap host)"
-            )
         raise TopicError(
-            f"cannot reach the Kafka cluster: {exc}{hint}",
+            f"cannot reach the Kafka cluster: {exc}{logged.explain(str(exc), protocol)}",
             bootstrap=bootstrap,
             security_protocol=protocol,
             sasl_mechanism=client_kwargs.get("sasl_mechanism"),
             sasl_username=client_kwargs.get("sasl_plain_username"),
         ) from exc
+    finally:
+        client_log.removeHandler(logged)
     try:
         existing = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics()}
         for name, want in names.items():
@@ -113,3 +104,31 @@ async def ensure_project_topics(settings: Settings) -> list[str]:
         settings.topic_replication,
         **client_kwargs(settings),
     )
+
+
+class _ClientErrors(logging.Handler):
+    """The aiokafka errors logged while a client starts, to say why it could not connect."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def explain(self, error: str, protocol: str) -> str:
+        cause = self.messages[-1] if self.messages else ""
+        text = f"; the client logged: {cause}" if cause else ""
+        seen = f"{error} {cause}"
+        if "SaslAuthentication" in seen or (protocol.startswith("SASL_") and "closed" in seen):
+            # A refused login: an authentication error, or (older brokers, PLAIN) just a close.
+            text += (
+                "; the broker refused the authentication: check the SASL username, password and "
+                "mechanism against the listener"
+            )
+        elif "CERTIFICATE_VERIFY_FAILED" in seen:
+            text += (
+                "; the broker's TLS certificate does not verify: it is not signed by ssl_cafile, or "
+                "its name does not match the bootstrap host"
+            )
+        return text

@@ -8,7 +8,6 @@ one it needs for itself.
 
 from __future__ import annotations
 
-import logging
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -135,7 +134,6 @@ def test_a_wrong_password_or_an_unknown_ca_fails_clearly(
     secure_broker: tuple[LocalKafka, str, Path],
     model_registry: Path,
     tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
 ) -> None:
     _, bootstrap, cafile = secure_broker
     sc = Scenario(bootstrap, model_registry, tmp_path, partitions=2)
@@ -144,12 +142,8 @@ def test_a_wrong_password_or_an_unknown_ca_fails_clearly(
         run(ensure_project_topics(_settings(sc, cafile, password="wrong")))
     other_ca = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(other_ca))
-    with (
-        caplog.at_level(logging.ERROR, logger="aiokafka"),
-        pytest.raises(Exception, match=r"failed TLS handshake"),
-    ):
+    with pytest.raises(Exception, match=r"CERTIFICATE_VERIFY_FAILED.*certificate does not verify"):
         run(ensure_project_topics(_settings(sc, other_ca)))
-    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
     # The worker itself stops with that error rather than retrying in silence.
     w = WorkerProc(sc, "wrong-password", env=_security(cafile, password="wrong")).start()
     assert w.proc is not None

@@ -66,3 +66,23 @@ def test_cli_reports_bad_security_settings_without_the_password(
     err = capsys.readouterr().err
     assert "invalid settings" in err and "sasl_username and sasl_password" in err
     assert PASSWORD not in err
+
+
+def test_a_failed_connection_names_its_likely_cause() -> None:
+    from streams.broker.topics import _ClientErrors
+
+    logged = _ClientErrors()
+    # aiokafka raises "unable to bootstrap" for all of these; what it logged tells them apart.
+    logged.messages = [
+        'Unable connect to "k:9093": [Error 58] SaslAuthenticationFailed: Authentication failed: '
+        "Invalid username or password"
+    ]
+    text = logged.explain("KafkaConnectionError: Unable to bootstrap from [...]", "SASL_SSL")
+    assert "Invalid username or password" in text and "refused the authentication" in text
+    logged.messages = []  # another broker just closes the connection
+    assert "refused the authentication" in logged.explain("Connection at k:9093 closed", "SASL_SSL")
+    logged.messages = ['Unable connect to "k:9093": [SSL: CERTIFICATE_VERIFY_FAILED] verify failed']
+    text = logged.explain("Unable to bootstrap from [...]", "SSL")
+    assert "not signed by ssl_cafile" in text and "refused" not in text
+    logged.messages = []
+    assert logged.explain("Unable to bootstrap from [...]", "PLAINTEXT") == ""

@@ -42,13 +42,18 @@ def client_kwargs(settings: Settings) -> dict[str, Any]:
     if ctx is not None:
         kw["ssl_context"] = ctx
     if settings.security_protocol.startswith("SASL_"):
-        assert settings.sasl_password is not None  # Settings checks it
         kw.update(
             sasl_mechanism=settings.sasl_mechanism,
             sasl_plain_username=settings.sasl_username,
-            sasl_plain_password=settings.sasl_password.get_secret_value(),
+            sasl_plain_password=_password(settings),
         )
     return kw
+
+
+def _password(settings: Settings) -> str:
+    if settings.sasl_password is None:  # Settings refuses this; settings built otherwise may not
+        raise ConfigError(f"security_protocol {settings.security_protocol} needs sasl_password")
+    return settings.sasl_password.get_secret_value()
 
 
 def faust_credentials(settings: Settings) -> Any:
@@ -57,10 +62,9 @@ def faust_credentials(settings: Settings) -> Any:
 
     ctx = ssl_context(settings)
     if settings.security_protocol.startswith("SASL_"):
-        assert settings.sasl_password is not None
         return faust.SASLCredentials(
             username=settings.sasl_username,
-            password=settings.sasl_password.get_secret_value(),
+            password=_password(settings),
             ssl_context=ctx,
             mechanism=settings.sasl_mechanism,
         )

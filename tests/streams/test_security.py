@@ -86,3 +86,9 @@ def test_a_failed_connection_names_its_likely_cause() -> None:
     assert "not signed by ssl_cafile" in text and "refused" not in text
     logged.messages = []
     assert logged.explain("Unable to bootstrap from [...]", "PLAINTEXT") == ""
+
+
+def test_sasl_without_a_password_is_a_config_error_even_past_validation() -> None:
+    s = Settings.model_construct(security_protocol="SASL_SSL", sasl_username=USER, sasl_password=None)
+    with pytest.raises(ConfigError, match="needs sasl_password"):
+        client_kwargs(s)

@@ -241,6 +241,25 @@ async def consume(
     return out
 
 
+async def topic_configs(bootstrap: str, topics: list[str]) -> dict[str, dict[str, str]]:
+    """Each topic's configuration as the broker reports it (``cleanup.policy`` …)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        resources = [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics]
+        responses = await admin.describe_configs(resources)
+    finally:
+        await admin.close()
+    out: dict[str, dict[str, str]] = {}
+    for response in responses:
+        for _code, _msg, _type, name, entries in response.resources:
+            out[name] = {e[0]: e[1] for e in entries}
+    return out
+
+
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pandas as pd
 import pytest
-from harness import Scenario, WorkerProc, consume, produce, run, wait_caught_up
+from harness import Scenario, WorkerProc, consume, produce, run, topic_configs, wait_caught_up
 
 from modeling.features import FeatureConfig, FeatureEngine, FeatureRunner, TerminalState, UserState
 from modeling.records import ClickEvent, Label, Transaction, parse_risk_event
@@ -98,6 +98,11 @@ def test_n_in_n_out_and_dead_letters(
         assert w.metric("riskstream_dead_letters_total") == len(bad) + 1
         assert w.metric("riskstream_events_out_total", topic=sc.topics["risk_events"]) == n
         assert w.metric("riskstream_batch_size_count") > 0
+        # A restarted worker rebuilds its tables by reading their whole changelogs (Faust's
+        # memory store, faust-streaming #284); compaction keeps that to one record per key.
+        logs = [f"rs-{sc.name}-user-state-changelog", f"rs-{sc.name}-terminal-state-changelog"]
+        configs = run(topic_configs(sc.bootstrap, logs))
+        assert {t: configs[t]["cleanup.policy"] for t in logs} == dict.fromkeys(logs, "compact")
     finally:
         w.stop()
 

@@ -31,16 +31,21 @@ class BatchOutput:
     def __init__(self, app: Any, cpu_seconds: Any = None) -> None:
         self.app = app
         self._cpu = cpu_seconds  # a Counter (child): CPU time spent building batches
-        self._ready: set[str] = set()  # topics whose metadata the producer has loaded
         self._partition_of: dict[tuple[str, bytes], int] = {}
 
     def _producer(self) -> Any:
         return self.app.producer._ensure_producer()  # Faust's aiokafka.AIOKafkaProducer
 
-    async def _ensure_metadata(self, producer: Any, topic: str) -> None:
-        if topic not in self._ready:
-            await producer.client._wait_on_metadata(topic)
-            self._ready.add(topic)
+    async def _ensure_metadata(self, producer: Any, topics: set[str]) -> None:
+        """Until the producer's metadata knows the partitions of every topic in ``topics``.
+
+        Checked on every send, not once per topic: a metadata update can leave a known topic
+        without partitions for a moment (a leader election; seen under load in the
+        joining-worker test), and hashing a key then fails inside aiokafka."""
+        cluster = producer.client.cluster
+        while missing := [t for t in topics if cluster.partitions_for_topic(t) is None]:
+            for topic in missing:
+                await producer.client._wait_on_metadata(topic)
 
     def partition(self, producer: Any, topic: str, key: bytes | None) -> int:
         if key is None:
@@ -60,8 +65,8 @@ class BatchOutput:
         if not records:
             return []
         producer = self._producer()
-        for topic in {r[0] for r in records}:
-            await self._ensure_metadata(producer, topic)
+        # No await from the metadata check to the last partition computed.
+        await self._ensure_metadata(producer, {r[0] for r in records})
         t0 = time.thread_time()
         groups: dict[tuple[str, int], list[tuple[bytes | None, bytes, Headers | None]]] = {}
         for topic, part, key, value, headers in records:

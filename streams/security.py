@@ -3,7 +3,7 @@
 The worker's Faust app takes :func:`faust_credentials`; every plain aiokafka client (replay,
 warmup, the demo's reader, topic administration) takes :func:`client_kwargs`. Both read the same
 settings, so a deployment configures security once (``RISKSTREAM_SECURITY_PROTOCOL``,
-``RISKSTREAM_SASL_*``, ``RISKSTREAM_SSL_*``; README "Kafka security").
+``RISKSTREAM_SASL_*``, ``RISKSTREAM_SSL_*``; README "Using your own Kafka cluster").
 """
 
 from __future__ import annotations

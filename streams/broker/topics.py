@@ -126,6 +126,12 @@ class _ClientErrors(logging.Handler):
                 "; the broker refused the authentication: check the SASL username, password and "
                 "mechanism against the listener"
             )
+        elif protocol == "SSL" and "closed" in seen:
+            text += (
+                "; the broker closed the TLS connection: a listener that requires a client "
+                "certificate does that without one (ssl_certfile, ssl_keyfile) or with one it "
+                "does not trust"
+            )
         elif "CERTIFICATE_VERIFY_FAILED" in seen:
             text += (
                 "; the broker's TLS certificate does not verify: it is not signed by ssl_cafile, or "

@@ -12,12 +12,13 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
-from harness import Scenario, WorkerProc, consume, run
+from harness import Scenario, WorkerProc, consume, produce, run
 
 from modeling.features import FeatureConfig
 from modeling.records import Transaction
@@ -40,11 +41,18 @@ def _pkcs8(pem: bytes) -> bytes:
     )
 
 
+class Secure(NamedTuple):
+    broker: LocalKafka
+    bootstrap: str  # the SASL_SSL listener
+    cafile: Path  # the CA clients trust
+    mtls_bootstrap: str  # the SSL listener that requires a client certificate
+    client_cert: Path  # a client certificate the CA signed, and its key
+    client_key: Path
+
+
 @pytest.fixture(scope="module")
-def secure_broker(
-    local_kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[LocalKafka, str, Path]]:
-    """(broker, its SASL_SSL bootstrap, the CA file clients trust); one for the module."""
+def secure_broker(local_kafka: LocalKafka, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secure]:
+    """A broker with a SASL_SSL listener and a mutual-TLS listener; one for the module."""
     tmp_path = tmp_path_factory.mktemp("secure-broker")
     ca = trustme.CA()
     leaf = ca.issue_cert("127.0.0.1", "localhost")
@@ -55,15 +63,19 @@ def secure_broker(
     keystore.write_bytes(_pkcs8(leaf.private_key_pem.bytes()) + chain)
     cafile = tls / "ca.pem"
     ca.cert_pem.write_to_path(str(cafile))
+    client = ca.issue_cert("riskstream-scorer")
+    client_cert, client_key = tls / "client.pem", tls / "client.key"
+    client.cert_chain_pems[0].write_to_path(str(client_cert))
+    client.private_key_pem.write_to_path(str(client_key))
     port, controller_port = free_port_pair()
-    secure_port, _ = free_port_pair()
+    secure_port, mtls_port = free_port_pair()
     plain = f'org.apache.kafka.common.security.plain.PlainLoginModule required user_{USER}="{PASSWORD}";'
     broker = LocalKafka(
         tmp_path / "kafka",
         port=port,
         controller_port=controller_port,
         lib_dir=local_kafka.lib_dir,
-        listeners={"SASL_SSL": secure_port},
+        listeners={"SASL_SSL": secure_port, "SSL": mtls_port},
         properties={
             "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-512",
             "listener.name.sasl_ssl.plain.sasl.jaas.config": plain,
@@ -72,13 +84,20 @@ def secure_broker(
             ),
             "listener.name.sasl_ssl.ssl.keystore.type": "PEM",
             "listener.name.sasl_ssl.ssl.keystore.location": str(keystore),
+            "listener.name.ssl.ssl.keystore.type": "PEM",
+            "listener.name.ssl.ssl.keystore.location": str(keystore),
+            "listener.name.ssl.ssl.truststore.type": "PEM",
+            "listener.name.ssl.ssl.truststore.location": str(cafile),
+            "listener.name.ssl.ssl.client.auth": "required",
         },
         # SCRAM users live in the cluster metadata: created when the storage is formatted.
         format_args=["--add-scram", f"SCRAM-SHA-512=[name={USER},password={PASSWORD}]"],
     )
     broker.start(timeout=180)
     try:
-        yield broker, f"127.0.0.1:{secure_port}", cafile
+        yield Secure(
+            broker, f"127.0.0.1:{secure_port}", cafile, f"127.0.0.1:{mtls_port}", client_cert, client_key
+        )
     finally:
         broker.stop()
 
@@ -104,10 +123,8 @@ def _settings(sc: Scenario, cafile: Path, password: str = PASSWORD, mechanism: s
     return s
 
 
-def test_worker_scores_over_sasl_ssl(
-    secure_broker: tuple[LocalKafka, str, Path], model_registry: Path, tmp_path: Path
-) -> None:
-    _, bootstrap, cafile = secure_broker
+def test_worker_scores_over_sasl_ssl(secure_broker: Secure, model_registry: Path, tmp_path: Path) -> None:
+    bootstrap, cafile = secure_broker.bootstrap, secure_broker.cafile
     reg = tmp_path / "registry"
     shutil.copytree(model_registry, reg)
     sc = Scenario(bootstrap, reg, tmp_path, partitions=2, extra_env=_security(cafile))
@@ -131,11 +148,11 @@ def test_worker_scores_over_sasl_ssl(
 
 
 def test_a_wrong_password_or_an_unknown_ca_fails_clearly(
-    secure_broker: tuple[LocalKafka, str, Path],
+    secure_broker: Secure,
     model_registry: Path,
     tmp_path: Path,
 ) -> None:
-    _, bootstrap, cafile = secure_broker
+    bootstrap, cafile = secure_broker.bootstrap, secure_broker.cafile
     sc = Scenario(bootstrap, model_registry, tmp_path, partitions=2)
     # Topic administration, the first thing a worker does, names the cause.
     with pytest.raises(Exception, match=r"refused the authentication"):
@@ -158,11 +175,9 @@ def test_a_wrong_password_or_an_unknown_ca_fails_clearly(
     assert '"wrong"' not in log and "password='wrong'" not in log  # the password is not echoed
 
 
-def test_scram_clients_replay_and_read_back(
-    secure_broker: tuple[LocalKafka, str, Path], tmp_path: Path
-) -> None:
+def test_scram_clients_replay_and_read_back(secure_broker: Secure, tmp_path: Path) -> None:
     """SCRAM-SHA-512 (the users are in the cluster metadata) through the same client settings."""
-    _, bootstrap, cafile = secure_broker
+    bootstrap, cafile = secure_broker.bootstrap, secure_broker.cafile
     sc = Scenario(bootstrap, tmp_path / "registry", tmp_path, partitions=2)
     settings = _settings(sc, cafile, mechanism="SCRAM-SHA-512")
     run(ensure_project_topics(settings))
@@ -176,3 +191,24 @@ def test_scram_clients_replay_and_read_back(
     assert len(got) == report.counts[txns] > 0
     with pytest.raises(Exception, match=r"refused the authentication"):
         run(ensure_project_topics(_settings(sc, cafile, password="wrong", mechanism="SCRAM-SHA-512")))
+
+
+def test_mutual_tls_needs_the_client_certificate(secure_broker: Secure, tmp_path: Path) -> None:
+    """SSL with a client certificate (``ssl_certfile``/``ssl_keyfile``) on a listener that
+    requires one; without it the broker refuses the handshake."""
+    sec = secure_broker
+    sc = Scenario(sec.mtls_bootstrap, tmp_path / "registry", tmp_path, partitions=1)
+    settings = sc.settings(
+        security_protocol="SSL",
+        ssl_cafile=sec.cafile,
+        ssl_certfile=sec.client_cert,
+        ssl_keyfile=sec.client_key,
+    )
+    run(ensure_project_topics(settings))
+    txns = sc.topics["transactions"]
+    run(produce(sec.mtls_bootstrap, txns, [(b"u1", b"{}")], **client_kwargs(settings)))
+    got = run(consume(sec.mtls_bootstrap, txns, until=1, timeout=60, **client_kwargs(settings)))
+    assert [r.value for r in got] == [b"{}"]
+    anonymous = sc.settings(security_protocol="SSL", ssl_cafile=sec.cafile)
+    with pytest.raises(Exception, match=r"requires a client certificate"):
+        run(ensure_project_topics(anonymous))

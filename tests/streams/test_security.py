@@ -84,6 +84,8 @@ def test_a_failed_connection_names_its_likely_cause() -> None:
     logged.messages = ['Unable connect to "k:9093": [SSL: CERTIFICATE_VERIFY_FAILED] verify failed']
     text = logged.explain("Unable to bootstrap from [...]", "SSL")
     assert "not signed by ssl_cafile" in text and "refused" not in text
+    logged.messages = ['Unable to request metadata from "k:9093": Connection at k:9093 closed']
+    assert "requires a client certificate" in logged.explain("Unable to bootstrap from [...]", "SSL")
     logged.messages = []
     assert logged.explain("Unable to bootstrap from [...]", "PLAINTEXT") == ""
 

@@ -18,7 +18,7 @@ import orjson
 import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
-from harness import Scenario, WorkerProc, consume, produce, run
+from harness import RISKSTREAM, Scenario, WorkerProc, consume, produce, run
 
 from modeling.features import FeatureConfig
 from modeling.records import Transaction
@@ -212,3 +212,19 @@ def test_mutual_tls_needs_the_client_certificate(secure_broker: Secure, tmp_path
     anonymous = sc.settings(security_protocol="SSL", ssl_cafile=sec.cafile)
     with pytest.raises(Exception, match=r"requires a client certificate"):
         run(ensure_project_topics(anonymous))
+
+
+def test_cli_commands_use_the_security_settings(secure_broker: Secure, tmp_path: Path) -> None:
+    """What an operator runs by hand against a secured cluster: topic creation and a replay."""
+    sc = Scenario(secure_broker.bootstrap, tmp_path / "registry", tmp_path, partitions=2)
+    env = sc.env(**_security(secure_broker.cafile))
+    topics = subprocess.run(
+        [*RISKSTREAM, "kafka", "topics"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert topics.returncode == 0, topics.stdout + topics.stderr
+    assert f"{sc.topics['transactions']}: 2 partitions (created)" in topics.stdout
+    replay = [*RISKSTREAM, "replay", str(DATA), "--limit", "30", "--no-clicks"]
+    done = subprocess.run(replay, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{sc.topics['transactions']}:        30 messages" in done.stdout, done.stdout
+    assert PASSWORD not in done.stdout + done.stderr + topics.stdout + topics.stderr

@@ -12,7 +12,6 @@ counts once its label time has passed, so they change nothing until then.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ import orjson
 
 from modeling.features import Event, FeatureEngine, FeatureRunner
 from modeling.settings import Settings
+from streams.broker.topics import changelog_topics, ensure_project_topics
 from streams.security import client_kwargs
 
 
@@ -30,33 +30,6 @@ class WarmupReport:
     users: int
     terminals: int
     seconds: float
-
-
-def changelog_topics(settings: Settings) -> dict[str, int]:
-    return {
-        f"{settings.app_id}-user-state-changelog": settings.topic_partitions,
-        f"{settings.app_id}-terminal-state-changelog": 1,
-    }
-
-
-async def _create_compacted(settings: Settings) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **client_kwargs(settings))
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        new = [
-            NewTopic(name, n, settings.topic_replication, topic_configs={"cleanup.policy": "compact"})
-            for name, n in changelog_topics(settings).items()
-            if name not in existing
-        ]
-        if new:
-            with contextlib.suppress(TopicAlreadyExistsError):  # a concurrent creator won
-                await admin.create_topics(new)
-    finally:
-        await admin.close()
 
 
 async def write_snapshots(
@@ -96,7 +69,7 @@ def snapshots(runner: FeatureRunner) -> tuple[dict[str, bytes], dict[str, bytes]
 
 async def seed_state(runner: FeatureRunner, settings: Settings) -> tuple[int, int]:
     """Write the runner's states to the changelog topics; returns (users, terminals) written."""
-    await _create_compacted(settings)
+    await ensure_project_topics(settings, internal=True)  # changelogs compacted
     user_topic, term_topic = changelog_topics(settings)
     users, terminals = snapshots(runner)
     await write_snapshots(

@@ -32,18 +32,34 @@ def project_topics(settings: Settings) -> dict[str, int]:
     return dict.fromkeys(names, settings.topic_partitions)
 
 
+def changelog_topics(settings: Settings) -> dict[str, int]:
+    """The worker's table changelogs (compacted), as Faust names them: name -> partitions."""
+    return {
+        f"{settings.app_id}-user-state-changelog": settings.topic_partitions,
+        f"{settings.app_id}-terminal-state-changelog": 1,
+    }
+
+
+def internal_topics(settings: Settings) -> dict[str, int]:
+    """The topics the worker's Faust app uses besides the project's: table changelogs and the
+    single-partition topic that carries labels to the terminal table's owner."""
+    return {**changelog_topics(settings), f"{settings.app_id}-terminal-labels": 1}
+
+
 async def ensure_topics(
     bootstrap: str,
     names: dict[str, int],
     replication: int = 1,
     *,
     timeout_ms: int = 30_000,
+    configs: dict[str, dict[str, str]] | None = None,
     **client_kwargs: Any,
 ) -> list[str]:
     """Create each topic of ``names`` (name -> partitions) that does not exist yet.
 
     Returns the names it created; existing topics are left as they are (a topic with fewer
-    partitions than asked for is logged, not altered). ``client_kwargs`` go to
+    partitions than asked for is logged, not altered). ``configs``: topic configurations by name
+    (``cleanup.policy`` …) for the topics it creates. ``client_kwargs`` go to
     ``AIOKafkaAdminClient`` (``security_protocol``, ``ssl_context``, SASL settings …).
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -76,7 +92,12 @@ async def ensure_topics(
                 log.warning(
                     "topic %s has %d partitions, fewer than the %d asked for", name, existing[name], want
                 )
-        missing = [NewTopic(name, n, replication) for name, n in names.items() if name not in existing]
+        configs = configs or {}
+        missing = [
+            NewTopic(name, n, replication, topic_configs=configs.get(name, {}))
+            for name, n in names.items()
+            if name not in existing
+        ]
         if not missing:
             return []
         response = await admin.create_topics(missing, timeout_ms=timeout_ms)
@@ -93,15 +114,26 @@ async def ensure_topics(
         await admin.close()
 
 
-async def ensure_project_topics(settings: Settings) -> list[str]:
+async def ensure_project_topics(settings: Settings, *, internal: bool = False) -> list[str]:
     """The project's topics (:func:`project_topics`) with the settings' replication factor, over
-    the settings' client security."""
+    the settings' client security; with ``internal``, the worker's own topics too
+    (:func:`internal_topics`, changelogs compacted).
+
+    A worker creates its internal topics before its Faust app starts: when the consumer group's
+    first assignment found them missing (Faust creates them as the app starts), the assignor
+    ignored them and, once in CI, the worker stalled there for minutes."""
     from streams.security import client_kwargs
 
+    names = project_topics(settings)
+    configs: dict[str, dict[str, str]] = {}
+    if internal:
+        names |= internal_topics(settings)
+        configs = {name: {"cleanup.policy": "compact"} for name in changelog_topics(settings)}
     return await ensure_topics(
         settings.bootstrap_servers,
-        project_topics(settings),
+        names,
         settings.topic_replication,
+        configs=configs,
         **client_kwargs(settings),
     )
 

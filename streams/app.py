@@ -45,6 +45,7 @@ from modeling.features import FeatureConfig, FeatureEngine, TerminalState
 from modeling.records import parse_label
 from modeling.settings import Settings
 from streams.batch_loop import BatchLoop, Taken
+from streams.broker.topics import terminal_labels_topic
 from streams.intake import BatchingApp, InputBuffer
 from streams.loop_lag import watch_loop_lag
 from streams.metrics import Metrics
@@ -110,7 +111,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     }
     inputs = app.topic(*kinds, key_type=bytes, value_type=bytes, partitions=p)
     term_topic = app.topic(
-        f"{settings.app_id}-terminal-labels", key_type=bytes, value_type=bytes, partitions=1, internal=True
+        terminal_labels_topic(settings), key_type=bytes, value_type=bytes, partitions=1, internal=True
     )
     users = app.Table("user-state", default=None, partitions=p, key_type=str, value_type=bytes)
     terminals = app.GlobalTable(

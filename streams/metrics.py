@@ -119,7 +119,7 @@ class Metrics:
         its last value would be summed with the new owner's (dashboard, RiskstreamBehind)."""
         gauge = self.consumer_lag
         now = {(topic, str(partition)): lag for (topic, partition), lag in lags.items()}
-        for labels in set(self._lag_labels) - set(now):
+        for labels in self._lag_labels - now.keys():
             gauge.remove(*labels)
         for labels, lag in now.items():
             gauge.labels(*labels).set(lag)

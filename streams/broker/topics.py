@@ -40,10 +40,15 @@ def changelog_topics(settings: Settings) -> dict[str, int]:
     }
 
 
+def terminal_labels_topic(settings: Settings) -> str:
+    """The single-partition topic that carries labels to the terminal table's owner."""
+    return f"{settings.app_id}-terminal-labels"
+
+
 def internal_topics(settings: Settings) -> dict[str, int]:
-    """The topics the worker's Faust app uses besides the project's: table changelogs and the
-    single-partition topic that carries labels to the terminal table's owner."""
-    return {**changelog_topics(settings), f"{settings.app_id}-terminal-labels": 1}
+    """The topics the worker's Faust app uses besides the project's: table changelogs and
+    :func:`terminal_labels_topic`."""
+    return {**changelog_topics(settings), terminal_labels_topic(settings): 1}
 
 
 async def ensure_topics(

@@ -3,10 +3,13 @@ query selects, which labels it uses, and what a worker's metrics endpoint really
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import urllib.request
 from typing import Any
 
+import pytest
 from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
@@ -83,3 +86,15 @@ def label_names(expr: str) -> set[str]:
     for selector in re.findall(r"\{([^}]*)\}", bare):
         out.update(_MATCHER.findall(selector))
     return out - {"__name__"}
+
+
+def promtool() -> str:
+    """The ``promtool`` executable (Debian package ``prometheus``): missing, it fails under CI
+    (``CI`` set) and skips elsewhere."""
+    exe = shutil.which("promtool")
+    if exe is None:
+        msg = "promtool not found: install the Debian package `prometheus` (apt-get install prometheus)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return exe

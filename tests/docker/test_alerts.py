@@ -9,15 +9,13 @@ elsewhere.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from promql import label_names, metric_names
+from promql import label_names, metric_names, promtool
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "docker" / "prometheus"
@@ -194,16 +192,6 @@ def rules() -> list[dict[str, Any]]:
     return [r for g in doc["groups"] for r in g["rules"]]
 
 
-def _promtool() -> str:
-    exe = shutil.which("promtool")
-    if exe is None:
-        msg = "promtool not found: install the Debian package `prometheus` (apt-get install prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return exe
-
-
 def _unit_tests(rules: list[dict[str, Any]]) -> dict[str, Any]:
     """The promtool unit-test document for CASES."""
     by_name = {r["alert"]: r for r in rules}
@@ -241,7 +229,7 @@ def _unit_tests(rules: list[dict[str, Any]]) -> dict[str, Any]:
 
 def test_rules_pass_promtool_check() -> None:
     res = subprocess.run(
-        [_promtool(), "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=120, check=False
+        [promtool(), "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=120, check=False
     )
     assert res.returncode == 0, f"promtool check rules:\n{res.stdout}{res.stderr}"
 
@@ -249,7 +237,7 @@ def test_rules_pass_promtool_check() -> None:
 def test_each_alert_fires_where_it_should_and_nowhere_else(
     rules: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    promtool = _promtool()
+    exe = promtool()
     covered = {(alert, bool(firing)) for case in CASES for _, alert, firing in case["expect"]}
     for r in rules:
         both = {(r["alert"], True), (r["alert"], False)}
@@ -257,7 +245,7 @@ def test_each_alert_fires_where_it_should_and_nowhere_else(
     spec = tmp_path / "alerts_test.yml"
     spec.write_text(yaml.safe_dump(_unit_tests(rules), sort_keys=False))
     res = subprocess.run(
-        [promtool, "test", "rules", str(spec)], capture_output=True, text=True, timeout=300, check=False
+        [exe, "test", "rules", str(spec)], capture_output=True, text=True, timeout=300, check=False
     )
     assert res.returncode == 0, f"promtool test rules:\n{res.stdout}{res.stderr}"
 

@@ -6,7 +6,9 @@ Writes benchmarks/results/features.json. Three measurements over the same events
 * in-memory: the engine on in-memory state (what the backtest and trainer run);
 * live: state restored from its snapshot before and written back after every event, as the
   worker does on a cache miss (upper bound of the worker's per-event feature cost);
-* offline: training.featurize over the whole file (event generation + engine + arrays).
+* offline: training.featurize over the whole file (event generation + engine + arrays);
+* state sweep: reading the latest-event time from every user's snapshot (what the worker's
+  dormant-state sweep does per stored state, streams/retention.py), next to restoring it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ import platform
 import time
 from pathlib import Path
 
-from modeling.features import FeatureConfig, FeatureEngine, FeatureRunner, TerminalState, UserState
+from modeling.features import (
+    FeatureConfig,
+    FeatureEngine,
+    FeatureRunner,
+    TerminalState,
+    UserState,
+    snapshot_last_activity_ms,
+)
 from modeling.records import ClickEvent, Transaction
 from training.featurize import featurize_frame
 from training.history import event_stream, load_history
@@ -48,6 +57,29 @@ def live_with_snapshots(events: list[object], config: FeatureConfig) -> tuple[fl
     return time.perf_counter() - t0, n
 
 
+def sweep_reads(states: list[UserState], config: FeatureConfig, repeat: int = 5) -> dict[str, float]:
+    """µs per state: the sweep's read of the latest-event time vs a full restore, same snapshots."""
+    snaps = [st.to_bytes() for st in states]
+    best = {"peek": float("inf"), "restore": float("inf")}
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for raw in snaps:
+            snapshot_last_activity_ms(raw)
+        best["peek"] = min(best["peek"], time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for raw in snaps:
+            UserState.from_bytes(raw, config)
+        best["restore"] = min(best["restore"], time.perf_counter() - t0)
+    n = len(snaps)
+    return {
+        "states": n,
+        "snapshot_bytes_mean": sum(map(len, snaps)) / n,
+        "peek_us_per_state": 1e6 * best["peek"] / n,
+        "restore_us_per_state": 1e6 * best["restore"] / n,
+        "restore_over_peek": best["restore"] / best["peek"],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--file", default=str(ROOT.parent / "shared/data/handbook_dev.parquet"))
@@ -68,6 +100,7 @@ def main() -> None:
     t0 = time.perf_counter()
     n_tx = sum(1 for _ in runner.run(events))
     t_mem = time.perf_counter() - t0
+    sweep = sweep_reads(list(runner.users.values()), config)
     t_live, _ = live_with_snapshots(events, config)
     t0 = time.perf_counter()
     m = featurize_frame(df, config)
@@ -89,6 +122,7 @@ def main() -> None:
             "events_per_s": len(events) / t_live,
             "us_per_event": 1e6 * t_live / len(events),
         },
+        "state_sweep": sweep,
         "offline_featurize": {
             "transactions": len(m),
             "events": len(stream),

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     # 0 writes them after every batch.
     state_flush_interval_ms: float = Field(default=1000.0, ge=0)
     state_flush_max_users: int = Field(default=50_000, ge=1)
+    # Dormant users' states are deleted from the state table (and, by tombstone, its changelog)
+    # every interval, once their latest event is a retention (a feature setting, below) behind
+    # the inputs' event time (streams/retention.py). 0: never.
+    state_sweep_interval_s: float = Field(default=600.0, ge=0)
     # Fetch requests: the broker answers once this many bytes are ready or the wait is over.
     # With Faust's (1 byte, 1.5 s) a steady trickle makes every fetch return a message or two,
     # and the worker fell behind at a quarter of its backlog rate; the wait is part of the
@@ -89,6 +93,9 @@ class Settings(BaseSettings):
     # --- features ----------------------------------------------------------------------------
     label_delay_days: float = Field(default=7.0, ge=0)
     allowed_lateness_s: float = Field(default=3600.0, ge=0)
+    # A user with no event for this long starts over (part of the feature set: models trained
+    # with another value are refused).
+    user_retention_days: float = Field(default=365.0, ge=30)
 
     @model_validator(mode="after")
     def _kafka_security_is_complete(self) -> Settings:

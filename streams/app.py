@@ -52,6 +52,7 @@ from streams.metrics import Metrics
 from streams.model_watch import ModelWatcher
 from streams.output import BatchOutput, ChangelogKeys
 from streams.pipeline import KIND_CLICK, KIND_LABEL, KIND_TXN, BatchProcessor, InMessage
+from streams.retention import StateSweeper
 from streams.security import faust_credentials
 from streams.state_flush import StateFlusher
 
@@ -64,6 +65,7 @@ class Runtime:
     app: faust.App
     processor: BatchProcessor
     flusher: StateFlusher
+    sweeper: StateSweeper
     watcher: ModelWatcher
     metrics: Metrics
 
@@ -72,6 +74,7 @@ def feature_config(settings: Settings) -> FeatureConfig:
     return FeatureConfig(
         label_delay_ms=int(settings.label_delay_days * 86_400_000),
         allowed_lateness_ms=int(settings.allowed_lateness_s * 1000),
+        user_retention_ms=int(settings.user_retention_days * 86_400_000),
     )
 
 
@@ -181,7 +184,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         # Serializing a month of history takes about 0.1 ms per user, so the flush yields to the
         # event loop between chunks rather than stall it for the whole set.
         taken = processor.begin_flush()
-        store = _store_dict(users)
+        store, key_partition = _store_dict(users), _key_partitions(users)
         futures: list[Any] = []
         snapshot = processor.snapshot
         for i in range(0, len(taken), FLUSH_CHUNK):
@@ -192,6 +195,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
             for uid, part, st in taken[i : i + FLUSH_CHUNK]:
                 raw = snapshot(uid, st)
                 store[uid] = raw
+                key_partition[uid] = part  # as recovery records it (streams/retention.py)
                 records.append((user_log, part, user_keys(uid), raw, None))
             cpu_flush.inc(thread_time() - t0)
             futures += await out.send(records)
@@ -200,6 +204,23 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         return futures
 
     flusher = StateFlusher(flush_user_states, settings.state_flush_interval_ms / 1000.0)
+
+    async def send_tombstones(gone: list[tuple[str, int]]) -> list[Any]:
+        return await out.send([(user_log, part, user_keys(uid), None, None) for uid, part in gone])
+
+    def owned_partitions() -> set[int]:
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic_transactions}
+
+    sweeper = StateSweeper(
+        processor,
+        engine.config,
+        _store_dict(users),
+        _key_partitions(users),
+        send_tombstones,
+        lock=flusher.lock,
+        owned=owned_partitions,
+        paused=lambda: bool(app.rebalancing or app.in_recovery),
+    )
 
     # The terminal states this worker wrote, authoritative while it owns the terminal-labels
     # partition: it must not build on the store, because the global table reads every changelog
@@ -258,6 +279,22 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     async def refresh_model() -> None:
         await watcher.poll()
 
+    if settings.state_sweep_interval_s > 0:
+
+        @app.timer(interval=settings.state_sweep_interval_s)  # type: ignore[untyped-decorator]
+        async def sweep_states() -> None:
+            t0 = time.monotonic()
+            res = await sweeper.sweep()
+            metrics.record_sweep(res, time.monotonic() - t0, len(_store_dict(users)))
+            if res.deleted or res.unreadable:
+                log.info(
+                    "state sweep: %d of %d states expired and deleted (%d unreadable) in %.2f s",
+                    res.deleted,
+                    res.checked,
+                    res.unreadable,
+                    time.monotonic() - t0,
+                )
+
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def report_lag() -> None:
         consumer = app.consumer
@@ -270,6 +307,10 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
             if hw is not None and pos is not None:
                 lags[(tp.topic, tp.partition)] = max(hw - pos, 0)
         metrics.set_consumer_lag(lags)  # partitions given away in a rebalance leave the gauge
+        metrics.user_states.set(len(_store_dict(users)))
+        wm = processor.watermark.value(time.time() * 1000.0)
+        if wm is not None:
+            metrics.watermark_seconds.set(wm / 1000.0)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
@@ -281,7 +322,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         processor.forget()
         term_own.clear()
 
-    return Runtime(app, processor, flusher, watcher, metrics)
+    return Runtime(app, processor, flusher, sweeper, watcher, metrics)
 
 
 def _store_dict(table: Any) -> dict[str, bytes]:
@@ -291,6 +332,13 @@ def _store_dict(table: Any) -> dict[str, bytes]:
     same dict from the changelog.
     """
     d: dict[str, bytes] = table.data.data
+    return d
+
+
+def _key_partitions(table: Any) -> dict[str, int]:
+    """The memory store's key -> partition map. Recovery (and standby replicas) fill it; the
+    worker's own writes must too: the state sweep only deletes keys of partitions it owns."""
+    d: dict[str, int] = table.data._key_partition
     return d
 
 

@@ -6,6 +6,8 @@ defined here; tests compare their queries with what a live worker serves on its 
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -112,6 +114,38 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+
+        self.user_states = Gauge(
+            "riskstream_user_states",
+            "User states in this worker's table store: its partitions' and the standby copies of others'",
+            registry=r,
+        )
+        self.states_expired = Counter(
+            "riskstream_user_states_expired",
+            "Dormant user states deleted from the state table (streams/retention.py)",
+            registry=r,
+        )
+        self.states_unreadable = Counter(
+            "riskstream_user_states_unreadable",
+            "Stored user states a state sweep could not read (kept, logged)",
+            registry=r,
+        )
+        self.watermark_seconds = Gauge(
+            "riskstream_event_time_watermark_seconds",
+            "Event time of the worker's inputs (the earliest input partition's latest event)",
+            registry=r,
+        )
+        self.state_sweep_seconds = Histogram(
+            "riskstream_state_sweep_seconds", "Duration of a state sweep", buckets=_LAT, registry=r
+        )
+
+    def record_sweep(self, res: Any, seconds: float, n_states: int) -> None:
+        self.states_expired.inc(res.deleted)
+        self.states_unreadable.inc(res.unreadable)
+        if res.watermark_ms is not None:
+            self.watermark_seconds.set(res.watermark_ms / 1000.0)
+        self.state_sweep_seconds.observe(seconds)
+        self.user_states.set(n_states)
 
     def set_consumer_lag(self, lags: dict[tuple[str, int], int]) -> None:
         """The lag of exactly the partitions in ``lags``, ``(topic, partition) -> messages``.

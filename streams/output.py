@@ -59,16 +59,17 @@ class BatchOutput:
         return part
 
     async def send(
-        self, records: list[tuple[str, int | None, bytes | None, bytes, Headers | None]]
+        self, records: list[tuple[str, int | None, bytes | None, bytes | None, Headers | None]]
     ) -> list[asyncio.Future[Any]]:
-        """``records``: (topic, partition or None to hash the key, key, value, headers)."""
+        """``records``: (topic, partition or None to hash the key, key, value (None: a
+        tombstone), headers)."""
         if not records:
             return []
         producer = self._producer()
         # No await from the metadata check to the last partition computed.
         await self._ensure_metadata(producer, {r[0] for r in records})
         t0 = time.thread_time()
-        groups: dict[tuple[str, int], list[tuple[bytes | None, bytes, Headers | None]]] = {}
+        groups: dict[tuple[str, int], list[tuple[bytes | None, bytes | None, Headers | None]]] = {}
         for topic, part, key, value, headers in records:
             if part is None:
                 part = self.partition(producer, topic, key)

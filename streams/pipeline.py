@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from modeling.errors import ValidationError
-from modeling.features import FeatureEngine, TerminalState, TxnFeatures, UserState
+from modeling.features import FeatureEngine, TerminalState, TxnFeatures, UserState, Watermark
 from modeling.records import (
     ClickEvent,
     Label,
@@ -94,6 +94,9 @@ class StateCache:
             self._d.clear()
         self._d[key] = (raw, obj)
 
+    def drop(self, key: str) -> None:
+        self._d.pop(key, None)
+
     def clear(self) -> None:
         self._d.clear()
 
@@ -125,6 +128,8 @@ class BatchProcessor:
         self.dirty_partition: dict[str, int] = {}
         self.flushing: dict[str, UserState] = {}  # taken by a flush still writing them
         self._sources: dict[tuple[str, int], str] = {}  # (kind, partition) -> "kind:partition"
+        # Event time per input partition: when stored states are dormant (streams/retention.py)
+        self.watermark = Watermark()
 
     def _user(self, uid: str, touched: dict[str, UserState]) -> UserState:
         st = touched.get(uid)
@@ -169,6 +174,7 @@ class BatchProcessor:
         #    again but not re-applied. Freshness is judged against the state as the batch found it.
         items: list[tuple[int, int, int, Record, InMessage, bool, str]] = []
         sources = self._sources
+        stream_time = self.watermark.latest
         for i, m in enumerate(batch):
             try:
                 rec = _PARSERS[m.kind](m.value, self.max_bytes)
@@ -183,6 +189,8 @@ class BatchProcessor:
                 source = sources[(m.kind, m.partition)] = f"{m.kind}:{m.partition}"
             fresh = st.applied.get(source, -1) < m.offset
             t = rec.label_time_ms if isinstance(rec, Label) else rec.event_time_ms
+            if t > stream_time.get(source, -1):
+                stream_time[source] = t
             items.append((t, _RANK[m.kind], i, rec, m, fresh, source))
         # 2. Event-time order inside the batch (ties: clicks, transactions, labels — the offline
         #    order): a small reorder buffer that absorbs skew between the three input topics.
@@ -269,12 +277,18 @@ class BatchProcessor:
         self.end_flush()
         return out
 
+    def drop(self, uid: str) -> None:
+        """Forget a deleted state's decoded copy (the table no longer holds it)."""
+        self.users.drop(uid)
+
     def forget(self) -> None:
-        """Drop decoded and dirty states (another worker may own these users next)."""
+        """Drop decoded and dirty states (another worker may own these users next) and the
+        input partitions' event times."""
         self.users.clear()
         self.dirty = {}
         self.dirty_partition = {}
         self.flushing = {}
+        self.watermark.forget()
 
 
 def _dead_letter(m: InMessage, exc: ValidationError) -> DeadLetter:

@@ -69,6 +69,12 @@ class StateFlusher:
         return self._epoch
 
     @property
+    def lock(self) -> asyncio.Lock:
+        """Held from a flush's taking of the dirty states to its records' hand-over to the
+        producer; whoever else writes the state changelog (streams/retention.py) takes it too."""
+        return self._lock
+
+    @property
     def pending(self) -> bool:
         return self._pending
 

@@ -2,8 +2,9 @@
 
 from modeling.features.config import SEQ_FIELDS, FeatureConfig
 from modeling.features.engine import FeatureEngine, TxnFeatures, stack
+from modeling.features.retention import Watermark, expiry_cutoff, is_expired
 from modeling.features.runner import Event, FeatureRunner
-from modeling.features.state import TerminalState, UserState
+from modeling.features.state import TerminalState, UserState, snapshot_last_activity_ms
 
 __all__ = [
     "SEQ_FIELDS",
@@ -14,5 +15,9 @@ __all__ = [
     "TerminalState",
     "TxnFeatures",
     "UserState",
+    "Watermark",
+    "expiry_cutoff",
+    "is_expired",
+    "snapshot_last_activity_ms",
     "stack",
 ]

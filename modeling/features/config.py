@@ -9,7 +9,7 @@ from functools import cached_property
 
 import orjson
 
-FEATURE_ENGINE_VERSION = 1
+FEATURE_ENGINE_VERSION = 2
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -69,6 +69,11 @@ class FeatureConfig:
     allowed_lateness_ms: int = HOUR_MS
     known_fraud_window_ms: int = 30 * DAY_MS
     max_known_devices: int = 32
+    # A user with no event for longer than this starts over: the next event finds a new state
+    # (its source offsets kept). Bounds what is kept about a user (a state table that does not
+    # grow with every user ever seen, data minimization) and lets the live worker delete dormant
+    # states from its table (streams/retention.py) with the same vectors as keeping them.
+    user_retention_ms: int = 365 * DAY_MS
     use_clicks: bool = True
     version: int = field(default=FEATURE_ENGINE_VERSION)
 
@@ -81,6 +86,8 @@ class FeatureConfig:
             raise ValueError("click_windows_ms is fixed at (1h, 24h) in this engine version")
         if self.seq_len < 1:
             raise ValueError("seq_len must be >= 1")
+        if self.user_retention_ms < max(self.txn_windows_ms[-1], self.known_fraud_window_ms):
+            raise ValueError("user_retention_ms must cover the longest transaction and known-fraud windows")
 
     @cached_property
     def feature_names(self) -> tuple[str, ...]:

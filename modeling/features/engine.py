@@ -6,6 +6,10 @@ known at the event's time. Labels enter the state when they arrive and are used 
 known for ``label_allowance_ms`` and only for transactions at least ``label_delay_ms`` old
 (terminal risk) — the handbook's delayed-feedback rule.
 
+Dormant users (documented policy): an event more than ``user_retention_ms`` after the user's
+latest event finds the state reset, as if the user were new; the live worker may therefore delete
+such states from its table (``streams/retention.py``) without changing any vector.
+
 Late events (documented policy): a transaction at most ``allowed_lateness_ms`` behind the user's
 latest transaction is folded into the windows at that latest time; an older one is still scored,
 from the state as of the user's latest time, but leaves the windows untouched (``late=True``).
@@ -69,6 +73,12 @@ class FeatureEngine:
         self._i7 = c.txn_windows_ms.index(7 * DAY_MS) if 7 * DAY_MS in c.txn_windows_ms else -1
         self._ilong = len(c.txn_windows_ms) - 1
         self._i1d = c.txn_windows_ms.index(DAY_MS) if DAY_MS in c.txn_windows_ms else self._ilong
+        self._retention = c.user_retention_ms
+
+    def dormant(self, st: UserState, t: int) -> bool:
+        """Whether an event at ``t`` comes more than the retention after the user's latest."""
+        last = st.last_activity_ms()
+        return last >= 0 and t - last > self._retention
 
     def new_user(self) -> UserState:
         return UserState(self.config)
@@ -82,6 +92,8 @@ class FeatureEngine:
         is false: a redelivered transaction that the state already holds)."""
         c = self.config
         t = txn.event_time_ms
+        if self.dormant(st, t):
+            st.reset(c)
         late = st.txn_last_ms >= 0 and t < st.txn_last_ms - c.allowed_lateness_ms
         te = t if t > st.txn_last_ms else st.txn_last_ms
         self._advance(st, te)
@@ -178,6 +190,8 @@ class FeatureEngine:
     def click(self, st: UserState, ev: ClickEvent) -> None:
         """Fold a clickstream event into the user's state."""
         t = ev.event_time_ms
+        if self.dormant(st, t):
+            st.reset(self.config)
         st.clicks.append((t, ev.type, ev.device_id, ev.ip))
         if t > st.click_last_ms:
             st.click_last_ms = t
@@ -257,6 +271,8 @@ class FeatureEngine:
 
     def user_label(self, st: UserState, label: Label) -> None:
         """Record a confirmed fraud on the user's card (genuine labels carry no user signal)."""
+        if self.dormant(st, label.label_time_ms):
+            st.reset(self.config)
         if not label.is_fraud:
             # A correction (fraud -> genuine) withdraws the earlier fraud label.
             st.frauds.pop(label.transaction_id, None)

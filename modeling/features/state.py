@@ -62,6 +62,21 @@ class UserState:
         # batch re-delivered after a crash is not applied twice. The offline path leaves it empty.
         self.applied: dict[str, int] = {}
 
+    def last_activity_ms(self) -> int:
+        """Time of the latest event folded in: transaction, click or fraud label (-1: none)."""
+        last = self.txn_last_ms if self.txn_last_ms > self.click_last_ms else self.click_last_ms
+        for _, label_ms in self.frauds.values():
+            if label_ms > last:
+                last = label_ms
+        return last
+
+    def reset(self, config: FeatureConfig) -> None:
+        """Forget the user's behaviour (a dormant user starting over); the source offsets stay,
+        so a redelivered event is still not applied twice."""
+        applied = self.applied
+        self.__init__(config)  # type: ignore[misc]
+        self.applied = applied
+
     # ----------------------------------------------------------------------------- snapshot
 
     def to_bytes(self) -> bytes:
@@ -140,6 +155,36 @@ class UserState:
         self.terms.initialize()
         for _, _, term in self.hist:
             self.terms.update(term)
+
+
+def snapshot_last_activity_ms(data: bytes) -> int:
+    """:meth:`UserState.last_activity_ms` read from a snapshot without restoring it: the
+    history, sequence and clicks are skipped, not decoded (a state sweep reads every stored
+    state)."""
+    if bytes(data[:3]) != USER_STATE_MAGIC:
+        raise StateError("not a riskstream user state snapshot", magic=bytes(data[:3]))
+    u = msgpack.Unpacker(raw=False, strict_map_key=False, use_list=False)
+    u.feed(data[3:])
+    try:
+        if u.read_array_header() != _USER_FIELDS or u.unpack() != STATE_FORMAT_VERSION:
+            raise StateError(f"user state snapshot is not format version {STATE_FORMAT_VERSION}")
+        last = int(u.unpack())  # txn_last_ms
+        for _ in range(6):  # prev_ms, n_seen, base, hist, seq, clicks
+            u.skip()
+        click_last = int(u.unpack())
+        u.skip()  # devices
+        u.skip()  # logins
+        if click_last > last:
+            last = click_last
+        for _, label_ms in u.unpack().values():  # frauds
+            if label_ms > last:
+                last = int(label_ms)
+    except (msgpack.UnpackException, ValueError, TypeError, AttributeError) as exc:
+        raise StateError(f"user state snapshot is corrupt: {exc}") from None
+    return last
+
+
+_USER_FIELDS = 13  # elements of a user snapshot's body (UserState.to_bytes)
 
 
 class TerminalState:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiokafka.errors import KafkaError
+
 ROOT = Path(__file__).resolve().parents[2]
 RISKSTREAM = [sys.executable, "-m", "streams.cli"]
 
@@ -301,7 +303,12 @@ def wait_caught_up(
     deadline = time.monotonic() + timeout
     lag = -1
     while time.monotonic() < deadline:
-        lag = run(group_lag(scenario.bootstrap, f"rs-{scenario.name}", topics))
+        try:
+            lag = run(group_lag(scenario.bootstrap, f"rs-{scenario.name}", topics))
+        except KafkaError as exc:  # e.g. the group's coordinator not elected yet on a new broker
+            if not exc.retriable:
+                raise
+            lag = -1
         if lag == 0:
             return
         if worker is not None:

@@ -1,0 +1,139 @@
+"""Deleting dormant users' states from the worker's state table.
+
+A user state is kept as long as the user is active; the feature engine resets a user whose next
+event comes more than ``user_retention_ms`` after their latest (``FeatureEngine.dormant``). Such
+a state is dead weight: memory in every worker that owns the partition, a record in the
+compacted changelog that every recovery reads, and behaviour data kept about a customer who
+left. Every ``state_sweep_interval_s`` the worker's :class:`StateSweeper` deletes the stored
+states whose latest event is before ``watermark - retention - grace``
+(``modeling/features/retention.py``): from the store, and from the changelog with a tombstone
+(compaction then drops the key). The vectors do not change; a returning user starts over,
+exactly as the engine would have reset them.
+
+Ordering with state flushes. A tombstone must not overtake a newer snapshot of the same user
+in the changelog, or a restart would lose that snapshot. Each chunk of the sweep therefore runs
+under the flusher's lock: no flush is between taking its dirty states and handing their records
+to the producer, so a user deleted here and active again right after is written by a later
+flush, behind the tombstone. States that are dirty or being flushed are never deleted.
+
+The sweep pauses while partitions are moving or tables recover (a recovering store may not hold
+a user's latest snapshot yet) and only looks at keys of partitions the worker owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from modeling.errors import StateError
+from modeling.features import FeatureConfig, expiry_cutoff, is_expired
+from streams.pipeline import BatchProcessor
+
+log = logging.getLogger("riskstream.worker")
+
+# Tombstones: (user id, changelog partition) -> the delivery futures of their records.
+SendTombstones = Callable[[list[tuple[str, int]]], Awaitable[Sequence[asyncio.Future[Any]]]]
+
+
+@dataclass
+class SweepResult:
+    watermark_ms: int | None = None
+    checked: int = 0
+    deleted: int = 0
+    unreadable: int = 0
+    interrupted: bool = False  # stopped early: a rebalance began
+
+
+class StateSweeper:
+    """Finds and deletes expired user states, a chunk at a time."""
+
+    def __init__(
+        self,
+        processor: BatchProcessor,
+        config: FeatureConfig,
+        store: MutableMapping[str, bytes],
+        key_partition: MutableMapping[str, int],
+        send_tombstones: SendTombstones,
+        *,
+        lock: asyncio.Lock,
+        owned: Callable[[], set[int]],
+        paused: Callable[[], bool],
+        now_ms: Callable[[], float] = lambda: time.time() * 1000.0,
+        chunk: int = 500,
+    ) -> None:
+        self.processor = processor
+        self.config = config
+        self.store = store
+        self.key_partition = key_partition
+        self.send_tombstones = send_tombstones
+        self.lock = lock
+        self.owned = owned
+        self.paused = paused
+        self.now_ms = now_ms
+        self.chunk = chunk
+
+    async def sweep(self) -> SweepResult:
+        res = SweepResult(watermark_ms=self.processor.watermark.value(self.now_ms()))
+        if res.watermark_ms is None or self.paused():
+            return res
+        cutoff = expiry_cutoff(res.watermark_ms, self.config)
+        owned = self.owned()
+        keys = list(self.store)
+        futures: list[asyncio.Future[Any]] = []
+        for i in range(0, len(keys), self.chunk):
+            await asyncio.sleep(0)
+            async with self.lock:
+                if self.paused():
+                    res.interrupted = True
+                    break
+                gone = self._expired(keys[i : i + self.chunk], cutoff, owned, res)
+                if gone:
+                    futures += await self.send_tombstones(gone)
+        res.deleted = await _delivered(futures, res.deleted)
+        return res
+
+    def _expired(
+        self, keys: list[str], cutoff: int, owned: set[int], res: SweepResult
+    ) -> list[tuple[str, int]]:
+        """Delete the expired states among ``keys`` from the store; synchronous (no await), so
+        no batch or flush sees a state half-deleted."""
+        p = self.processor
+        store, parts = self.store, self.key_partition
+        gone: list[tuple[str, int]] = []
+        for uid in keys:
+            part = parts.get(uid)
+            if part is None or part not in owned or uid in p.dirty or uid in p.flushing:
+                continue
+            raw = store.get(uid)
+            if raw is None:
+                continue
+            res.checked += 1
+            try:
+                expired = is_expired(raw, cutoff)
+            except StateError as exc:
+                res.unreadable += 1
+                log.warning("state sweep: user %s has an unreadable state (kept): %s", uid, exc)
+                continue
+            if expired:
+                del store[uid]
+                del parts[uid]
+                p.drop(uid)
+                gone.append((uid, part))
+        res.deleted += len(gone)
+        return gone
+
+
+async def _delivered(futures: list[asyncio.Future[Any]], deleted: int) -> int:
+    """Wait for the tombstones; one that fails is logged (its state comes back at the next
+    recovery and a later sweep deletes it again)."""
+    if not futures:
+        return deleted
+    results = await asyncio.gather(*futures, return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        log.warning("state sweep: %d tombstone batches not delivered: %r", len(failed), failed[0])
+    return deleted

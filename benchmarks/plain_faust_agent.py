@@ -41,8 +41,7 @@ from modeling.records import (
 )
 from modeling.registry import ModelRegistry
 from modeling.scoring import Scorer
-from modeling.settings import load_settings
-from streams.app import feature_config
+from modeling.settings import feature_config, load_settings
 
 settings = load_settings()
 app = faust.App(

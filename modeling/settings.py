@@ -13,6 +13,8 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources import TomlConfigSettingsSource
 
+from modeling.features.config import FeatureConfig
+
 ENV_PREFIX = "RISKSTREAM_"
 
 
@@ -96,6 +98,9 @@ class Settings(BaseSettings):
     # A user with no event for this long starts over (part of the feature set: models trained
     # with another value are refused).
     user_retention_days: float = Field(default=365.0, ge=30)
+    # Whether the clickstream feeds the features (false: the click features are zero, for
+    # deployments without a clickstream; models trained with `riskstream train --no-clicks`).
+    use_clicks: bool = True
 
     @model_validator(mode="after")
     def _kafka_security_is_complete(self) -> Settings:
@@ -122,6 +127,17 @@ class Settings(BaseSettings):
         if cfg:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(cfg)))
         return tuple(sources)
+
+
+def feature_config(settings: Settings) -> FeatureConfig:
+    """The feature definition these settings select: what the worker computes, what the trainer
+    and the backtest must compute too (the feature set a model records and the scorer checks)."""
+    return FeatureConfig(
+        label_delay_ms=int(settings.label_delay_days * 86_400_000),
+        allowed_lateness_ms=int(settings.allowed_lateness_s * 1000),
+        user_retention_ms=int(settings.user_retention_days * 86_400_000),
+        use_clicks=settings.use_clicks,
+    )
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -41,9 +41,9 @@ from typing import Any
 
 import faust
 
-from modeling.features import FeatureConfig, FeatureEngine, TerminalState
+from modeling.features import FeatureEngine, TerminalState
 from modeling.records import parse_label
-from modeling.settings import Settings
+from modeling.settings import Settings, feature_config
 from streams.batch_loop import BatchLoop, Taken
 from streams.broker.topics import terminal_labels_topic
 from streams.intake import BatchingApp, InputBuffer
@@ -68,14 +68,6 @@ class Runtime:
     sweeper: StateSweeper
     watcher: ModelWatcher
     metrics: Metrics
-
-
-def feature_config(settings: Settings) -> FeatureConfig:
-    return FeatureConfig(
-        label_delay_ms=int(settings.label_delay_days * 86_400_000),
-        allowed_lateness_ms=int(settings.allowed_lateness_s * 1000),
-        user_retention_ms=int(settings.user_retention_days * 86_400_000),
-    )
 
 
 def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:

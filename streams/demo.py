@@ -51,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from modeling.evaluation import average_precision, card_precision_top_k, days_from_ms, roc_auc
     from modeling.records import parse_risk_event
     from modeling.registry import ModelRegistry
-    from modeling.settings import load_settings
-    from streams.app import feature_config
+    from modeling.settings import feature_config, load_settings
     from streams.broker.local import LocalKafka, port_open
     from streams.broker.topics import ensure_project_topics
     from streams.replay import replay_events

@@ -21,8 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from modeling.settings import load_settings
-    from streams.app import feature_config
+    from modeling.settings import feature_config, load_settings
     from streams.broker.topics import ensure_project_topics
     from streams.replay import replay_events
     from training.history import event_stream, load_history

@@ -19,8 +19,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from modeling.features import FeatureEngine
-    from modeling.settings import load_settings
-    from streams.app import feature_config
+    from modeling.settings import feature_config, load_settings
     from streams.warmup import build_state, seed_state
     from training.history import event_stream, load_history
 

@@ -27,9 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from modeling.predictor import Predictor, PredictorOptions
     from modeling.registry import ModelRegistry
     from modeling.scoring import Scorer
-    from modeling.settings import load_settings
+    from modeling.settings import feature_config, load_settings
     from modeling.text.scorer import TextScorer
-    from streams.app import feature_config
     from training.backtest import backtest
     from training.report import write_report
 

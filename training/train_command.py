@@ -131,16 +131,21 @@ def _ms(date: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from modeling.evaluation import DAY_MS
-    from modeling.features import FeatureConfig
     from modeling.registry import ModelRegistry
-    from modeling.settings import load_settings
+    from modeling.settings import feature_config, load_settings
     from training.bundle import point_in_time_split, train_and_publish_matrix
     from training.featurize import featurize_file
 
     settings = load_settings()
     delay = settings.label_delay_days if args.delay_days is None else args.delay_days
-    config = FeatureConfig(use_clicks=not args.no_clicks)
+    # The worker's feature definition (label delay, lateness, retention, clicks), so that it
+    # serves what this publishes.
+    config = feature_config(settings)
+    if args.no_clicks:
+        config = replace(config, use_clicks=False)
     print(f"featurizing {args.file} (feature set {config.feature_set})", file=sys.stderr)
     m = featurize_file(
         args.file,

@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from modeling.features import FeatureConfig
 from modeling.registry import ModelRegistry
+from modeling.settings import feature_config, load_settings
 from streams.cli import main
 
 START = pd.Timestamp("2018-04-01")
@@ -175,3 +177,22 @@ def test_evaluate_prints_the_handbook_table_and_writes_json(
     assert (tmp_path / "cache.npz").exists()
     # the cache is reused, and a protocol that runs past the data is refused
     assert main([*argv[:3], "2018-04-25", *argv[4:]]) == 1
+
+
+def test_train_uses_the_feature_definition_the_worker_runs(
+    history: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Settings that shape the features (label delay, retention, clicks) reach the trainer as
+    they reach the worker: the worker serves only models of its own feature set."""
+    monkeypatch.setenv("RISKSTREAM_LABEL_DELAY_DAYS", "10")
+    monkeypatch.setenv("RISKSTREAM_USER_RETENTION_DAYS", "200")
+    monkeypatch.setenv("RISKSTREAM_USE_CLICKS", "false")
+    reg_dir = tmp_path / "registry"
+    args = ["train", str(history), "--registry", str(reg_dir), "--epochs", "1", "--warmup-days", "10"]
+    assert main([*args, *SMALL_NET, "--no-blend"]) == 0
+    capsys.readouterr()
+    worker = feature_config(load_settings())
+    assert not worker.use_clicks and worker.label_delay_ms == 10 * 86_400_000
+    manifest = ModelRegistry(reg_dir).manifest("behaviour-0001")
+    assert manifest["feature_set"] == worker.feature_set != FeatureConfig().feature_set
+    assert manifest["training_data"]["label_delay_days"] == 10.0

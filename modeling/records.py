@@ -130,6 +130,15 @@ class Label:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowVerdict:
+    """What the shadow model (a challenger, ``registry SHADOW``) would have decided."""
+
+    model_version: str
+    score: float
+    decision: str
+
+
+@dataclass(frozen=True, slots=True)
 class RiskEvent:
     transaction_id: str
     user_id: str
@@ -143,6 +152,7 @@ class RiskEvent:
     latency_ms: dict[str, float] = field(default_factory=dict)
     text_score: float | None = None
     behaviour_score: float | None = None  # set with text_score: the behaviour model's own score
+    shadow: ShadowVerdict | None = None  # the shadow (challenger) model's verdict, not acted on
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -161,6 +171,12 @@ class RiskEvent:
         if self.text_score is not None:
             d["text_score"] = self.text_score
             d["behaviour_score"] = self.behaviour_score
+        if self.shadow is not None:
+            d["shadow"] = {
+                "model_version": self.shadow.model_version,
+                "score": self.shadow.score,
+                "decision": self.shadow.decision,
+            }
         return d
 
     def to_json(self) -> bytes:
@@ -314,6 +330,7 @@ def parse_risk_event(raw: bytes | str | dict[str, Any]) -> RiskEvent:
         raise ValidationError("latency_ms", "expected an object")
     ts = d.get("text_score")
     bs = d.get("behaviour_score")
+    shadow = _shadow(d.get("shadow"))
     return RiskEvent(
         transaction_id=_str(d, "transaction_id"),
         user_id=_str(d, "user_id"),
@@ -327,4 +344,22 @@ def parse_risk_event(raw: bytes | str | dict[str, Any]) -> RiskEvent:
         latency_ms={str(k): float(v) for k, v in lat.items()},
         text_score=None if ts is None else float(ts),
         behaviour_score=None if bs is None else float(bs),
+        shadow=shadow,
     )
+
+
+def _shadow(obj: Any) -> ShadowVerdict | None:
+    if obj is None:
+        return None
+    if not isinstance(obj, dict):
+        raise ValidationError("shadow", "expected an object")
+    score = obj.get("score")
+    if isinstance(score, bool) or not isinstance(score, int | float) or not 0.0 <= score <= 1.0:
+        raise ValidationError("shadow.score", f"expected a probability in [0, 1], got {score!r}")
+    decision = obj.get("decision")
+    if decision not in DECISIONS:
+        raise ValidationError("shadow.decision", f"expected one of {DECISIONS}, got {decision!r}")
+    version = obj.get("model_version")
+    if not isinstance(version, str) or not version:
+        raise ValidationError("shadow.model_version", "expected a non-empty string")
+    return ShadowVerdict(version, float(score), str(decision))

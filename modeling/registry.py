@@ -6,6 +6,7 @@ Layout under ``root``::
         <kind>-0001/             a bundle: the exported program, params, extras, manifest.json
         <kind>-0002/
         CURRENT                  {"version": "<kind>-0002", ...}: what the scorer serves
+        SHADOW                   {"version": "<kind>-0003", ...}: scored beside it, not acted on
     .staging-*/                  in-flight publishes (never read)
 
 Publishing is atomic: files are copied into a staging directory inside ``root`` (same file
@@ -17,6 +18,11 @@ sees either no bundle or a complete one, and either the old or the new pointer.
 ``manifest.json`` records the sha256 of every other file of the bundle; :meth:`ModelRegistry.load`
 recomputes them, refuses missing, altered or unlisted files, and refuses a bundle built for a
 different feature set, each with an error naming the file or field.
+
+A *shadow* version (a challenger) is scored by the workers next to the current one: its score and
+decision go into every risk event and the metrics, but the decision served is the current
+model's. ``publish(..., shadow=True)`` or :meth:`ModelRegistry.set_shadow` start it,
+:meth:`ModelRegistry.promote` makes it current, :meth:`ModelRegistry.clear_shadow` stops it.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from modeling.errors import FeatureSetMismatch, ModelLoadError, RegistryError
 
 MANIFEST: Final = "manifest.json"
 CURRENT: Final = "CURRENT"
+SHADOW: Final = "SHADOW"
 BEHAVIOUR: Final = "behaviour"
 TEXT: Final = "text"
 _KIND_RE: Final = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
@@ -190,6 +197,20 @@ class ModelRegistry:
             raise RegistryError(f"{pointer} names no version", kind=kind)
         return version
 
+    def shadow(self, kind: str) -> str | None:
+        """The version scored in shadow beside the current one; None if none."""
+        pointer = self._kind_dir(kind) / SHADOW
+        try:
+            obj = json.loads(pointer.read_bytes())
+        except FileNotFoundError:
+            return None
+        except json.JSONDecodeError as exc:
+            raise RegistryError(f"{pointer} is corrupt: {exc}", kind=kind) from None
+        version = obj.get("version") if isinstance(obj, dict) else None
+        if not isinstance(version, str):
+            raise RegistryError(f"{pointer} names no version", kind=kind)
+        return version
+
     def current_info(self, kind: str) -> dict[str, Any]:
         """The pointer's content (version, updated time, reason); {} if never written."""
         pointer = self._kind_dir(kind) / CURRENT
@@ -256,8 +277,11 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------------------ writing
 
-    def publish(self, kind: str, staging_dir: Path | str, manifest: Mapping[str, Any]) -> str:
-        """Copy ``staging_dir`` into a new version of ``kind``, make it current, return the version."""
+    def publish(
+        self, kind: str, staging_dir: Path | str, manifest: Mapping[str, Any], *, shadow: bool = False
+    ) -> str:
+        """Copy ``staging_dir`` into a new version of ``kind``, make it current (with ``shadow``:
+        the shadow version, the current one unchanged), return the version."""
         if not _KIND_RE.match(kind):
             raise RegistryError(f"invalid model kind {kind!r} (lowercase letters, digits, underscores)")
         src = Path(staging_dir)
@@ -274,6 +298,8 @@ class ModelRegistry:
         if (src / MANIFEST).exists():
             raise RegistryError(f"staging directory already has a {MANIFEST}", path=str(src))
 
+        if shadow:
+            self._pin_current(kind)
         kind_dir = self._kind_dir(kind)
         kind_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.root))
@@ -297,7 +323,40 @@ class ModelRegistry:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        self._set_current(kind, version, reason="publish")
+        if shadow:
+            self._write_pointer(kind, SHADOW, version, reason="publish")
+        else:
+            self._set_current(kind, version, reason="publish")
+        return version
+
+    def set_shadow(self, kind: str, version: str) -> str:
+        """Score ``version`` in shadow (verified first); returns it."""
+        self._known(kind, version)
+        if version == self.current(kind):
+            raise RegistryError(f"{version} is the current {kind!r} version; it cannot also be its shadow")
+        self.load(version)
+        self._pin_current(kind)
+        self._write_pointer(kind, SHADOW, version, reason="shadow")
+        return version
+
+    def clear_shadow(self, kind: str) -> str | None:
+        """Stop scoring a shadow version; returns the version that was, if any."""
+        version = self.shadow(kind)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self._kind_dir(kind) / SHADOW)
+            _fsync_dir(self._kind_dir(kind))
+        return version
+
+    def promote(self, kind: str) -> str:
+        """Serve the shadow version (verified first) and stop shadowing; returns it."""
+        version = self.shadow(kind)
+        if version is None:
+            raise RegistryError(f"no {kind!r} version is in shadow", kind=kind)
+        self.load(version)
+        # Current first: a worker that reads both between the two steps sees the shadow equal to
+        # the current version, which it treats as no shadow.
+        self._set_current(kind, version, reason="promote")
+        self.clear_shadow(kind)
         return version
 
     def rollback(self, kind: str, to: str | None = None) -> str:
@@ -314,9 +373,7 @@ class ModelRegistry:
                 )
             target = versions[pos - 1]
         else:
-            tkind, _ = parse_version(to)
-            if tkind != kind or to not in versions:
-                raise RegistryError(f"unknown {kind!r} version {to!r}", kind=kind, known=versions)
+            self._known(kind, to)
             target = to
         self.load(target)  # refuse to point the scorer at a corrupt bundle
         self._set_current(kind, target, reason="rollback")
@@ -349,8 +406,26 @@ class ModelRegistry:
             return version
         raise RegistryError(f"could not claim a version number for {kind!r}", kind=kind)
 
+    def _known(self, kind: str, version: str) -> None:
+        versions = self.list(kind)
+        if parse_version(version)[0] != kind or version not in versions:
+            raise RegistryError(f"unknown {kind!r} version {version!r}", kind=kind, known=versions)
+
+    def _pin_current(self, kind: str) -> None:
+        """Write the CURRENT pointer if only implied (the latest version): a shadow publish must
+        not become current by being the latest."""
+        if (self._kind_dir(kind) / CURRENT).exists():
+            return
+        cur = self.current(kind)
+        if cur is None:
+            raise RegistryError(f"no {kind!r} model is served yet, so none can run in shadow", kind=kind)
+        self._set_current(kind, cur, reason="pinned")
+
     def _set_current(self, kind: str, version: str, reason: str) -> None:
+        self._write_pointer(kind, CURRENT, version, reason)
+
+    def _write_pointer(self, kind: str, name: str, version: str, reason: str) -> None:
         when = datetime.fromtimestamp(self._clock.now(), tz=UTC).isoformat()
         _write_json_atomic(
-            self._kind_dir(kind) / CURRENT, {"version": version, "updated": when, "reason": reason}
+            self._kind_dir(kind) / name, {"version": version, "updated": when, "reason": reason}
         )

@@ -86,20 +86,33 @@ class Scorer:
         self.feature_set = config.feature_set
         self.version = behaviour.version if text is None else f"{behaviour.version}+{text.version}"
 
-    def score(self, txns: Sequence[Transaction], feats: list[TxnFeatures]) -> list[Verdict]:
+    def score(
+        self,
+        txns: Sequence[Transaction],
+        feats: list[TxnFeatures],
+        *,
+        text_scores: Sequence[float | None] | None = None,
+    ) -> list[Verdict]:
+        """Verdicts for a batch. ``text_scores``: the text model's scores for these transactions
+        when already computed (a shadow model scoring the batch after the current one), so that
+        the text model does not run twice."""
         tab, seq = stack(feats, self.config)
         p = np.asarray(self.behaviour.predict({"tab": tab, "seq": seq}), dtype=np.float64)
-        text_scores: list[float | None] = [None] * len(txns)
+        text_scores_out: list[float | None] = [None] * len(txns)
         combined = p
         if self.text is not None:
-            idx = [i for i, t in enumerate(txns) if t.text]
-            if idx:
-                ts = self.text.score([txns[i].text for i in idx])
-                combined = p.copy()
-                for i, s in zip(idx, ts, strict=True):
-                    if s is not None:
-                        text_scores[i] = float(s)
-                        combined[i] = 1.0 - (1.0 - p[i]) * (1.0 - self.text_weight * s)
+            if text_scores is None:
+                idx = [i for i, t in enumerate(txns) if t.text]
+                scored = self.text.score([txns[i].text for i in idx]) if idx else []
+                text_scores = [None] * len(txns)
+                for i, ts in zip(idx, scored, strict=True):
+                    text_scores[i] = ts
+            for i, s in enumerate(text_scores):
+                if s is not None:
+                    if combined is p:
+                        combined = p.copy()
+                    text_scores_out[i] = float(s)
+                    combined[i] = 1.0 - (1.0 - p[i]) * (1.0 - self.text_weight * s)
         decisions = decide(combined, self.thresholds)
         flagged = [i for i, d in enumerate(decisions) if d != "approve"]
         codes: dict[int, tuple[str, ...]] = {}
@@ -109,7 +122,7 @@ class Scorer:
         out: list[Verdict] = []
         for i, d in enumerate(decisions):
             r = codes.get(i, ())
-            ts_i = text_scores[i]
+            ts_i = text_scores_out[i]
             if ts_i is not None and d != "approve" and self.text_weight * ts_i >= p[i]:
                 r = (TEXT_REASON, *r)
             if feats[i].late:

@@ -119,6 +119,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         watcher.scorer,
         lambda uid: _store_dict(users).get(uid),
         lambda tid: _store_dict(terminals).get(tid),
+        shadow=watcher.shadow,
         max_message_bytes=settings.max_message_bytes,
     )
 
@@ -346,6 +347,12 @@ def _record(metrics: Metrics, settings: Settings, res: Any) -> None:
             metrics.queue_wait_seconds.observe(w)
         for e in res.e2e_s:
             metrics.end_to_end_seconds.observe(e)
+        if res.shadow_inference_s is not None:
+            metrics.inference_seconds.labels("shadow").observe(res.shadow_inference_s)
+            for s in res.shadow_scores:
+                metrics.shadow_scores.observe(s)
+            for pair in Counter(res.shadow_decisions).items():
+                metrics.shadow_decisions.labels(*pair[0]).inc(pair[1])
         metrics.events_out.labels(settings.topic_risk_events).inc(res.n_transactions)
     if res.dead_letters:
         metrics.events_out.labels(settings.topic_dead_letter).inc(len(res.dead_letters))

@@ -33,7 +33,11 @@ def _offline_env() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="riskstream", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="riskstream",
+        description="riskstream: a streaming fraud scorer on Kafka, Faust and Paddle Inference.",
+        epilog="Settings come from RISKSTREAM_* environment variables and --config (README).",
+    )
     parser.add_argument("--config", help="TOML settings file (environment variables RISKSTREAM_* win)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, modname in COMMANDS.items():

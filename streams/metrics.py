@@ -115,6 +115,15 @@ class Metrics:
             registry=r,
         )
 
+        self.shadow_scores = Histogram(
+            "riskstream_shadow_score", "Fraud scores of the shadow model", buckets=_SCORE, registry=r
+        )
+        self.shadow_decisions = Counter(
+            "riskstream_shadow_decisions",
+            "Transactions by the served decision and the shadow model's decision",
+            ["decision", "shadow_decision"],
+            registry=r,
+        )
         self.user_states = Gauge(
             "riskstream_user_states",
             "User states in this worker's table store: its partitions' and the standby copies of others'",

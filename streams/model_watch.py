@@ -1,6 +1,12 @@
 """Hot model refresh: poll the registry, verify and load a newly current version off the event
 loop, then swap it in between batches. A bundle that fails verification is refused, logged and
-counted; the old model keeps serving."""
+counted; the old model keeps serving.
+
+The registry's shadow version (a challenger, ``modeling/registry.py``) is loaded the same way
+and scored on every batch after the current model, sharing its text model; its verdicts go into
+the risk events and metrics, never into the decision. A shadow bundle that fails verification is
+refused and counted (``kind="shadow"``) without touching the current model.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from streams.metrics import Metrics
 
 log = logging.getLogger("riskstream.models")
 
-BEHAVIOUR, TEXT = "behaviour", "text"
+BEHAVIOUR, TEXT, SHADOW = "behaviour", "text", "shadow"
 
 
 class ModelWatcher:
@@ -31,6 +37,8 @@ class ModelWatcher:
         self._refused: set[str] = set()
         self._versions: tuple[str | None, str | None] = (None, None)
         self._scorer: Scorer | None = None
+        self._shadow: Scorer | None = None
+        self._shadow_key: tuple[str | None, str | None] = (None, None)  # (shadow, text version)
         self._lock = asyncio.Lock()
         wanted = self._wanted()
         if wanted[0] is None:
@@ -39,14 +47,48 @@ class ModelWatcher:
             )
         self._scorer = self._load(wanted)
         self._versions = wanted
+        self._refresh_shadow_now()
         self._publish_info()
 
     def scorer(self) -> Scorer:
         assert self._scorer is not None
         return self._scorer
 
+    def shadow(self) -> Scorer | None:
+        """The shadow model's scorer, if one is in shadow and loaded."""
+        return self._shadow
+
     def _wanted(self) -> tuple[str | None, str | None]:
         return self.registry.current(BEHAVIOUR), self.registry.current(TEXT)
+
+    def _wanted_shadow(self) -> tuple[str | None, str | None]:
+        shadow = self.registry.shadow(BEHAVIOUR)
+        if shadow == self._versions[0]:
+            shadow = None  # promoted: the current version, not a challenger
+        return shadow, self._versions[1]
+
+    def _load_shadow(self, version: str) -> Scorer:
+        fs = self.config.feature_set
+        predictor = Predictor.load(
+            self.registry, BEHAVIOUR, self.options, version=version, expected_feature_set=fs
+        )
+        current = self.scorer()
+        return Scorer(predictor, self.config, current.text, text_weight=self.settings.text_weight)
+
+    def _refresh_shadow_now(self) -> None:
+        """At start: load the shadow synchronously (a refused one is counted, not fatal)."""
+        key = self._wanted_shadow()
+        if key[0] is not None:
+            try:
+                self._shadow = self._load_shadow(key[0])
+            except RiskstreamError as exc:
+                self._refuse_shadow(key, exc)
+        self._shadow_key = key
+
+    def _refuse_shadow(self, key: tuple[str | None, str | None], exc: Exception) -> None:
+        self._refused.add(f"shadow|{key[0]}|{key[1]}")
+        self.metrics.model_rejections.labels(SHADOW).inc()
+        log.error("refused shadow model %s: %s; scoring without a shadow", key[0], exc)
 
     def _load(self, versions: tuple[str | None, str | None]) -> Scorer:
         b, t = versions
@@ -66,32 +108,55 @@ class ModelWatcher:
         return Scorer(predictor, self.config, text, text_weight=self.settings.text_weight)
 
     async def poll(self) -> bool:
-        """Swap to the registry's current versions if they changed; True if a swap happened."""
+        """Swap to the registry's current (and shadow) versions if they changed; True if a swap
+        happened."""
         async with self._lock:
-            wanted = self._wanted()
-            if wanted == self._versions or wanted[0] is None:
-                return False
-            key = f"{wanted[0]}|{wanted[1]}"
-            if key in self._refused:
-                return False
-            loop = asyncio.get_running_loop()
+            swapped = await self._poll_current()
+            return await self._poll_shadow() or swapped
+
+    async def _poll_shadow(self) -> bool:
+        key = self._wanted_shadow()
+        if key == self._shadow_key or f"shadow|{key[0]}|{key[1]}" in self._refused:
+            return False
+        old = self._shadow.version if self._shadow is not None else None
+        shadow = None
+        if key[0] is not None:
             try:
-                scorer = await loop.run_in_executor(None, self._load, wanted)
+                shadow = await asyncio.get_running_loop().run_in_executor(None, self._load_shadow, key[0])
             except RiskstreamError as exc:
-                self._refused.add(key)
-                kind = BEHAVIOUR if wanted[0] != self._versions[0] else TEXT
-                self.metrics.model_rejections.labels(kind).inc()
-                log.error("refused model %s: %s; still serving %s", key, exc, self.scorer().version)
+                self._refuse_shadow(key, exc)
                 return False
-            old = self.scorer().version
-            for kind, new, cur in zip((BEHAVIOUR, TEXT), wanted, self._versions, strict=True):
-                if new != cur:
-                    self.metrics.model_swaps.labels(kind).inc()
-            self._scorer = scorer  # picked up by the next batch; a running batch keeps its model
-            self._versions = wanted
-            self._publish_info()
-            log.info("model swapped: %s -> %s", old, scorer.version)
-            return True
+        self._shadow, self._shadow_key = shadow, key
+        self.metrics.model_swaps.labels(SHADOW).inc()
+        self._publish_info()
+        log.info("shadow model: %s -> %s", old, shadow.version if shadow is not None else None)
+        return True
+
+    async def _poll_current(self) -> bool:
+        wanted = self._wanted()
+        if wanted == self._versions or wanted[0] is None:
+            return False
+        key = f"{wanted[0]}|{wanted[1]}"
+        if key in self._refused:
+            return False
+        loop = asyncio.get_running_loop()
+        try:
+            scorer = await loop.run_in_executor(None, self._load, wanted)
+        except RiskstreamError as exc:
+            self._refused.add(key)
+            kind = BEHAVIOUR if wanted[0] != self._versions[0] else TEXT
+            self.metrics.model_rejections.labels(kind).inc()
+            log.error("refused model %s: %s; still serving %s", key, exc, self.scorer().version)
+            return False
+        old = self.scorer().version
+        for kind, new, cur in zip((BEHAVIOUR, TEXT), wanted, self._versions, strict=True):
+            if new != cur:
+                self.metrics.model_swaps.labels(kind).inc()
+        self._scorer = scorer  # picked up by the next batch; a running batch keeps its model
+        self._versions = wanted
+        self._publish_info()
+        log.info("model swapped: %s -> %s", old, scorer.version)
+        return True
 
     def _publish_info(self) -> None:
         s = self.scorer()
@@ -99,6 +164,7 @@ class ModelWatcher:
             {
                 "behaviour": self._versions[0] or "",
                 "text": self._versions[1] or "",
+                "shadow": self._shadow.behaviour.version if self._shadow is not None else "",
                 "feature_set": s.feature_set,
             }
         )

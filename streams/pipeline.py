@@ -24,6 +24,7 @@ from modeling.records import (
     ClickEvent,
     Label,
     RiskEvent,
+    ShadowVerdict,
     Transaction,
     parse_click,
     parse_label,
@@ -71,6 +72,9 @@ class BatchResult:
     queue_wait_s: list[float] = field(default_factory=list)
     e2e_s: list[float] = field(default_factory=list)
     inference_s: float = 0.0
+    shadow_inference_s: float | None = None  # set when a shadow model scored the batch
+    shadow_scores: list[float] = field(default_factory=list)
+    shadow_decisions: list[tuple[str, str]] = field(default_factory=list)  # (served, shadow)
     n_transactions: int = 0
     n_late: int = 0
     dead_fields: list[tuple[str, str]] = field(default_factory=list)  # (topic, field)
@@ -111,11 +115,13 @@ class BatchProcessor:
         user_get: Callable[[str], bytes | None],
         terminal_get: Callable[[str], bytes | None],
         *,
+        shadow: Callable[[], Scorer | None] = lambda: None,
         max_message_bytes: int = 64 * 1024,
         now_ms: Callable[[], float] = lambda: time.time() * 1000.0,
     ) -> None:
         self.engine = engine
         self.scorer = scorer
+        self.shadow = shadow
         self.user_get = user_get
         self.terminal_get = terminal_get
         self.max_bytes = max_message_bytes
@@ -214,13 +220,22 @@ class BatchProcessor:
                 # Forwarded even when redelivered: terminal state replaces by transaction id.
                 out.terminal_labels.append((rec.terminal_id.encode(), m.value))
         if txns:
-            scorer = self.scorer()  # one model version for the whole batch
+            scorer, shadow = self.scorer(), self.shadow()  # one version of each for the batch
             t0 = time.monotonic()
             verdicts = scorer.score(txns, feats)
             out.inference_s = time.monotonic() - t0
+            shadows: list[ShadowVerdict | None] = [None] * len(txns)
+            if shadow is not None:
+                # After the served model (its latency first); the text model does not run twice.
+                t1 = time.monotonic()
+                sv = shadow.score(txns, feats, text_scores=[v.text_score for v in verdicts])
+                out.shadow_inference_s = time.monotonic() - t1
+                shadows = [ShadowVerdict(shadow.version, x.score, x.decision) for x in sv]
+                out.shadow_scores = [x.score for x in sv]
+                out.shadow_decisions = [(v.decision, x.decision) for v, x in zip(verdicts, sv, strict=True)]
             now = self.now_ms()
             infer_ms = out.inference_s * 1000.0
-            for tx, m, v in zip(txns, msgs, verdicts, strict=True):
+            for tx, m, v, sh in zip(txns, msgs, verdicts, shadows, strict=True):
                 wait = t0 - m.received
                 e2e = now - m.kafka_ts_ms
                 ev = RiskEvent(
@@ -240,6 +255,7 @@ class BatchProcessor:
                     },
                     text_score=v.text_score,
                     behaviour_score=None if v.text_score is None else v.behaviour_score,
+                    shadow=sh,
                 )
                 out.risk_events.append((tx.user_id.encode(), ev.to_json()))
                 out.scores.append(v.score)

@@ -135,9 +135,11 @@ def train_and_publish(
     source: str = "",
     extra: dict[str, Any] | None = None,
     extra_members: Sequence[tuple[dict[str, Any], TrainConfig]] = (),
+    shadow: bool = False,
 ) -> Published:
     """Train (``net_overrides`` + ``train_cfg``, plus ``extra_members`` blended in logit space),
-    choose thresholds and reason codes on validation, export, publish, verify; see the module doc."""
+    choose thresholds and reason codes on validation, export, publish (with ``shadow``: as the
+    registry's shadow version, scored beside the served one), verify; see the module doc."""
     train = Arrays(tab[split.train], seq[split.train], y[split.train])
     val = Arrays(tab[split.val], seq[split.val], y[split.val])
     if len(val) == 0:
@@ -188,7 +190,7 @@ def train_and_publish(
             "reasons": coder.to_dict(),
         }
         manifest.update(extra or {})
-        version = registry.publish(BEHAVIOUR, stage, manifest)
+        version = registry.publish(BEHAVIOUR, stage, manifest, shadow=shadow)
 
     # Verify what was published: checksums, feature set, and the exported program's scores.
     predictor = Predictor.load(

@@ -1,5 +1,6 @@
-"""``riskstream models``: list, show, verify, current and rollback of the model registry
-(the setting ``registry_dir``, env ``RISKSTREAM_REGISTRY_DIR``)."""
+"""``riskstream models``: list, show, verify, current, rollback, and the shadow (challenger)
+version's shadow / promote / unshadow, on the model registry (the setting ``registry_dir``, env
+``RISKSTREAM_REGISTRY_DIR``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-HELP = "list, show, verify and roll back published model versions"
+HELP = "list, show, verify, roll back, shadow and promote published model versions"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,7 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--registry", type=Path, help="registry directory (default: the registry_dir setting)"
     )
     sub = parser.add_subparsers(dest="action", required=True)
-    p = sub.add_parser("list", help="published versions, oldest first; * marks the one served")
+    p = sub.add_parser(
+        "list", help="published versions, oldest first; * marks the one served, ~ the one in shadow"
+    )
     p.add_argument("--kind", help="only this model kind (behaviour, text, …)")
     p = sub.add_parser("show", help="print a version's manifest")
     p.add_argument("version")
@@ -28,6 +31,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("rollback", help="serve the previous version (or --to VERSION)")
     p.add_argument("--kind", default="behaviour")
     p.add_argument("--to", help="the version to serve")
+    p = sub.add_parser(
+        "shadow", help="score VERSION beside the served one (in risk events and metrics, not decisions)"
+    )
+    p.add_argument("version", nargs="?", help="the version to shadow (default: print the one in shadow)")
+    p.add_argument("--kind", default="behaviour")
+    p = sub.add_parser("promote", help="serve the version in shadow, and stop shadowing")
+    p.add_argument("--kind", default="behaviour")
+    p = sub.add_parser("unshadow", help="stop scoring a shadow version")
+    p.add_argument("--kind", default="behaviour")
 
 
 def _metric_line(manifest: dict[str, object]) -> str:
@@ -57,10 +69,10 @@ def run(args: argparse.Namespace) -> int:
                 print(f"no models published in {root}")
                 return 0
             for kind in kinds:
-                cur = reg.current(kind)
+                cur, shadow = reg.current(kind), reg.shadow(kind)
                 for v in reg.list(kind):
                     m = reg.manifest(v)
-                    mark = "*" if v == cur else " "
+                    mark = "*" if v == cur else "~" if v == shadow else " "
                     print(
                         f"{mark} {v:<18} {m.get('created', '?'):<32} {m.get('feature_set') or '-':<22} "
                         f"{_metric_line(m)}"
@@ -79,6 +91,19 @@ def run(args: argparse.Namespace) -> int:
             print(cur)
         elif args.action == "rollback":
             print(reg.rollback(args.kind, args.to))
+        elif args.action == "shadow":
+            if args.version is None:
+                shadow = reg.shadow(args.kind)
+                if shadow is None:
+                    print(f"no {args.kind!r} version in shadow", file=sys.stderr)
+                    return 1
+                print(shadow)
+            else:
+                print(reg.set_shadow(args.kind, args.version))
+        elif args.action == "promote":
+            print(reg.promote(args.kind))
+        elif args.action == "unshadow":
+            print(reg.clear_shadow(args.kind) or "no version was in shadow")
     except RiskstreamError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

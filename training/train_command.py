@@ -77,6 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--registry", type=Path, help="registry directory (default: the registry_dir setting)"
     )
     parser.add_argument("--json", type=Path, help="also write the published metrics here")
+    parser.add_argument(
+        "--shadow",
+        action="store_true",
+        help="publish as the shadow version: scored beside the served model until `models promote`",
+    )
     add_net_arguments(parser)
     add_train_arguments(parser)
 
@@ -178,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         review_rate=args.review_rate,
         decline_rate=args.decline_rate,
         source=str(args.file),
+        shadow=args.shadow,
     )
     val = published.metrics["validation"]
     print(

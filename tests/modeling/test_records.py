@@ -15,6 +15,7 @@ from modeling.records import (
     ClickEvent,
     Label,
     RiskEvent,
+    ShadowVerdict,
     Transaction,
     parse_click,
     parse_label,
@@ -110,3 +111,26 @@ def test_click_and_label_validation() -> None:
     with pytest.raises(ValidationError) as exc3:
         parse_label(orjson.dumps({**lb, "label_time": T - 1}))
     assert exc3.value.field == "label_time"
+
+
+def test_risk_event_with_a_shadow_verdict() -> None:
+    shadow = ShadowVerdict("behaviour-0002", 0.93, "decline")
+    ev = RiskEvent(
+        "t1", "42", 0.5, "review", ("AMOUNT",), "behaviour-0001", "fs2-x", T, T + 5, {}, shadow=shadow
+    )
+    d = ev.to_dict()
+    assert d["shadow"] == {"model_version": "behaviour-0002", "score": 0.93, "decision": "decline"}
+    jsonschema.validate(d, schema("risk_event"))
+    assert parse_risk_event(ev.to_json()) == ev
+    assert "shadow" not in RiskEvent("t1", "42", 0.5, "review", (), "m", "f", T, T).to_dict()
+    for bad, field in (
+        ({"model_version": "b", "score": 1.5, "decision": "review"}, "shadow.score"),
+        ({"model_version": "b", "score": 0.5, "decision": "block"}, "shadow.decision"),
+        ({"score": 0.5, "decision": "review"}, "shadow.model_version"),
+        ("decline", "shadow"),
+    ):
+        with pytest.raises(ValidationError) as ei:
+            parse_risk_event({**d, "shadow": bad})
+        assert ei.value.field == field
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({**d, "shadow": bad}, schema("risk_event"))

@@ -216,3 +216,40 @@ def test_a_reader_never_sees_a_half_bundle(reg: ModelRegistry, tmp_path: Path) -
         stop.set()
         t.join()
     assert errors == []
+
+
+def test_shadow_version_lifecycle(reg: ModelRegistry, tmp_path: Path) -> None:
+    """A challenger runs in shadow beside the served version until promoted or stopped."""
+    with pytest.raises(RegistryError, match="none can run in shadow"):
+        reg.publish("behaviour", staged(tmp_path, "z"), manifest(), shadow=True)
+    assert reg.list("behaviour") == []  # refused before anything was written
+    v1 = reg.publish("behaviour", staged(tmp_path, "a"), manifest())
+    assert reg.shadow("behaviour") is None
+    # Published as shadow: not served, although it is the latest (the implied pointer is pinned).
+    os.remove(reg.root / "behaviour" / "CURRENT")
+    v2 = reg.publish("behaviour", staged(tmp_path, "b", b"challenger"), manifest(), shadow=True)
+    assert (reg.current("behaviour"), reg.shadow("behaviour")) == (v1, v2)
+    assert reg.current_info("behaviour")["reason"] == "pinned"
+    # A normal publish leaves the shadow as it is; promote serves the shadow and ends it.
+    v3 = reg.publish("behaviour", staged(tmp_path, "c", b"third"), manifest())
+    assert (reg.current("behaviour"), reg.shadow("behaviour")) == (v3, v2)
+    assert reg.promote("behaviour") == v2
+    assert (reg.current("behaviour"), reg.shadow("behaviour")) == (v2, None)
+    assert reg.current_info("behaviour")["reason"] == "promote"
+    with pytest.raises(RegistryError, match="no 'behaviour' version is in shadow"):
+        reg.promote("behaviour")
+    # set_shadow verifies; the served version cannot be its own shadow; unknown versions refused.
+    with pytest.raises(RegistryError, match="current"):
+        reg.set_shadow("behaviour", v2)
+    with pytest.raises(RegistryError, match="unknown"):
+        reg.set_shadow("behaviour", "behaviour-0042")
+    (reg.path(v1) / "model.pdiparams").write_bytes(b"tampered")
+    with pytest.raises(ModelLoadError, match="checksum mismatch"):
+        reg.set_shadow("behaviour", v1)
+    assert reg.shadow("behaviour") is None
+    assert reg.set_shadow("behaviour", v3) == v3
+    assert reg.clear_shadow("behaviour") == v3
+    assert reg.shadow("behaviour") is None and reg.clear_shadow("behaviour") is None
+    (reg.root / "behaviour" / "SHADOW").write_text("{not json")
+    with pytest.raises(RegistryError, match="corrupt"):
+        reg.shadow("behaviour")

@@ -140,6 +140,21 @@ def test_train_publishes_and_models_commands_manage_versions(
     )
     assert "fs-x" in capsys.readouterr().err
     assert main(["models", "--registry", str(reg_dir), "rollback", "--to", "behaviour-0009"]) == 1
+    # A challenger in shadow: listed with ~, promoted to serve, or stopped.
+    models = ["models", "--registry", str(reg_dir)]
+    capsys.readouterr()
+    assert main([*models, "shadow"]) == 1 and "no 'behaviour' version in shadow" in capsys.readouterr().err
+    assert main([*models, "shadow", "behaviour-0002"]) == 0
+    assert main([*models, "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "* behaviour-0001" in listing and "~ behaviour-0002" in listing
+    assert main([*models, "shadow", "behaviour-0001"]) == 1 and "current" in capsys.readouterr().err
+    assert main([*models, "promote"]) == 0 and capsys.readouterr().out.strip() == "behaviour-0002"
+    assert main([*models, "current"]) == 0 and capsys.readouterr().out.strip() == "behaviour-0002"
+    assert main([*models, "shadow", "behaviour-0001"]) == 0
+    assert main([*models, "unshadow"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "behaviour-0001"
+    assert main([*models, "shadow"]) == 1
     assert main(["models", "--registry", str(tmp_path / "empty"), "current"]) == 1
     assert main(["models", "--registry", str(tmp_path / "empty"), "list"]) == 0
     assert "no models" in capsys.readouterr().out

@@ -36,10 +36,12 @@ def run(args: argparse.Namespace) -> int:
     rt = build_app(settings)
     gc_pauses.tune(rt.metrics)
     rt.metrics.serve(settings.metrics_port)
+    shadow = rt.watcher.shadow()
     logging.getLogger("riskstream.worker").info(
-        "serving model %s (feature set %s); metrics on :%d",
+        "serving model %s (feature set %s)%s; metrics on :%d",
         rt.watcher.scorer().version,
         rt.watcher.scorer().feature_set,
+        f", {shadow.behaviour.version} in shadow" if shadow is not None else "",
         settings.metrics_port,
     )
     worker = faust.Worker(rt.app, loglevel=args.loglevel, loop=loop, redirect_stdouts=False)

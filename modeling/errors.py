@@ -9,7 +9,8 @@
     ├── ModelLoadError           a model bundle is missing, corrupt or fails verification
     ├── RegistryError            the model registry cannot satisfy a request
     ├── PredictorError           inference failed (retriable: the batch can be tried again)
-    └── ConfigError              settings name something unusable (a TLS file, …)
+    ├── ConfigError              settings name something unusable (a TLS file, …)
+    └── CredentialsError         no credentials could be obtained (an OAuth token endpoint …)
 
 Every error carries ``context``: a dict of what was being done (topic, offset, version, path …).
 """
@@ -70,3 +71,12 @@ class PredictorError(RiskstreamError):
 class ConfigError(RiskstreamError):
     """The settings are complete but name something that cannot be used (a missing or invalid
     TLS certificate or key file, …)."""
+
+
+class CredentialsError(RiskstreamError):
+    """Credentials could not be obtained: an OAuth token endpoint refused the client (not
+    retriable) or could not be reached (retriable)."""
+
+    def __init__(self, message: str, *, retriable: bool = False, **context: Any) -> None:
+        super().__init__(message, **context)
+        self.retriable = retriable

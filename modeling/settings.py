@@ -33,9 +33,15 @@ class Settings(BaseSettings):
     # ssl_certfile/ssl_keyfile add a client certificate (mutual TLS). SASL needs the username
     # and password (RISKSTREAM_SASL_PASSWORD: it is never logged or printed).
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] = "PLAIN"
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    # OAUTHBEARER: tokens from an OAuth 2.0 token endpoint, client-credentials grant
+    # (streams/oauth.py); the secret is never logged or printed.
+    sasl_oauth_token_url: str | None = None
+    sasl_oauth_client_id: str | None = None
+    sasl_oauth_client_secret: SecretStr | None = None
+    sasl_oauth_scope: str | None = None
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
@@ -104,7 +110,16 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _kafka_security_is_complete(self) -> Settings:
-        if self.security_protocol.startswith("SASL_") and not (self.sasl_username and self.sasl_password):
+        oauth = self.sasl_mechanism == "OAUTHBEARER"
+        if self.security_protocol.startswith("SASL_") and oauth:
+            if not (
+                self.sasl_oauth_token_url and self.sasl_oauth_client_id and self.sasl_oauth_client_secret
+            ):
+                raise ValueError(
+                    "sasl_mechanism OAUTHBEARER needs sasl_oauth_token_url, sasl_oauth_client_id and "
+                    "sasl_oauth_client_secret (RISKSTREAM_SASL_OAUTH_TOKEN_URL, …_CLIENT_ID, …_CLIENT_SECRET)"
+                )
+        elif self.security_protocol.startswith("SASL_") and not (self.sasl_username and self.sasl_password):
             raise ValueError(
                 f"security_protocol {self.security_protocol} needs sasl_username and sasl_password "
                 "(RISKSTREAM_SASL_USERNAME, RISKSTREAM_SASL_PASSWORD)"

@@ -1,4 +1,4 @@
-"""Kafka client security from the settings: TLS, SASL (PLAIN, SCRAM), for every client.
+"""Kafka client security from the settings: TLS, SASL (PLAIN, SCRAM, OAUTHBEARER), for every client.
 
 The worker's Faust app takes :func:`faust_credentials`; every plain aiokafka client (replay,
 warmup, the demo's reader, topic administration) takes :func:`client_kwargs`. Both read the same
@@ -9,6 +9,7 @@ settings, so a deployment configures security once (``RISKSTREAM_SECURITY_PROTOC
 from __future__ import annotations
 
 import ssl
+from functools import cache
 from typing import Any
 
 from modeling.errors import ConfigError
@@ -42,12 +43,32 @@ def client_kwargs(settings: Settings) -> dict[str, Any]:
     if ctx is not None:
         kw["ssl_context"] = ctx
     if settings.security_protocol.startswith("SASL_"):
-        kw.update(
-            sasl_mechanism=settings.sasl_mechanism,
-            sasl_plain_username=settings.sasl_username,
-            sasl_plain_password=_password(settings),
-        )
+        if settings.sasl_mechanism == "OAUTHBEARER":
+            kw.update(sasl_mechanism="OAUTHBEARER", sasl_oauth_token_provider=token_provider(settings))
+        else:
+            kw.update(
+                sasl_mechanism=settings.sasl_mechanism,
+                sasl_plain_username=settings.sasl_username,
+                sasl_plain_password=_password(settings),
+            )
     return kw
+
+
+@cache
+def token_provider(settings: Settings) -> Any:
+    """The OAUTHBEARER token provider of these settings: one per settings object, so that every
+    client of a process shares its cached token."""
+    from streams.oauth import OAuthTokenProvider
+
+    secret = settings.sasl_oauth_client_secret
+    if not (settings.sasl_oauth_token_url and settings.sasl_oauth_client_id and secret):
+        raise ConfigError("sasl_mechanism OAUTHBEARER needs the sasl_oauth_* settings")
+    return OAuthTokenProvider(
+        settings.sasl_oauth_token_url,
+        settings.sasl_oauth_client_id,
+        secret.get_secret_value(),
+        settings.sasl_oauth_scope,
+    )
 
 
 def _password(settings: Settings) -> str:
@@ -61,6 +82,8 @@ def faust_credentials(settings: Settings) -> Any:
     import faust
 
     ctx = ssl_context(settings)
+    if settings.security_protocol.startswith("SASL_") and settings.sasl_mechanism == "OAUTHBEARER":
+        return faust.OAuthCredentials(oauth_cb=token_provider(settings), ssl_context=ctx)
     if settings.security_protocol.startswith("SASL_"):
         return faust.SASLCredentials(
             username=settings.sasl_username,

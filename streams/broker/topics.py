@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from modeling.errors import RiskstreamError
+from modeling.errors import CredentialsError, RiskstreamError
 
 if TYPE_CHECKING:
     from modeling.settings import Settings
@@ -76,22 +76,28 @@ async def ensure_topics(
     logged = _ClientErrors()
     client_log = logging.getLogger("aiokafka")
     client_log.addHandler(logged)
+    protocol = client_kwargs.get("security_protocol", "PLAINTEXT")
+    mechanism = client_kwargs.get("sasl_mechanism")
     try:
         await admin.start()
+        # The first request: a broker that refuses an OAUTHBEARER token may let the client's
+        # start pass and then close the connection.
+        existing = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics()}
+    except CredentialsError:  # an OAuth token endpoint refused or was unreachable: says so
+        await admin.close()
+        raise
     except KafkaError as exc:
         await admin.close()
-        protocol = client_kwargs.get("security_protocol", "PLAINTEXT")
         raise TopicError(
-            f"cannot reach the Kafka cluster: {exc}{logged.explain(str(exc), protocol)}",
+            f"cannot reach the Kafka cluster: {exc}{logged.explain(str(exc), protocol, mechanism)}",
             bootstrap=bootstrap,
             security_protocol=protocol,
-            sasl_mechanism=client_kwargs.get("sasl_mechanism"),
+            sasl_mechanism=mechanism,
             sasl_username=client_kwargs.get("sasl_plain_username"),
         ) from exc
     finally:
         client_log.removeHandler(logged)
     try:
-        existing = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics()}
         for name, want in names.items():
             if name in existing and existing[name] < want:
                 log.warning(
@@ -153,11 +159,18 @@ class _ClientErrors(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.messages.append(record.getMessage())
 
-    def explain(self, error: str, protocol: str) -> str:
+    def explain(self, error: str, protocol: str, mechanism: str | None = None) -> str:
         cause = self.messages[-1] if self.messages else ""
         text = f"; the client logged: {cause}" if cause else ""
         seen = f"{error} {cause}"
-        if "SaslAuthentication" in seen or (protocol.startswith("SASL_") and "closed" in seen):
+        sasl = protocol.startswith("SASL_")
+        if sasl and mechanism == "OAUTHBEARER" and any(w in seen for w in ("Sasl", "closed", "NodeNotReady")):
+            text += (
+                "; the broker refused the authentication (OAUTHBEARER): it did not accept the token: "
+                "check that it trusts the token endpoint's signing keys (its JWKS) and expects this "
+                "token's audience, issuer and scope"
+            )
+        elif "SaslAuthentication" in seen or (protocol.startswith("SASL_") and "closed" in seen):
             # A refused login: an authentication error, or (older brokers, PLAIN) just a close.
             text += (
                 "; the broker refused the authentication: check the SASL username, password and "

@@ -273,9 +273,9 @@ async def group_lag(bootstrap: str, group: str, topics: list[str]) -> int:
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await admin.start()
-    await c.start()
-    try:
+    try:  # both closed whatever fails, their start included
+        await admin.start()
+        await c.start()
         committed = await admin.list_consumer_group_offsets(group)
         # Ask the broker: a fresh consumer's cached metadata may not list the topics yet, and a
         # topic it does not know would look caught up.

@@ -3,6 +3,8 @@ on the first ten days of handbook_2w through the one feature engine)."""
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,12 @@ def model_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
         source=str(DATA),
     )
     return root
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> Iterator[None]:
+    """Unclosed sockets and clients surface (as errors, under ``-W error``) in the test that left
+    them, not in whichever later test the garbage collector happens to run in: CI once failed a
+    shadow-model test on a token server's socket that the OAuth test module had left open."""
+    yield
+    gc.collect()

@@ -150,6 +150,7 @@ def oauth_broker(local_kafka: LocalKafka, tmp_path_factory: pytest.TempPathFacto
     finally:
         broker.stop()
         tokens.http.shutdown()
+        tokens.http.server_close()  # shutdown() stops serving; this closes the listening socket
 
 
 def _oauth_env(url: str, secret: str = SECRET) -> dict[str, str]:

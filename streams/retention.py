@@ -93,7 +93,7 @@ class StateSweeper:
                 gone = self._expired(keys[i : i + self.chunk], cutoff, owned, res)
                 if gone:
                     futures += await self.send_tombstones(gone)
-        res.deleted = await _delivered(futures, res.deleted)
+        await _delivered(futures)
         return res
 
     def _expired(
@@ -127,13 +127,10 @@ class StateSweeper:
         return gone
 
 
-async def _delivered(futures: list[asyncio.Future[Any]], deleted: int) -> int:
+async def _delivered(futures: list[asyncio.Future[Any]]) -> None:
     """Wait for the tombstones; one that fails is logged (its state comes back at the next
     recovery and a later sweep deletes it again)."""
-    if not futures:
-        return deleted
     results = await asyncio.gather(*futures, return_exceptions=True)
     failed = [r for r in results if isinstance(r, BaseException)]
     if failed:
         log.warning("state sweep: %d tombstone batches not delivered: %r", len(failed), failed[0])
-    return deleted

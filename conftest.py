@@ -13,8 +13,10 @@ then shadows parts of the real ``modeling`` package as namespace packages.
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,10 +73,26 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 @pytest.fixture(scope="session")
 def local_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     """The session's running :class:`LocalKafka` (use ``kafka_broker`` for just the bootstrap)."""
-    port, controller_port = TEST_PORT, TEST_CONTROLLER_PORT
-    if port_open("127.0.0.1", port) or port_open("127.0.0.1", controller_port):
-        # another test session (or a leftover broker) holds the usual ports: don't fight over them
-        port, controller_port = free_port_pair()
+    # The usual ports are this session's only with the lock (released when the file closes): two
+    # sessions that both found them free a moment apart once started a broker each on them, and
+    # the first to finish stopped the broker the other one was using.
+    lock_path = Path(tempfile.gettempdir()) / f"riskstream-test-broker-{TEST_PORT}.lock"
+    with lock_path.open("w") as claim:
+        try:
+            fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            ours = True
+        except BlockingIOError:
+            ours = False
+        port, controller_port = TEST_PORT, TEST_CONTROLLER_PORT
+        if not ours or port_open("127.0.0.1", port) or port_open("127.0.0.1", controller_port):
+            # another test session (or a leftover broker) holds the usual ports: don't fight
+            port, controller_port = free_port_pair()
+        yield from _run_broker(tmp_path_factory, port, controller_port)
+
+
+def _run_broker(
+    tmp_path_factory: pytest.TempPathFactory, port: int, controller_port: int
+) -> Iterator[LocalKafka]:
     broker = LocalKafka(
         tmp_path_factory.mktemp("kafka"),
         port=port,

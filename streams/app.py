@@ -52,7 +52,7 @@ from streams.metrics import Metrics
 from streams.model_watch import ModelWatcher
 from streams.output import BatchOutput, ChangelogKeys
 from streams.pipeline import KIND_CLICK, KIND_LABEL, KIND_TXN, BatchProcessor, InMessage
-from streams.retention import StateSweeper
+from streams.retention import StateSweeper, TerminalSweeper
 from streams.security import faust_credentials
 from streams.state_flush import StateFlusher
 
@@ -66,6 +66,7 @@ class Runtime:
     processor: BatchProcessor
     flusher: StateFlusher
     sweeper: StateSweeper
+    terminal_sweeper: TerminalSweeper
     watcher: ModelWatcher
     metrics: Metrics
 
@@ -222,7 +223,13 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     # terminal-state check). The scorer reads the store: a moment stale at worst.
     term_own: dict[str, TerminalState] = {}
 
+    term_lock = asyncio.Lock()  # label batches and the terminal sweep (streams/retention.py)
+
     async def handle_terminal_labels(taken: Taken) -> list[Any]:
+        async with term_lock:
+            return await _handle_terminal_labels(taken)
+
+    async def _handle_terminal_labels(taken: Taken) -> list[Any]:
         t0 = thread_time()
         touched: dict[str, TerminalState] = {}
         store = _store_dict(terminals)
@@ -245,6 +252,20 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         metrics.events_in.labels(term_name).inc(len(taken))
         cpu_terminal.inc(thread_time() - t0)
         return await out.send(records)
+
+    async def send_terminal_tombstones(gone: list[str]) -> list[Any]:
+        return await out.send([(terminal_log, 0, terminal_keys(tid), None, None) for tid in gone])
+
+    terminal_sweeper = TerminalSweeper(
+        processor,
+        engine.config,
+        term_own,
+        _store_dict(terminals),
+        send_terminal_tombstones,
+        lock=term_lock,
+        owner=lambda: any(tp.topic == term_name for tp in app.consumer.assignment()),
+        paused=lambda: bool(app.rebalancing or app.in_recovery),
+    )
 
     within = settings.pipeline_max_wait_ms / 1000.0
     loops = (
@@ -276,17 +297,19 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
 
         @app.timer(interval=settings.state_sweep_interval_s)  # type: ignore[untyped-decorator]
         async def sweep_states() -> None:
-            t0 = time.monotonic()
-            res = await sweeper.sweep()
-            metrics.record_sweep(res, time.monotonic() - t0, len(_store_dict(users)))
-            if res.deleted or res.unreadable:
-                log.info(
-                    "state sweep: %d of %d states expired and deleted (%d unreadable) in %.2f s",
-                    res.deleted,
-                    res.checked,
-                    res.unreadable,
-                    time.monotonic() - t0,
-                )
+            for kind, swept in (("user", sweeper), ("terminal", terminal_sweeper)):
+                t0 = time.monotonic()
+                res = await swept.sweep()
+                metrics.record_sweep(kind, res, time.monotonic() - t0)
+                if res.deleted or res.unreadable:
+                    log.info(
+                        "state sweep: %d of %d %s states expired and deleted (%d unreadable) in %.2f s",
+                        res.deleted,
+                        res.checked,
+                        kind,
+                        res.unreadable,
+                        time.monotonic() - t0,
+                    )
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def report_lag() -> None:
@@ -300,7 +323,8 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
             if hw is not None and pos is not None:
                 lags[(tp.topic, tp.partition)] = max(hw - pos, 0)
         metrics.set_consumer_lag(lags)  # partitions given away in a rebalance leave the gauge
-        metrics.user_states.set(len(_store_dict(users)))
+        metrics.states.labels("user").set(len(_store_dict(users)))
+        metrics.states.labels("terminal").set(len(_store_dict(terminals)))
         wm = processor.watermark.value(time.time() * 1000.0)
         if wm is not None:
             metrics.watermark_seconds.set(wm / 1000.0)
@@ -315,7 +339,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         processor.forget()
         term_own.clear()
 
-    return Runtime(app, processor, flusher, sweeper, watcher, metrics)
+    return Runtime(app, processor, flusher, sweeper, terminal_sweeper, watcher, metrics)
 
 
 def _store_dict(table: Any) -> dict[str, bytes]:

@@ -124,19 +124,23 @@ class Metrics:
             ["decision", "shadow_decision"],
             registry=r,
         )
-        self.user_states = Gauge(
-            "riskstream_user_states",
-            "User states in this worker's table store: its partitions' and the standby copies of others'",
+        self.states = Gauge(
+            "riskstream_states",
+            "States in this worker's table stores: user (its partitions' and standby copies) and "
+            "terminal (the global table: all of them)",
+            ["kind"],
             registry=r,
         )
         self.states_expired = Counter(
-            "riskstream_user_states_expired",
-            "Dormant user states deleted from the state table (streams/retention.py)",
+            "riskstream_states_expired",
+            "States deleted by the state sweep: dormant users, terminals whose labels no longer count",
+            ["kind"],
             registry=r,
         )
         self.states_unreadable = Counter(
-            "riskstream_user_states_unreadable",
-            "Stored user states a state sweep could not read (kept, logged)",
+            "riskstream_states_unreadable",
+            "Stored states a state sweep could not read (kept, logged)",
+            ["kind"],
             registry=r,
         )
         self.watermark_seconds = Gauge(
@@ -145,16 +149,15 @@ class Metrics:
             registry=r,
         )
         self.state_sweep_seconds = Histogram(
-            "riskstream_state_sweep_seconds", "Duration of a state sweep", buckets=_LAT, registry=r
+            "riskstream_state_sweep_seconds", "Duration of a state sweep", ["kind"], buckets=_LAT, registry=r
         )
 
-    def record_sweep(self, res: Any, seconds: float, n_states: int) -> None:
-        self.states_expired.inc(res.deleted)
-        self.states_unreadable.inc(res.unreadable)
+    def record_sweep(self, kind: str, res: Any, seconds: float) -> None:
+        self.states_expired.labels(kind).inc(res.deleted)
+        self.states_unreadable.labels(kind).inc(res.unreadable)
         if res.watermark_ms is not None:
             self.watermark_seconds.set(res.watermark_ms / 1000.0)
-        self.state_sweep_seconds.observe(seconds)
-        self.user_states.set(n_states)
+        self.state_sweep_seconds.labels(kind).observe(seconds)
 
     def set_consumer_lag(self, lags: dict[tuple[str, int], int]) -> None:
         """The lag of exactly the partitions in ``lags``, ``(topic, partition) -> messages``.

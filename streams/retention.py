@@ -18,6 +18,13 @@ flush, behind the tombstone. States that are dirty or being flushed are never de
 
 The sweep pauses while partitions are moving or tables recover (a recovering store may not hold
 a user's latest snapshot yet) and only looks at keys of partitions the worker owns.
+
+Terminal states (a global table: every worker holds all of them) are swept by
+:class:`TerminalSweeper` in the worker that owns the terminal-labels partition, the only writer:
+a state none of whose labels can count any more is deleted with a tombstone, which every
+worker's global table applies. A label batch holds the same lock from changing its states to
+handing their records to the producer, so a tombstone and a newer state of the same terminal
+reach the changelog in the order they were made.
 """
 
 from __future__ import annotations
@@ -30,7 +37,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from modeling.errors import StateError
-from modeling.features import FeatureConfig, expiry_cutoff, is_expired
+from modeling.features import (
+    FeatureConfig,
+    TerminalState,
+    expiry_cutoff,
+    is_expired,
+    terminal_expiry_cutoff,
+    terminal_is_expired,
+)
 from streams.pipeline import BatchProcessor
 
 log = logging.getLogger("riskstream.worker")
@@ -134,3 +148,77 @@ async def _delivered(futures: list[asyncio.Future[Any]]) -> None:
     failed = [r for r in results if isinstance(r, BaseException)]
     if failed:
         log.warning("state sweep: %d tombstone batches not delivered: %r", len(failed), failed[0])
+
+
+SendTerminalTombstones = Callable[[list[str]], Awaitable[Sequence[asyncio.Future[Any]]]]
+
+
+class TerminalSweeper:
+    """Deletes terminal states whose labels can no longer count for any feature."""
+
+    def __init__(
+        self,
+        processor: BatchProcessor,
+        config: FeatureConfig,
+        own: MutableMapping[str, TerminalState],
+        store: MutableMapping[str, bytes],
+        send_tombstones: SendTerminalTombstones,
+        *,
+        lock: asyncio.Lock,
+        owner: Callable[[], bool],
+        paused: Callable[[], bool],
+        now_ms: Callable[[], float] = lambda: time.time() * 1000.0,
+        chunk: int = 500,
+    ) -> None:
+        self.processor = processor
+        self.config = config
+        self.lock = lock  # held by a label batch from changing its states to handing them over
+        self.own = own  # the states this worker wrote, authoritative while it is the owner
+        self.store = store
+        self.send_tombstones = send_tombstones
+        self.owner = owner
+        self.paused = paused
+        self.now_ms = now_ms
+        self.chunk = chunk
+
+    async def sweep(self) -> SweepResult:
+        res = SweepResult(watermark_ms=self.processor.watermark.value(self.now_ms()))
+        if res.watermark_ms is None or self.paused() or not self.owner():
+            return res
+        cutoff = terminal_expiry_cutoff(res.watermark_ms, self.config)
+        keys = list(self.store)
+        futures: list[asyncio.Future[Any]] = []
+        for i in range(0, len(keys), self.chunk):
+            await asyncio.sleep(0)
+            async with self.lock:
+                if self.paused() or not self.owner():
+                    res.interrupted = True
+                    break
+                gone = self._expired(keys[i : i + self.chunk], cutoff, res)
+                if gone:
+                    futures += await self.send_tombstones(gone)
+        await _delivered(futures)
+        return res
+
+    def _expired(self, keys: list[str], cutoff: int, res: SweepResult) -> list[str]:
+        gone: list[str] = []
+        for tid in keys:
+            state = self.own.get(tid)
+            if state is None:
+                raw = self.store.get(tid)
+                if raw is None:
+                    continue
+                try:
+                    state = TerminalState.from_bytes(raw)
+                except StateError as exc:
+                    res.unreadable += 1
+                    log.warning("state sweep: terminal %s has an unreadable state (kept): %s", tid, exc)
+                    continue
+            res.checked += 1
+            if terminal_is_expired(state, cutoff):
+                self.own.pop(tid, None)
+                self.store.pop(tid, None)
+                self.processor.terminals.drop(tid)
+                gone.append(tid)
+        res.deleted += len(gone)
+        return gone

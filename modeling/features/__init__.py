@@ -2,7 +2,13 @@
 
 from modeling.features.config import SEQ_FIELDS, FeatureConfig
 from modeling.features.engine import FeatureEngine, TxnFeatures, stack
-from modeling.features.retention import Watermark, expiry_cutoff, is_expired
+from modeling.features.retention import (
+    Watermark,
+    expiry_cutoff,
+    is_expired,
+    terminal_expiry_cutoff,
+    terminal_is_expired,
+)
 from modeling.features.runner import Event, FeatureRunner
 from modeling.features.state import TerminalState, UserState, snapshot_last_activity_ms
 
@@ -20,4 +26,6 @@ __all__ = [
     "is_expired",
     "snapshot_last_activity_ms",
     "stack",
+    "terminal_expiry_cutoff",
+    "terminal_is_expired",
 ]

@@ -1,4 +1,4 @@
-"""Which stored user states may be deleted: the dormant-user rule of the feature engine, seen
+"""Which stored user and terminal states may be deleted: the dormant-user rule of the feature engine, seen
 from a worker that holds states as snapshots and knows time only from its inputs.
 
 The engine resets a user whose next event comes more than ``user_retention_ms`` after their
@@ -8,12 +8,18 @@ most ``grace`` behind the watermark, finds a new state either way, so the vector
 An event further behind than that (a partition replayed from long ago) could see a new state
 where the engine would have kept the old one; :class:`Watermark` keeps such cases rare by taking
 the *earliest* of the inputs' event times, not the latest.
+
+A terminal state holds labelled transactions; a label counts for a transaction at ``te`` only if
+its transaction time is within the longest terminal window before ``te - label_delay``. A state
+none of whose labels is later than ``watermark - label_delay - window - grace`` can therefore
+count for no event at most ``grace`` behind the watermark: its features are those of no state
+(zeros), and it may be deleted.
 """
 
 from __future__ import annotations
 
 from modeling.features.config import DAY_MS, FeatureConfig
-from modeling.features.state import snapshot_last_activity_ms
+from modeling.features.state import TerminalState, snapshot_last_activity_ms
 
 # How far behind the watermark an event may arrive and still see exactly the vectors of a worker
 # that deleted nothing.
@@ -57,3 +63,14 @@ def expiry_cutoff(watermark: int, config: FeatureConfig, grace_ms: int = EXPIRY_
 def is_expired(snapshot: bytes, cutoff: int) -> bool:
     """Whether a stored user state's latest event is before ``cutoff``."""
     return snapshot_last_activity_ms(snapshot) < cutoff
+
+
+def terminal_expiry_cutoff(watermark: int, config: FeatureConfig, grace_ms: int = EXPIRY_GRACE_MS) -> int:
+    """Terminal states whose labelled transactions are all before this time may be deleted."""
+    window = config.terminal_windows_ms[-1] if config.terminal_windows_ms else 0
+    return watermark - config.label_delay_ms - window - grace_ms
+
+
+def terminal_is_expired(state: TerminalState, cutoff: int) -> bool:
+    """Whether none of a terminal state's labels can count any more (an empty state included)."""
+    return all(tx_ms < cutoff for tx_ms, _, _ in state.labels.values())

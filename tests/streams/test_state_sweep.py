@@ -128,3 +128,52 @@ def test_waits_for_a_flush_in_progress() -> None:
 
     asyncio.run(scenario())
     assert f.sent == [("old", 0)]
+
+
+def test_terminal_sweep_deletes_the_states_whose_labels_no_longer_count() -> None:
+    from modeling.features import TerminalState
+    from modeling.records import Label
+    from streams.retention import TerminalSweeper
+
+    engine = FeatureEngine(CONFIG)
+    processor = BatchProcessor(engine, Fixture._no_scorer, lambda _: None, lambda _: None)
+    wm = T0 + 90 * DAY_MS
+    processor.watermark.observe("label:0", wm)
+    cutoff = wm - CONFIG.label_delay_ms - CONFIG.terminal_windows_ms[-1] - DAY_MS
+
+    def state(*tx_times: int) -> TerminalState:
+        ts = TerminalState()
+        for i, t in enumerate(tx_times):
+            engine.terminal_label(ts, Label(f"x{t}{i}", "u", "term", i == 0, t, t + DAY_MS))
+        return ts
+
+    own = {"stale": state(cutoff - 5, cutoff - 1), "fresh": state(cutoff - 9, cutoff + 1)}
+    store = {tid: ts.to_bytes() for tid, ts in own.items()}
+    store["stale-stored"] = state(cutoff - 2).to_bytes()  # not written by this worker: decoded
+    store["edge"] = state(cutoff).to_bytes()  # a label at the cutoff still counts
+    store["garbage"] = b"RST\xc1"
+    sent: list[str] = []
+    owner = [True]
+
+    async def send(gone: list[str]) -> list[asyncio.Future[Any]]:
+        sent.extend(gone)
+        return []
+
+    sweeper = TerminalSweeper(
+        processor,
+        CONFIG,
+        own,
+        store,
+        send,
+        lock=asyncio.Lock(),
+        owner=lambda: owner[0],
+        paused=lambda: False,
+        now_ms=lambda: NOW,
+    )
+    owner[0] = False  # another worker writes the terminal states: it sweeps them
+    assert asyncio.run(sweeper.sweep()).deleted == 0 and not sent
+    owner[0] = True
+    res = asyncio.run(sweeper.sweep())
+    assert sorted(sent) == ["stale", "stale-stored"]
+    assert set(store) == {"fresh", "edge", "garbage"} and set(own) == {"fresh"}
+    assert (res.deleted, res.unreadable, res.checked) == (2, 1, 4)

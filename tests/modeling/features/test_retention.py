@@ -23,6 +23,8 @@ from modeling.features import (
     expiry_cutoff,
     is_expired,
     snapshot_last_activity_ms,
+    terminal_expiry_cutoff,
+    terminal_is_expired,
 )
 from modeling.features.config import DAY_MS, HOUR_MS, MINUTE_MS
 from modeling.features.retention import EXPIRY_GRACE_MS, MAX_FUTURE_MS
@@ -179,7 +181,8 @@ def sample() -> pd.DataFrame:
 
 def test_live_path_with_state_sweeps_equals_offline(sample: pd.DataFrame) -> None:
     """The worker's path (states as snapshots, a sweep every 200 events deleting the expired
-    ones by the inputs' watermark) gives the offline runner's vectors on two weeks of data."""
+    user and terminal states by the inputs' watermark) gives the offline runner's vectors on two
+    weeks of data."""
     config = SHORT
     events = list(event_stream(sample, config).events())
     offline = {tx.transaction_id: f for tx, f in FeatureRunner(FeatureEngine(config)).run(events)}
@@ -189,13 +192,17 @@ def test_live_path_with_state_sweeps_equals_offline(sample: pd.DataFrame) -> Non
     terminals: dict[str, TerminalState] = {}
     watermark = Watermark()
     deleted: set[str] = set()
-    returned = 0
+    returned = terminals_deleted = 0
     for i, ev in enumerate(events):
         if i % 200 == 0 and (wm := watermark.value(now_ms=4_000_000_000_000)) is not None:
             cutoff = expiry_cutoff(wm, config)
             for uid in [u for u, raw in users.items() if is_expired(raw, cutoff)]:
                 del users[uid]
                 deleted.add(uid)
+            t_cutoff = terminal_expiry_cutoff(wm, config)
+            for tid in [t for t, ts in terminals.items() if terminal_is_expired(ts, t_cutoff)]:
+                del terminals[tid]
+                terminals_deleted += 1
         raw = users.get(ev.user_id)
         if raw is None and ev.user_id in deleted:
             returned += 1
@@ -216,6 +223,7 @@ def test_live_path_with_state_sweeps_equals_offline(sample: pd.DataFrame) -> Non
         users[ev.user_id] = s.to_bytes()
     # The sample exercises the rule: states were deleted and their users came back.
     assert returned >= 10, returned
+    assert terminals_deleted >= 100, terminals_deleted
     assert EXPIRY_GRACE_MS == DAY_MS
 
 

@@ -184,22 +184,19 @@ class ModelRegistry:
 
     def current(self, kind: str) -> str | None:
         """The version the scorer serves: the latest published unless rolled back; None if none."""
-        pointer = self._kind_dir(kind) / CURRENT
-        try:
-            obj = json.loads(pointer.read_bytes())
-        except FileNotFoundError:
+        version = self._pointer(kind, CURRENT)
+        if version is None:
             versions = self.list(kind)
             return versions[-1] if versions else None
-        except json.JSONDecodeError as exc:
-            raise RegistryError(f"{pointer} is corrupt: {exc}", kind=kind) from None
-        version = obj.get("version") if isinstance(obj, dict) else None
-        if not isinstance(version, str):
-            raise RegistryError(f"{pointer} names no version", kind=kind)
         return version
 
     def shadow(self, kind: str) -> str | None:
         """The version scored in shadow beside the current one; None if none."""
-        pointer = self._kind_dir(kind) / SHADOW
+        return self._pointer(kind, SHADOW)
+
+    def _pointer(self, kind: str, name: str) -> str | None:
+        """The version a pointer file names; None if there is no such file."""
+        pointer = self._kind_dir(kind) / name
         try:
             obj = json.loads(pointer.read_bytes())
         except FileNotFoundError:

@@ -375,8 +375,8 @@ def _record(metrics: Metrics, settings: Settings, res: Any) -> None:
             metrics.inference_seconds.labels("shadow").observe(res.shadow_inference_s)
             for s in res.shadow_scores:
                 metrics.shadow_scores.observe(s)
-            for pair in Counter(res.shadow_decisions).items():
-                metrics.shadow_decisions.labels(*pair[0]).inc(pair[1])
+            for (served, shadow), n in Counter(res.shadow_decisions).items():
+                metrics.shadow_decisions.labels(served, shadow).inc(n)
         metrics.events_out.labels(settings.topic_risk_events).inc(res.n_transactions)
     if res.dead_letters:
         metrics.events_out.labels(settings.topic_dead_letter).inc(len(res.dead_letters))

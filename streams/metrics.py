@@ -155,8 +155,6 @@ class Metrics:
     def record_sweep(self, kind: str, res: Any, seconds: float) -> None:
         self.states_expired.labels(kind).inc(res.deleted)
         self.states_unreadable.labels(kind).inc(res.unreadable)
-        if res.watermark_ms is not None:
-            self.watermark_seconds.set(res.watermark_ms / 1000.0)
         self.state_sweep_seconds.labels(kind).observe(seconds)
 
     def set_consumer_lag(self, lags: dict[tuple[str, int], int]) -> None:

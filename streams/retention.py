@@ -34,7 +34,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from modeling.errors import StateError
 from modeling.features import (
@@ -48,6 +48,7 @@ from modeling.features import (
 from streams.pipeline import BatchProcessor
 
 log = logging.getLogger("riskstream.worker")
+T = TypeVar("T")  # what a tombstone is sent for: (user id, partition) or a terminal id
 
 # Tombstones: (user id, changelog partition) -> the delivery futures of their records.
 SendTombstones = Callable[[list[tuple[str, int]]], Awaitable[Sequence[asyncio.Future[Any]]]]
@@ -96,18 +97,15 @@ class StateSweeper:
             return res
         cutoff = expiry_cutoff(res.watermark_ms, self.config)
         owned = self.owned()
-        keys = list(self.store)
-        futures: list[asyncio.Future[Any]] = []
-        for i in range(0, len(keys), self.chunk):
-            await asyncio.sleep(0)
-            async with self.lock:
-                if self.paused():
-                    res.interrupted = True
-                    break
-                gone = self._expired(keys[i : i + self.chunk], cutoff, owned, res)
-                if gone:
-                    futures += await self.send_tombstones(gone)
-        await _delivered(futures)
+        await _in_chunks(
+            list(self.store),
+            self.chunk,
+            self.lock,
+            self.paused,
+            lambda keys: self._expired(keys, cutoff, owned, res),
+            self.send_tombstones,
+            res,
+        )
         return res
 
     def _expired(
@@ -141,9 +139,30 @@ class StateSweeper:
         return gone
 
 
-async def _delivered(futures: list[asyncio.Future[Any]]) -> None:
-    """Wait for the tombstones; one that fails is logged (its state comes back at the next
+async def _in_chunks(
+    keys: list[str],
+    chunk: int,
+    lock: asyncio.Lock,
+    stop: Callable[[], bool],
+    expire: Callable[[list[str]], list[T]],
+    send: Callable[[list[T]], Awaitable[Sequence[asyncio.Future[Any]]]],
+    res: SweepResult,
+) -> None:
+    """The sweep loop of both sweepers: ``chunk`` keys at a time under ``lock`` (deleting them
+    from the store and handing their tombstones to the producer with no other writer in
+    between), yielding to the event loop between chunks; stops when ``stop()`` says so. Then
+    waits for the tombstones; one that fails is logged (its state comes back at the next
     recovery and a later sweep deletes it again)."""
+    futures: list[asyncio.Future[Any]] = []
+    for i in range(0, len(keys), chunk):
+        await asyncio.sleep(0)
+        async with lock:
+            if stop():
+                res.interrupted = True
+                break
+            gone = expire(keys[i : i + chunk])
+            if gone:
+                futures += await send(gone)
     results = await asyncio.gather(*futures, return_exceptions=True)
     failed = [r for r in results if isinstance(r, BaseException)]
     if failed:
@@ -186,18 +205,15 @@ class TerminalSweeper:
         if res.watermark_ms is None or self.paused() or not self.owner():
             return res
         cutoff = terminal_expiry_cutoff(res.watermark_ms, self.config)
-        keys = list(self.store)
-        futures: list[asyncio.Future[Any]] = []
-        for i in range(0, len(keys), self.chunk):
-            await asyncio.sleep(0)
-            async with self.lock:
-                if self.paused() or not self.owner():
-                    res.interrupted = True
-                    break
-                gone = self._expired(keys[i : i + self.chunk], cutoff, res)
-                if gone:
-                    futures += await self.send_tombstones(gone)
-        await _delivered(futures)
+        await _in_chunks(
+            list(self.store),
+            self.chunk,
+            self.lock,
+            lambda: self.paused() or not self.owner(),
+            lambda keys: self._expired(keys, cutoff, res),
+            self.send_tombstones,
+            res,
+        )
         return res
 
     def _expired(self, keys: list[str], cutoff: int, res: SweepResult) -> list[str]:

@@ -4,10 +4,11 @@
 
 Exports a FraudNet with the feature engine's input shapes (random weights: speed does not depend
 on their values), then times ``Predictor.predict`` for batch sizes 1…4096 with oneDNN on/off and
-1/2 math threads (and the GPU when one is visible). ``model_max_batch`` is set to the batch size
-so each call is one predictor run. A second table compares sequence encoders (attn, gru, none)
-on one thread. Results are medians over repeated calls; the machine's load average is recorded
-because shared machines make numbers noisy.
+1/2 math threads (and the GPU when one is visible), and once in a child process
+(``in_process: false``, ``modeling/inference_process.py``: what the socket round trip costs).
+``model_max_batch`` is set to the batch size so each call is one predictor run. A second table
+compares sequence encoders (attn, gru, none) on one thread. Results are medians over repeated
+calls; the machine's load average is recorded because shared machines make numbers noisy.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def run_grid(
             opts = PredictorOptions(model_max_batch=b, **s)
             pred = Predictor(prog, params, inputs, opts)
             r = {**s, **time_batch(pred, cfg, b, budget_s)}
+            pred.close()
             rows.append(r)
             print(
                 f"{s}  batch {b:>5}: {r['samples_per_s']:>12,.0f}/s  p50 {r['latency_ms_p50']:.3f} ms  "
@@ -124,6 +126,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         prog, params, inputs = export(cfg, Path(tmp) / "fraudnet")
         cpu = [{"device": "cpu", "use_onednn": o, "cpu_threads": t} for o in (False, True) for t in (1, 2)]
+        # the worker's default (oneDNN off, 1 thread) with the model in a child process
+        cpu.append({"device": "cpu", "use_onednn": False, "cpu_threads": 1, "in_process": False})
         result["cpu"] = run_grid(prog, params, inputs, cfg, cpu, batches, budget)
         if gpu_available():
             gpu = [

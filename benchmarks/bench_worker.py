@@ -53,7 +53,8 @@ its value starts with ``--``.
 measured rate, to compare settings at one rate (the run order matters on a shared machine: a
 fresh broker's JIT warms up during the first runs; alternate the order between invocations).
 
-Every run records the CPU seconds of the process under test, of its main thread (the event
+Every run records the CPU seconds of the process under test (with its child processes: the
+inference children of ``inference_process``), of its main thread (the event
 loop: scoring, state, Faust; ``main_thread_busy`` is its share of the run's span) and of the
 broker; the seconds the main thread waited for a CPU while runnable
 (``main_thread_runqueue_wait_s``, from ``/proc/.../schedstat``); and the whole machine's busy
@@ -128,6 +129,9 @@ SWEEP: dict[str, dict[str, Any]] = {
     # passed (the default is 64 KiB / 10 ms); 1 byte / 500 ms are aiokafka's and Java's defaults.
     "fetch-wait30": {"fetch_max_wait_ms": 30},
     "fetch-min1-wait500": {"fetch_min_bytes": 1, "fetch_max_wait_ms": 500},
+    # The behaviour model in a child process (modeling/inference_process.py): a model call no
+    # longer holds the worker's GIL, so Faust's consumer thread fetches meanwhile.
+    "inference-process": {"inference_process": True},
 }
 # (b) runs with the same predictor options as (a)'s default, and with oneDNN on.
 PLAIN_SWEEP: dict[str, dict[str, Any]] = {"default": {}, "onednn-on": {"use_onednn": True}}
@@ -181,6 +185,22 @@ def cpu_seconds(pid: int | None, thread: int | None = None, *, system_only: bool
     except (OSError, IndexError):
         return None
     return (int(fields[12]) if system_only else int(fields[11]) + int(fields[12])) / _TICK
+
+
+def tree_cpu_seconds(pid: int | None) -> float | None:
+    """CPU seconds of a process and its live child processes (the worker's inference children,
+    ``RISKSTREAM_INFERENCE_PROCESS``), None when the process is unreadable."""
+    own = cpu_seconds(pid)
+    if own is None:
+        return None
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            own += cpu_seconds(int(stat.parent.name)) or 0.0
+    return own
 
 
 def runqueue_wait_seconds(pid: int | None, thread: int | None) -> float | None:
@@ -595,7 +615,7 @@ async def watch(
             samples.append(
                 (
                     now,
-                    cpu_seconds(proc.pid),
+                    tree_cpu_seconds(proc.pid),
                     cpu_seconds(ctx.broker_pid),
                     cpu_seconds(proc.pid, proc.pid),
                     cpu_seconds(proc.pid, proc.pid, system_only=True),

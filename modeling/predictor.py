@@ -19,8 +19,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +32,7 @@ import numpy.typing as npt
 
 from modeling.decisions import ReasonCoder, Thresholds
 from modeling.errors import ModelLoadError, PredictorError
+from modeling.inference_process import InferenceProcess
 from modeling.networks import InputDesc
 from modeling.registry import LoadedBundle, ModelRegistry
 
@@ -53,6 +56,9 @@ class PredictorOptions:
     onednn_cache_capacity: int = 16
     #: TensorRT range of dynamic non-batch dimensions (min, max) e.g. a text length
     trt_dynamic_dim: tuple[int, int] = (1, 512)
+    #: run the model in a child process (``modeling/inference_process.py``) so that inference
+    #: does not hold this process's GIL
+    in_process: bool = True
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> PredictorOptions:
@@ -64,6 +70,7 @@ class PredictorOptions:
             use_tensorrt=settings.use_tensorrt,
             use_fp16=settings.use_fp16,
             model_max_batch=settings.model_max_batch,
+            in_process=not settings.inference_process,
         )
         return replace(opts, **overrides)
 
@@ -164,8 +171,12 @@ class Predictor:
         self.manifest: dict[str, Any] = dict(manifest or {})
         self.device = resolve_device(self.options.device)
         self.output_column = int(self.manifest.get("output_column", -1))
+        self._remote: InferenceProcess | None = None
+        self._waiter: ThreadPoolExecutor | None = None  # predict_async's thread (child only)
         if _paddle_predictor is not None:
             self._pred = _paddle_predictor
+        elif not self.options.in_process:
+            self._pred = self._remote = self._spawn(inputs)
         else:
             self._pred = self._create(inputs)
         names = list(self._pred.get_input_names())
@@ -179,8 +190,9 @@ class Predictor:
         self.inputs: tuple[InputDesc, ...] = tuple(
             declared.get(n, InputDesc(n, "float32", ())) for n in names
         )
-        self._handles = {n: self._pred.get_input_handle(n) for n in names}
-        self._output = self._pred.get_output_handle(self._pred.get_output_names()[0])
+        if self._remote is None:
+            self._handles = {n: self._pred.get_input_handle(n) for n in names}
+            self._output = self._pred.get_output_handle(self._pred.get_output_names()[0])
         if _paddle_predictor is None and self.options.warmup:
             self.warmup()
 
@@ -197,6 +209,26 @@ class Predictor:
             raise ModelLoadError(
                 f"Paddle Inference could not load {self.model_file.name}: {exc}", version=self.version
             ) from exc
+
+    def _spawn(self, inputs: Sequence[InputDesc]) -> InferenceProcess:
+        for f in (self.model_file, self.params_file):
+            if not f.is_file():
+                raise ModelLoadError(f"model file {f} does not exist", version=self.version)
+        return InferenceProcess(
+            self.model_file, self.params_file, list(inputs), self.options, self.device, version=self.version
+        )
+
+    @property
+    def process_id(self) -> int | None:
+        """The inference child's pid (``in_process=False``), else None."""
+        return None if self._remote is None else self._remote.pid
+
+    def close(self) -> None:
+        """Stop the inference child, if any (it also stops when this predictor is collected)."""
+        if self._remote is not None:
+            self._remote.close()
+        if self._waiter is not None:
+            self._waiter.shutdown(wait=False)
 
     # ------------------------------------------------------------------------------ loading
 
@@ -231,7 +263,13 @@ class Predictor:
         return cls.from_bundle(bundle, options)
 
     def clone(self) -> Predictor:
-        """A predictor for another thread, sharing the weights (no re-load, no warm-up)."""
+        """A predictor for another thread, sharing the weights (no re-load, no warm-up). With a
+        child process the child is shared: its requests are serialized."""
+        if self._remote is not None:
+            twin = Predictor.__new__(Predictor)
+            twin.__dict__.update(self.__dict__)
+            twin._waiter = None
+            return twin
         return Predictor(
             self.model_file,
             self.params_file,
@@ -309,16 +347,30 @@ class Predictor:
         return arrays, batch
 
     def _run(self, arrays: Mapping[str, np.ndarray]) -> npt.NDArray[np.float32]:
+        # the child raises PredictorError itself
+        out = self._run_here(arrays) if self._remote is None else self._remote.run(arrays)
+        if out.ndim == 2 and out.shape[1] != 1:
+            out = out[:, self.output_column]
+        return out.reshape(-1).astype(np.float32, copy=False)
+
+    def _run_here(self, arrays: Mapping[str, np.ndarray]) -> npt.NDArray[Any]:
         try:
             for name, a in arrays.items():
                 self._handles[name].copy_from_cpu(a)
             self._pred.run()
-            out = np.asarray(self._output.copy_to_cpu())
+            return np.asarray(self._output.copy_to_cpu())
         except Exception as exc:
             raise PredictorError(f"inference failed: {exc}", version=self.version) from exc
-        if out.ndim == 2 and out.shape[1] != 1:
-            out = out[:, self.output_column]
-        return out.reshape(-1).astype(np.float32, copy=False)
+
+    async def predict_async(self, inputs: Mapping[str, npt.ArrayLike]) -> npt.NDArray[np.float32]:
+        """:meth:`predict` for an event loop. With the model in a child process the call waits in
+        this predictor's own thread, without the GIL, and the loop runs other work meanwhile; an
+        in-process model runs right here (a thread would gain nothing: ``run`` holds the GIL)."""
+        if self._remote is None:
+            return self.predict(inputs)
+        if self._waiter is None:
+            self._waiter = ThreadPoolExecutor(1, thread_name_prefix="inference-wait")
+        return await asyncio.get_running_loop().run_in_executor(self._waiter, self.predict, inputs)
 
     def predict(self, inputs: Mapping[str, npt.ArrayLike]) -> npt.NDArray[np.float32]:
         """Scores float32 [B]; the batch is run in chunks of ``model_max_batch`` rows."""

@@ -37,6 +37,8 @@ class ScoresBatch(Protocol):
 
     def predict(self, inputs: Any) -> Any: ...
 
+    async def predict_async(self, inputs: Any) -> Any: ...
+
 
 class TextModel(Protocol):
     @property
@@ -98,6 +100,32 @@ class Scorer:
         the text model does not run twice."""
         tab, seq = stack(feats, self.config)
         p = np.asarray(self.behaviour.predict({"tab": tab, "seq": seq}), dtype=np.float64)
+        return self._verdicts(txns, feats, tab, p, text_scores)
+
+    def inputs(self, feats: list[TxnFeatures]) -> tuple[np.ndarray, np.ndarray]:
+        """The behaviour model's inputs for a batch (``tab``, ``seq``): :meth:`score` in parts,
+        for a caller that awaits the model (``Predictor.predict_async``) in between."""
+        return stack(feats, self.config)
+
+    def verdicts(
+        self,
+        txns: Sequence[Transaction],
+        feats: list[TxnFeatures],
+        tab: np.ndarray,
+        p: np.ndarray,
+        text_scores: Sequence[float | None] | None = None,
+    ) -> list[Verdict]:
+        """The rest of :meth:`score` once the behaviour model gave ``p``."""
+        return self._verdicts(txns, feats, tab, np.asarray(p, dtype=np.float64), text_scores)
+
+    def _verdicts(
+        self,
+        txns: Sequence[Transaction],
+        feats: list[TxnFeatures],
+        tab: np.ndarray,
+        p: np.ndarray,
+        text_scores: Sequence[float | None] | None,
+    ) -> list[Verdict]:
         text_scores_out: list[float | None] = [None] * len(txns)
         combined = p
         if self.text is not None:

@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     # builds its kernels per input shape, so with the worker's varying batch sizes it cost about
     # 3x per row (benchmarks/README.md, benchmarks/results/predictor.json).
     use_onednn: bool = False
+    # The behaviour models run in a child process each (modeling/inference_process.py): Paddle
+    # holds the GIL for a whole model call, which otherwise stalls Faust's consumer thread.
+    inference_process: bool = False
     use_tensorrt: bool = False
     use_fp16: bool = False
     text_weight: float = Field(default=0.5, ge=0.0, le=1.0)

@@ -51,7 +51,15 @@ from streams.loop_lag import watch_loop_lag
 from streams.metrics import Metrics
 from streams.model_watch import ModelWatcher
 from streams.output import BatchOutput, ChangelogKeys
-from streams.pipeline import KIND_CLICK, KIND_LABEL, KIND_TXN, BatchProcessor, InMessage
+from streams.pipeline import (
+    KIND_CLICK,
+    KIND_LABEL,
+    KIND_TXN,
+    BatchProcessor,
+    BatchResult,
+    InMessage,
+    Prepared,
+)
 from streams.retention import StateSweeper, TerminalSweeper
 from streams.security import faust_credentials
 from streams.state_flush import StateFlusher
@@ -147,7 +155,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         term_topic.get_topic_name(),
     )
 
-    async def handle_inputs(taken: Taken) -> list[Any]:
+    def to_messages(taken: Taken) -> list[InMessage]:
         batch = []
         per_topic: Counter[str] = Counter()
         for received, m in taken:
@@ -158,11 +166,9 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
             )
         for topic, n in per_topic.items():
             metrics.events_in.labels(topic).inc(n)
-        t0 = thread_time()
-        res = processor.process(batch)
-        cpu_score.inc(thread_time() - t0)
-        # No await between process() and epoch(): the batch's states are in the epoch's flush.
-        flushed = flusher.epoch()
+        return batch
+
+    async def emit(res: BatchResult) -> list[Any]:
         records: list[Any] = [(risk_name, None, key, value, None) for key, value in res.risk_events]
         records += [(dead_name, None, dl.key, dl.value, dl.headers) for dl in res.dead_letters]
         records += [(term_name, 0, key, value, None) for key, value in res.terminal_labels]
@@ -170,7 +176,42 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         if len(processor.dirty) >= settings.state_flush_max_users:
             flusher.wake()  # the interval is the flusher task's own timer
         _record(metrics, settings, res)
-        return [*futures, flushed]
+        return futures
+
+    async def handle_inputs(taken: Taken) -> list[Any]:
+        batch = to_messages(taken)
+        t0 = thread_time()
+        res = processor.process(batch)
+        cpu_score.inc(thread_time() - t0)
+        # No await between process() and epoch(): the batch's states are in the epoch's flush.
+        flushed = flusher.epoch()
+        return [*await emit(res), flushed]
+
+    # With the model in a child process (settings.inference_process) its call is awaited, and
+    # batches overlap: batch N+1 is featurized while batch N is in the model. At most one batch
+    # is in the model and one being prepared; risk events leave in batch order.
+    scoring: list[asyncio.Future[list[Any]]] = []  # the batch in the model, if any
+
+    async def handle_inputs_overlapped(taken: Taken) -> list[Any]:
+        batch = to_messages(taken)
+        t0 = thread_time()
+        prep = processor.prepare(batch)
+        cpu_score.inc(thread_time() - t0)
+        flushed = flusher.epoch()  # no await since prepare(): its states are in this epoch
+        if scoring:
+            await asyncio.wait(scoring)  # its failure crashes the worker through its acks
+            scoring.clear()
+        task = asyncio.ensure_future(complete(prep))
+        scoring.append(task)
+        return [asyncio.ensure_future(delivered(task, flushed))]
+
+    async def complete(prep: Prepared) -> list[Any]:
+        res = await processor.process_async(prep)
+        cpu_score.inc(res.cpu_s)
+        return await emit(res)
+
+    async def delivered(task: asyncio.Future[list[Any]], flushed: asyncio.Future[Any]) -> None:
+        await asyncio.gather(*await task, flushed)
 
     async def flush_user_states() -> list[Any]:
         # State writes: the table's store, plus a changelog record in the user's input partition
@@ -269,7 +310,14 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
 
     within = settings.pipeline_max_wait_ms / 1000.0
     loops = (
-        BatchLoop(app, "score", in_buffer, settings.pipeline_max_batch, within, handle_inputs),
+        BatchLoop(
+            app,
+            "score",
+            in_buffer,
+            settings.pipeline_max_batch,
+            within,
+            handle_inputs_overlapped if settings.inference_process else handle_inputs,
+        ),
         BatchLoop(app, "terminals", term_buffer, settings.pipeline_max_batch, within, handle_terminal_labels),
     )
 

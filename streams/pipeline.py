@@ -30,7 +30,7 @@ from modeling.records import (
     parse_label,
     parse_transaction,
 )
-from modeling.scoring import Scorer
+from modeling.scoring import Scorer, Verdict
 
 KIND_TXN, KIND_CLICK, KIND_LABEL = "transaction", "click", "label"
 Record = Transaction | ClickEvent | Label
@@ -77,7 +77,18 @@ class BatchResult:
     shadow_decisions: list[tuple[str, str]] = field(default_factory=list)  # (served, shadow)
     n_transactions: int = 0
     n_late: int = 0
+    cpu_s: float = 0.0  # process_async: the loop thread's CPU between its awaits
     dead_fields: list[tuple[str, str]] = field(default_factory=list)  # (topic, field)
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A featurized batch waiting for its model calls: what :meth:`BatchProcessor.finish` needs."""
+
+    out: BatchResult  # dead letters, forwarded labels and counts so far
+    txns: list[Transaction]
+    feats: list[TxnFeatures]
+    msgs: list[InMessage]  # the transactions' input messages
 
 
 class StateCache:
@@ -168,6 +179,52 @@ class BatchProcessor:
         return ts
 
     def process(self, batch: list[InMessage]) -> BatchResult:
+        """One batch, start to finish: :meth:`prepare`, the models, :meth:`finish`."""
+        prep = self.prepare(batch)
+        if not prep.txns:
+            return prep.out
+        scorer, shadow = self.scorer(), self.shadow()  # one version of each for the batch
+        t0 = time.monotonic()
+        verdicts = scorer.score(prep.txns, prep.feats)
+        t1 = time.monotonic()
+        sv = None
+        if shadow is not None:
+            # After the served model (its latency first); the text model does not run twice.
+            sv = shadow.score(prep.txns, prep.feats, text_scores=[v.text_score for v in verdicts])
+        return self.finish(prep, scorer, verdicts, t0, t1, shadow, sv)
+
+    async def process_async(self, prep: Prepared) -> BatchResult:
+        """The models and :meth:`finish` for a prepared batch, the model calls awaited
+        (``Predictor.predict_async``): with models in child processes the event loop runs other
+        work, the next batch's :meth:`prepare` included, while they compute. ``cpu_s`` of the
+        result: this thread's CPU in the parts between the awaits."""
+        out = prep.out
+        if not prep.txns:
+            return out
+        clock = time.thread_time
+        c0 = clock()
+        scorer, shadow = self.scorer(), self.shadow()
+        txns, feats = prep.txns, prep.feats
+        tab, seq = scorer.inputs(feats)
+        out.cpu_s += clock() - c0
+        t0 = time.monotonic()
+        p = await scorer.behaviour.predict_async({"tab": tab, "seq": seq})
+        t1 = time.monotonic()
+        c0 = clock()
+        verdicts = scorer.verdicts(txns, feats, tab, p)
+        sv = None
+        if shadow is not None:
+            out.cpu_s += clock() - c0
+            p = await shadow.behaviour.predict_async({"tab": tab, "seq": seq})
+            c0 = clock()
+            sv = shadow.verdicts(txns, feats, tab, p, [v.text_score for v in verdicts])
+        res = self.finish(prep, scorer, verdicts, t0, t1, shadow, sv)
+        res.cpu_s += clock() - c0
+        return res
+
+    def prepare(self, batch: list[InMessage]) -> Prepared:
+        """Decode, order and featurize a batch: every state change happens here (the touched
+        states are dirty when it returns); the models and the risk events come after."""
         out = BatchResult()
         touched: dict[str, UserState] = {}
         txns: list[Transaction] = []
@@ -219,51 +276,59 @@ class BatchProcessor:
                     engine.user_label(st, rec)
                 # Forwarded even when redelivered: terminal state replaces by transaction id.
                 out.terminal_labels.append((rec.terminal_id.encode(), m.value))
-        if txns:
-            scorer, shadow = self.scorer(), self.shadow()  # one version of each for the batch
-            t0 = time.monotonic()
-            verdicts = scorer.score(txns, feats)
-            out.inference_s = time.monotonic() - t0
-            shadows: list[ShadowVerdict | None] = [None] * len(txns)
-            if shadow is not None:
-                # After the served model (its latency first); the text model does not run twice.
-                t1 = time.monotonic()
-                sv = shadow.score(txns, feats, text_scores=[v.text_score for v in verdicts])
-                out.shadow_inference_s = time.monotonic() - t1
-                shadows = [ShadowVerdict(shadow.version, x.score, x.decision) for x in sv]
-                out.shadow_scores = [x.score for x in sv]
-                out.shadow_decisions = [(v.decision, x.decision) for v, x in zip(verdicts, sv, strict=True)]
-            now = self.now_ms()
-            infer_ms = out.inference_s * 1000.0
-            for tx, m, v, sh in zip(txns, msgs, verdicts, shadows, strict=True):
-                wait = t0 - m.received
-                e2e = now - m.kafka_ts_ms
-                ev = RiskEvent(
-                    transaction_id=tx.transaction_id,
-                    user_id=tx.user_id,
-                    score=v.score,
-                    decision=v.decision,
-                    reasons=v.reasons,
-                    model_version=scorer.version,
-                    feature_set=scorer.feature_set,
-                    event_time_ms=tx.event_time_ms,
-                    scored_time_ms=int(now),
-                    latency_ms={
-                        "queue": round(wait * 1000.0, 3),
-                        "inference": round(infer_ms, 3),
-                        "end_to_end": round(e2e, 3),
-                    },
-                    text_score=v.text_score,
-                    behaviour_score=None if v.text_score is None else v.behaviour_score,
-                    shadow=sh,
-                )
-                out.risk_events.append((tx.user_id.encode(), ev.to_json()))
-                out.scores.append(v.score)
-                out.decisions.append(v.decision)
-                out.queue_wait_s.append(wait)
-                out.e2e_s.append(e2e / 1000.0)
-            out.n_transactions = len(txns)
         self.dirty.update(touched)
+        return Prepared(out, txns, feats, msgs)
+
+    def finish(
+        self,
+        prep: Prepared,
+        scorer: Scorer,
+        verdicts: list[Verdict],
+        t0: float,
+        t1: float,
+        shadow: Scorer | None,
+        sv: list[Verdict] | None,
+    ) -> BatchResult:
+        """Risk events from a prepared batch's verdicts (``t0``/``t1``: the served model's call,
+        monotonic seconds; ``sv``: the shadow model's verdicts, scored after it)."""
+        out, txns, msgs = prep.out, prep.txns, prep.msgs
+        out.inference_s = t1 - t0
+        shadows: list[ShadowVerdict | None] = [None] * len(txns)
+        if shadow is not None and sv is not None:
+            out.shadow_inference_s = time.monotonic() - t1
+            shadows = [ShadowVerdict(shadow.version, x.score, x.decision) for x in sv]
+            out.shadow_scores = [x.score for x in sv]
+            out.shadow_decisions = [(v.decision, x.decision) for v, x in zip(verdicts, sv, strict=True)]
+        now = self.now_ms()
+        infer_ms = out.inference_s * 1000.0
+        for tx, m, v, sh in zip(txns, msgs, verdicts, shadows, strict=True):
+            wait = t0 - m.received
+            e2e = now - m.kafka_ts_ms
+            ev = RiskEvent(
+                transaction_id=tx.transaction_id,
+                user_id=tx.user_id,
+                score=v.score,
+                decision=v.decision,
+                reasons=v.reasons,
+                model_version=scorer.version,
+                feature_set=scorer.feature_set,
+                event_time_ms=tx.event_time_ms,
+                scored_time_ms=int(now),
+                latency_ms={
+                    "queue": round(wait * 1000.0, 3),
+                    "inference": round(infer_ms, 3),
+                    "end_to_end": round(e2e, 3),
+                },
+                text_score=v.text_score,
+                behaviour_score=None if v.text_score is None else v.behaviour_score,
+                shadow=sh,
+            )
+            out.risk_events.append((tx.user_id.encode(), ev.to_json()))
+            out.scores.append(v.score)
+            out.decisions.append(v.decision)
+            out.queue_wait_s.append(wait)
+            out.e2e_s.append(e2e / 1000.0)
+        out.n_transactions = len(txns)
         return out
 
     def begin_flush(self) -> list[tuple[str, int, UserState]]:

@@ -164,6 +164,21 @@ class WorkerProc:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"worker exited with {self.proc.returncode}\n{self.log_tail()}")
 
+    def children(self, marker: str) -> list[int]:
+        """Pids of this worker's live child processes whose command line contains ``marker``."""
+        if self.proc is None:
+            return []
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == self.proc.pid and fields[0] not in ("Z", "X") and marker in cmdline:
+                found.append(int(stat.parent.name))
+        return found
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)

@@ -267,6 +267,9 @@ def test_worker_joining_mid_stream_rebalances_without_hang_or_loss(
         w2.stop()
 
 
+INFERENCE_CHILD = "modeling.inference_process"
+
+
 def test_two_workers_share_partitions_and_swap_models_under_load(
     kafka_broker: str, model_registry: Path, tmp_path: Path, sample: pd.DataFrame
 ) -> None:
@@ -276,10 +279,13 @@ def test_two_workers_share_partitions_and_swap_models_under_load(
     assert first is not None
     events = _events(sample)
     n_tx = sum(isinstance(e, Transaction) for e in events)
-    workers = [WorkerProc(sc, "w1").start(), WorkerProc(sc, "w2").start()]
+    # w2 runs its model in a child process (modeling/inference_process.py), w1 in-process
+    child_env = {"RISKSTREAM_INFERENCE_PROCESS": "true"}
+    workers = [WorkerProc(sc, "w1").start(), WorkerProc(sc, "w2", env=child_env).start()]
     try:
         for w in workers:
             w.wait_metrics()
+        assert len(workers[1].children(INFERENCE_CHILD)) == 1 and not workers[0].children(INFERENCE_CHILD)
         time.sleep(5)  # both in the group before traffic
         _replay(sc, events[: len(events) // 2])
         # A tampered bundle is refused and the old model keeps serving.
@@ -317,6 +323,11 @@ def test_two_workers_share_partitions_and_swap_models_under_load(
             w.check_alive()
             assert w.metric("riskstream_events_in_total") > 0, "each worker must own partitions"
             assert w.metric("riskstream_model_swaps_total", kind="behaviour") >= 1
+        # the swapped-out model's child has exited; the serving model's is the only one left
+        deadline = time.monotonic() + 30
+        while len(workers[1].children(INFERENCE_CHILD)) != 1:
+            assert time.monotonic() < deadline, workers[1].children(INFERENCE_CHILD)
+            time.sleep(0.5)
     finally:
         for w in workers:
             w.stop()

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from modeling.errors import FeatureSetMismatch, ModelLoadError
+from modeling.errors import FeatureSetMismatch, ModelLoadError, PredictorError
 from modeling.networks import FraudNet, NetConfig, export_fraudnet, fit_standardizers, paddle
 from modeling.predictor import Predictor, PredictorOptions, find_program, resolve_device
 from modeling.registry import ModelRegistry
@@ -171,3 +177,113 @@ def test_options_from_settings_and_device_resolution(exported: tuple[ModelRegist
     assert p.input_names == ("tab", "seq")
     tab, seq = rows(3, 5)
     assert p.predict({"tab": tab, "seq": seq}).shape == (3,)
+
+
+# ------------------------------------------------------------------------------------------------
+# The model served by a child process (modeling/inference_process.py): the same scores as
+# in-process inference, and a child that never outlives or silently fails its owner.
+
+
+def _gone(pid: int, timeout: float = 30.0) -> bool:
+    """True once ``pid`` has exited (a zombie waiting for its reaper counts as exited)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_settings_choose_the_child_process() -> None:
+    assert PredictorOptions.from_settings(Settings(inference_process=True)).in_process is False
+    assert PredictorOptions.from_settings(Settings(inference_process=False)).in_process is True
+
+
+def test_child_scores_equal_in_process_scores(exported: tuple[ModelRegistry, str, FraudNet]) -> None:
+    reg, version, _ = exported
+    here = Predictor.load(reg, "behaviour", opts(model_max_batch=50), expected_feature_set=FS)
+    child = Predictor.load(
+        reg, "behaviour", opts(model_max_batch=50, in_process=False), expected_feature_set=FS
+    )
+    try:
+        pid = child.process_id
+        assert here.process_id is None and pid is not None and pid != os.getpid()
+        assert child.version == version and child.input_names == here.input_names
+        tab, seq = rows(173, 5)  # four requests of at most 50 rows
+        np.testing.assert_array_equal(
+            child.predict({"tab": tab, "seq": seq}), here.predict({"tab": tab, "seq": seq})
+        )
+        assert child.predict({"tab": tab[:0], "seq": seq[:0]}).shape == (0,)
+        with pytest.raises(ValueError, match="shape"):
+            child.predict({"tab": tab[:, :3], "seq": seq})
+        twin = child.clone()  # shares the child: requests are serialized
+        np.testing.assert_array_equal(
+            twin.predict({"tab": tab[:7], "seq": seq[:7]}), here.predict({"tab": tab[:7], "seq": seq[:7]})
+        )
+    finally:
+        child.close()
+    assert _gone(pid)
+    with pytest.raises(PredictorError, match="closed"):
+        child.predict({"tab": tab[:1], "seq": seq[:1]})
+
+
+def test_a_child_that_dies_fails_the_call_clearly(exported: tuple[ModelRegistry, str, FraudNet]) -> None:
+    reg, _, _ = exported
+    child = Predictor.load(reg, "behaviour", opts(in_process=False, warmup=False))
+    pid = child.process_id
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    assert _gone(pid)
+    tab, seq = rows(3, 6)
+    with pytest.raises(PredictorError, match="exited") as info:
+        child.predict({"tab": tab, "seq": seq})
+    assert info.value.retriable and info.value.context["pid"] == pid
+    child.close()
+
+
+def test_a_program_paddle_cannot_load_is_refused(tmp_path: Path) -> None:
+    """Garbage where the program should be: the child's Paddle refuses it, the caller gets a
+    ModelLoadError naming the file, and nothing is left running."""
+    prog, params = tmp_path / "m.json", tmp_path / "m.pdiparams"
+    prog.write_text('{"not": "a program"}')
+    params.write_bytes(b"\0" * 64)
+    with pytest.raises(ModelLoadError, match=r"m\.json") as info:
+        Predictor(prog, params, [], PredictorOptions(device="cpu", in_process=False), version="v-bad")
+    assert info.value.context["version"] == "v-bad"
+
+
+def test_the_child_exits_when_its_owner_is_killed(
+    exported: tuple[ModelRegistry, str, FraudNet], tmp_path: Path
+) -> None:
+    """SIGKILL gives the owner no chance to clean up: the child sees its socket close and exits."""
+    reg, _, _ = exported
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from modeling.predictor import Predictor, PredictorOptions
+        from modeling.registry import ModelRegistry
+        p = Predictor.load(ModelRegistry({str(reg.root)!r}), "behaviour",
+                           PredictorOptions(device="cpu", use_onednn=False, in_process=False))
+        print(p.process_id, flush=True)
+        time.sleep(600)
+        """
+    )
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        line = owner.stdout.readline()
+        assert line.strip().isdigit(), f"owner printed {line!r}"
+        pid = int(line)
+        assert not _gone(pid, timeout=0.5)
+        owner.kill()
+        owner.wait()
+        assert _gone(pid), "the inference child outlived its SIGKILLed owner"
+    finally:
+        owner.kill()
+        owner.wait()
+        if owner.stdout is not None:
+            owner.stdout.close()

@@ -1,0 +1,134 @@
+"""BatchProcessor: the worker's overlapped path (prepare now, await the model in its child
+process, finish) gives the same risk events and states as one synchronous ``process`` call."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import orjson
+import pytest
+
+from modeling.features import FeatureConfig, FeatureEngine
+from modeling.networks import FraudNet, NetConfig, export_fraudnet, fit_standardizers, paddle
+from modeling.predictor import Predictor, PredictorOptions
+from modeling.records import ClickEvent, Label, Transaction
+from modeling.registry import ModelRegistry
+from modeling.scoring import Scorer
+from streams.pipeline import KIND_CLICK, KIND_LABEL, KIND_TXN, BatchProcessor, BatchResult, InMessage
+
+CONFIG = FeatureConfig()
+T0 = 1_530_000_000_000
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelRegistry, list[str]]:
+    """Two small behaviour models (served and shadow) over the engine's feature layout."""
+    root = tmp_path_factory.mktemp("pipeline")
+    reg = ModelRegistry(root / "registry")
+    versions = []
+    for seed in (1, 2):
+        paddle.seed(seed)
+        cfg = NetConfig(CONFIG.n_features, CONFIG.seq_len, CONFIG.seq_dim, tab_hidden=(16,), seq_channels=4)
+        model = FraudNet(cfg)
+        rng = np.random.default_rng(seed)
+        fit_standardizers(
+            model,
+            rng.normal(size=(64, CONFIG.n_features)).astype(np.float32),
+            rng.normal(size=(64, CONFIG.seq_len, CONFIG.seq_dim)).astype(np.float32),
+        )
+        model.eval()
+        info = export_fraudnet(model, root / f"stage{seed}")
+        meta = {"training_data": {}, "hyperparameters": {}, "metrics": {}, "feature_set": CONFIG.feature_set}
+        manifest = {**meta, "model": info.to_dict(), "thresholds": {"review": 0.3, "decline": 0.8}}
+        versions.append(reg.publish("behaviour", root / f"stage{seed}", manifest))
+    return reg, versions
+
+
+def _messages(n: int, seed: int) -> list[InMessage]:
+    """Transactions, clicks and labels of a few users, in partition order per topic."""
+    rng = np.random.default_rng(seed)
+    out: list[InMessage] = []
+    offsets = {KIND_TXN: 0, KIND_CLICK: 0, KIND_LABEL: 0}
+    for i in range(n):
+        user = f"u{rng.integers(8)}"
+        t = T0 + i * 40_000
+        kind = (KIND_TXN, KIND_CLICK, KIND_LABEL)[int(rng.integers(3))]
+        if kind == KIND_TXN:
+            value = Transaction(
+                f"t{i}", user, f"term{rng.integers(5)}", float(rng.gamma(2.0, 30.0)), t
+            ).to_dict()
+        elif kind == KIND_CLICK:
+            value = ClickEvent(user, t, "login", "s1", f"d{rng.integers(3)}", "10.0.0.1").to_dict()
+        else:
+            value = Label(
+                f"t{max(i - 30, 0)}", user, "term1", bool(rng.integers(2)), t - 600_000, t
+            ).to_dict()
+        topic = {KIND_TXN: "transactions", KIND_CLICK: "clickstream", KIND_LABEL: "labels"}[kind]
+        out.append(InMessage(kind, topic, 0, offsets[kind], user.encode(), orjson.dumps(value), t, 0.0))
+        offsets[kind] += 1
+    return out
+
+
+def _comparable(raw: bytes) -> dict[str, object]:
+    ev = orjson.loads(raw)
+    del ev["scored_time"], ev["latency_ms"]
+    return dict(ev)
+
+
+def test_overlapped_path_equals_the_synchronous_one(registry: tuple[ModelRegistry, list[str]]) -> None:
+    reg, (served, challenger) = registry
+
+    def scorer(version: str, in_process: bool) -> Scorer:
+        opts = PredictorOptions(device="cpu", use_onednn=False, model_max_batch=32, in_process=in_process)
+        return Scorer(Predictor.load(reg, "behaviour", opts, version=version), CONFIG)
+
+    sync_scorers = scorer(served, True), scorer(challenger, True)
+    child_scorers = scorer(served, False), scorer(challenger, False)
+    batches = [_messages(150, seed) for seed in range(4)]
+    for b, batch in enumerate(batches):  # later batches continue the offsets
+        for m in batch:
+            m.offset += 1000 * b
+    stores: list[dict[str, bytes]] = [{}, {}]
+
+    def processor(store: dict[str, bytes], scorers: tuple[Scorer, Scorer]) -> BatchProcessor:
+        return BatchProcessor(
+            FeatureEngine(CONFIG), lambda: scorers[0], store.get, lambda t: None, shadow=lambda: scorers[1]
+        )
+
+    sync = processor(stores[0], sync_scorers)
+    want = [sync.process(batch) for batch in batches]
+
+    async def overlapped() -> list[BatchResult]:
+        proc = processor(stores[1], child_scorers)
+        results = []
+        pending = None
+        for batch in batches:  # as the worker does: prepare the next batch while one is scored
+            prep = proc.prepare(batch)
+            if pending is not None:
+                results.append(await pending)
+            pending = asyncio.ensure_future(proc.process_async(prep))
+        results.append(await pending)
+        proc_states = {uid: proc.snapshot(uid, st) for uid, _, st in proc.begin_flush()}
+        sync_states = {uid: sync.snapshot(uid, st) for uid, _, st in sync.begin_flush()}
+        assert proc_states == sync_states
+        return results
+
+    try:
+        got = asyncio.run(overlapped())
+    finally:
+        for s in child_scorers:
+            assert isinstance(s.behaviour, Predictor)
+            s.behaviour.close()
+    n_tx = 0
+    for w, g in zip(want, got, strict=True):
+        assert g.n_transactions == w.n_transactions
+        n_tx += w.n_transactions
+        assert [k for k, _ in g.risk_events] == [k for k, _ in w.risk_events]
+        assert [_comparable(v) for _, v in g.risk_events] == [_comparable(v) for _, v in w.risk_events]
+        assert g.terminal_labels == w.terminal_labels
+        assert g.cpu_s > 0.0
+    assert n_tx > 100
+    events = [orjson.loads(v) for w in want for _, v in w.risk_events]
+    assert {e["shadow"]["model_version"] for e in events} == {challenger}
+    assert {e["model_version"] for e in events} == {served}

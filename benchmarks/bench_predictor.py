@@ -9,6 +9,8 @@ on their values), then times ``Predictor.predict`` for batch sizes 1…4096 with
 ``model_max_batch`` is set to the batch size so each call is one predictor run. A second table
 compares sequence encoders (attn, gru, none) on one thread. Results are medians over repeated
 calls; the machine's load average is recorded because shared machines make numbers noisy.
+A last table (``varying_batches``) times calls of random sizes 1–512, as the worker makes them,
+with and without oneDNN and padding to a power of two rows.
 """
 
 from __future__ import annotations
@@ -105,6 +107,36 @@ def run_grid(
     return rows
 
 
+def run_varying(prog: Path, params: Path, inputs: Any, cfg: NetConfig, n: int) -> list[dict[str, Any]]:
+    """The worker's case: calls of random sizes 1–512 rows (``model_max_batch`` 256), with and
+    without oneDNN and padding to a power of two rows (``PredictorOptions.pad_batches``)."""
+    rng = np.random.default_rng(0)
+    batches = [
+        {
+            "tab": rng.lognormal(size=(b, cfg.n_features)).astype(np.float32),
+            "seq": rng.normal(size=(b, cfg.seq_len, cfg.seq_features)).astype(np.float32),
+        }
+        for b in rng.integers(1, 513, size=n)
+    ]
+    rows = sum(len(b["tab"]) for b in batches)
+    out = []
+    for onednn, pad in ((False, False), (True, False), (True, True), (False, True)):
+        opts = PredictorOptions(device="cpu", use_onednn=onednn, pad_batches=pad, model_max_batch=256)
+        pred = Predictor(prog, params, inputs, opts)
+        for b in batches[:5]:
+            pred.predict(b)
+        times = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            for b in batches:
+                pred.predict(b)
+            times.append((time.perf_counter() - t0) / rows * 1e6)
+        pred.close()
+        out.append({"use_onednn": onednn, "pad_batches": pad, "calls": n, "rows": rows, "us_per_row": times})
+        print(f"varying batches: oneDNN {onednn!s:<5} padded {pad!s:<5}: {min(times):.2f} µs/row", flush=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "predictor.json")
@@ -155,6 +187,7 @@ def main() -> int:
                         flush=True,
                     )
         result["encoders_1_thread"] = enc_rows
+        result["varying_batches"] = run_varying(prog, params, inputs, cfg, 60 if args.quick else 150)
     result["machine"]["loadavg_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

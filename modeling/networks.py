@@ -138,8 +138,8 @@ class PiecewiseLinear(nn.Layer):
     feature f encodes ``clip((x_f - lo[f, t]) · inv_width[f, t], 0, 1)`` (see ``modeling.binning``).
 
     PLE is continuous, so a hard threshold (the simulator's "amount > 220 is fraud") needs an
-    unbounded slope; ``steps`` adds ``ceil`` of each encoding, the indicator ``x > lo[f, t]``
-    of every bin edge, which expresses it exactly — the representation a decision tree has.
+    unbounded slope; ``steps`` adds the indicator ``x > lo[f, t]`` of every bin edge, which
+    expresses it exactly — the representation a decision tree has.
 
     Computed as one small GEMM, ``clip(x · A + c, 0, 1)`` with A [F, F·T] holding ``inv_width``
     in feature f's block and ``c = −lo · inv_width``: Paddle Inference runs it ~3× faster than the
@@ -176,8 +176,23 @@ class PiecewiseLinear(nn.Layer):
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         e = paddle.clip(F.linear(x, self.a, self.c), 0.0, 1.0)
         if self.steps:
-            e = paddle.concat([e, paddle.ceil(e)], axis=-1)
+            e = paddle.concat([e, self._edges_passed(x)], axis=-1)
         return e
+
+    def _edges_passed(self, x: paddle.Tensor) -> paddle.Tensor:
+        """The step indicators ``x_f > lo[f, t]`` (0 for unused bins), [B, F·T].
+
+        Compared elementwise, not as ``ceil`` of the GEMM above: a value on a bin edge (every
+        feature's training minimum is one) leaves the GEMM a residual of a few ulps whose sign
+        depends on the kernel's summation order, so oneDNN and Paddle's own kernels disagreed
+        on the indicator and scores moved by up to 0.07. Elementwise ops round the same way
+        in every kernel. ``lo`` comes back from the buffers (one nonzero per column of ``a``).
+        """
+        inv = paddle.sum(self.a, axis=0)  # [F·T], exact: one nonzero per column
+        unused = paddle.cast(inv <= 0, "float32")
+        lo = -self.c / (inv + unused)  # unused bins: c is 0, lo 0, masked below
+        xr = paddle.expand(x.unsqueeze(-1), [-1, self.n, self.n_bins]).reshape([-1, self.n * self.n_bins])
+        return paddle.cast(xr > lo, "float32") * (1.0 - unused)
 
 
 class TabularNet(nn.Layer):
@@ -352,12 +367,16 @@ class ExportInfo:
     model_file: str
     params_file: str
     inputs: tuple[InputDesc, ...] = field(default_factory=tuple)
+    #: the program scores the same under oneDNN as under Paddle's own kernels (FraudNet since
+    #: its bin-edge indicators are compared elementwise, ``PiecewiseLinear._edges_passed``)
+    onednn_safe: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "model_file": self.model_file,
             "params_file": self.params_file,
             "inputs": [i.to_dict() for i in self.inputs],
+            "onednn_safe": self.onednn_safe,
         }
 
 

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,8 @@ from modeling.errors import ModelLoadError, PredictorError
 from modeling.inference_process import InferenceProcess
 from modeling.networks import InputDesc
 from modeling.registry import LoadedBundle, ModelRegistry
+
+log = logging.getLogger("riskstream.models")
 
 Device = Literal["auto", "cpu", "gpu"]
 #: size used for dynamic non-batch dimensions during warm-up and as TensorRT's opt shape
@@ -56,6 +59,10 @@ class PredictorOptions:
     onednn_cache_capacity: int = 16
     #: TensorRT range of dynamic non-batch dimensions (min, max) e.g. a text length
     trt_dynamic_dim: tuple[int, int] = (1, 512)
+    #: pad every model call to a power of two rows (at most ``model_max_batch``): oneDNN builds
+    #: its kernels per input shape, so varying batch sizes rebuilt them call after call; with
+    #: padding it sees a handful of shapes (``bucket_sizes``) and reuses them
+    pad_batches: bool = False
     #: run the model in a child process (``modeling/inference_process.py``) so that inference
     #: does not hold this process's GIL
     in_process: bool = True
@@ -71,8 +78,18 @@ class PredictorOptions:
             use_fp16=settings.use_fp16,
             model_max_batch=settings.model_max_batch,
             in_process=not settings.inference_process,
+            pad_batches=settings.use_onednn,
         )
         return replace(opts, **overrides)
+
+
+def bucket_sizes(max_batch: int) -> tuple[int, ...]:
+    """The row counts a padded model call is run at: powers of two below ``max_batch``, then
+    ``max_batch`` itself."""
+    sizes = [1]
+    while sizes[-1] * 2 < max_batch:
+        sizes.append(sizes[-1] * 2)
+    return (*sizes, max_batch) if max_batch > 1 else (1,)
 
 
 def gpu_available() -> bool:
@@ -239,6 +256,16 @@ class Predictor:
         if isinstance(model, dict) and "model_file" in model:
             prog, params = bundle.file(model["model_file"]), bundle.file(model["params_file"])
             inputs = [InputDesc.from_dict(d) for d in model.get("inputs", [])]
+            opts = options or PredictorOptions()
+            if opts.use_onednn and not model.get("onednn_safe", False):
+                # Exported before the bin-edge indicators were compared elementwise: under
+                # oneDNN its scores move by up to 0.07 (networks.PiecewiseLinear._edges_passed).
+                log.warning(
+                    "model %s was exported before oneDNN gave the same scores as Paddle's own "
+                    "kernels; running it without oneDNN (retrain it to use oneDNN)",
+                    bundle.version,
+                )
+                options = replace(opts, use_onednn=False, pad_batches=False)
         else:
             prog, params = find_program(bundle.path)
             inputs = []
@@ -313,12 +340,13 @@ class Predictor:
     # ------------------------------------------------------------------------------ inference
 
     def warmup(self) -> float:
-        """Run zeros at batch 1 and ``model_max_batch``; returns the seconds it took (0 when the
-        input shapes are unknown)."""
+        """Run zeros at batch 1 and ``model_max_batch`` (every bucket size when padding); returns
+        the seconds it took (0 when the input shapes are unknown)."""
         t0 = time.perf_counter()
         if any(not d.shape for d in self.inputs):
             return 0.0
-        for b in sorted({1, self.options.model_max_batch}):
+        top = self.options.model_max_batch
+        for b in bucket_sizes(top) if self.options.pad_batches else sorted({1, top}):
             self.predict(
                 {
                     d.name: np.zeros(
@@ -378,10 +406,25 @@ class Predictor:
         if batch == 0:
             return np.zeros(0, dtype=np.float32)
         step = self.options.model_max_batch
+        run = self._run_padded if self.options.pad_batches else self._run
         if batch <= step:
-            return self._run(arrays)
+            return run(arrays)
         out = np.empty(batch, dtype=np.float32)
         for start in range(0, batch, step):
             stop = min(start + step, batch)
-            out[start:stop] = self._run({k: v[start:stop] for k, v in arrays.items()})
+            out[start:stop] = run({k: v[start:stop] for k, v in arrays.items()})
         return out
+
+    def _run_padded(self, arrays: Mapping[str, np.ndarray]) -> npt.NDArray[np.float32]:
+        """One call padded with zero rows to its bucket size; the padding's scores are dropped
+        (rows never interact in the network, so the real rows' scores do not change)."""
+        n = len(next(iter(arrays.values())))
+        size = next(b for b in bucket_sizes(self.options.model_max_batch) if b >= n)
+        if size == n:
+            return self._run(arrays)
+        padded = {}
+        for k, a in arrays.items():
+            p = np.zeros((size, *a.shape[1:]), dtype=a.dtype)
+            p[:n] = a
+            padded[k] = p
+        return self._run(padded)[:n]

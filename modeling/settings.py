@@ -90,10 +90,11 @@ class Settings(BaseSettings):
     registry_dir: Path = Field(default_factory=lambda: default_home() / "registry")
     device: Literal["auto", "cpu", "gpu"] = "auto"
     cpu_threads: int = Field(default=1, ge=1)
-    # Off by default: oneDNN is faster at a fixed large batch but slower below ~100 rows, and it
-    # builds its kernels per input shape, so with the worker's varying batch sizes it cost about
-    # 3x per row (benchmarks/README.md, benchmarks/results/predictor.json).
-    use_onednn: bool = False
+    # oneDNN builds its kernels per input shape, so with the worker's varying micro-batch sizes it
+    # cost about 3x per row; with it on, every model call is padded to a power of two rows
+    # (PredictorOptions.pad_batches), and behaviour-model rows cost 9.3-14.2 us against 17-20
+    # with Paddle's own kernels (calls of 1-512 rows, benchmarks/README.md).
+    use_onednn: bool = True
     # The behaviour models run in a child process each (modeling/inference_process.py): Paddle
     # holds the GIL for a whole model call, which otherwise stalls Faust's consumer thread.
     inference_process: bool = False

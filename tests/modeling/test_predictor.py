@@ -16,7 +16,7 @@ import pytest
 
 from modeling.errors import FeatureSetMismatch, ModelLoadError, PredictorError
 from modeling.networks import FraudNet, NetConfig, export_fraudnet, fit_standardizers, paddle
-from modeling.predictor import Predictor, PredictorOptions, find_program, resolve_device
+from modeling.predictor import Predictor, PredictorOptions, bucket_sizes, find_program, resolve_device
 from modeling.registry import ModelRegistry
 from modeling.settings import Settings
 
@@ -79,11 +79,58 @@ def test_predictions_match_the_dygraph_model(exported: tuple[ModelRegistry, str,
     assert np.all((got > 0) & (got < 1))
 
 
-@pytest.mark.parametrize("onednn", [False, True])
-def test_batch_invariance(exported: tuple[ModelRegistry, str, FraudNet], onednn: bool) -> None:
+@pytest.mark.parametrize(("onednn", "pad"), [(False, False), (True, False), (True, True)])
+def test_kernels_agree_with_the_dygraph_model_on_bin_edges(
+    exported: tuple[ModelRegistry, str, FraudNet], onednn: bool, pad: bool
+) -> None:
+    """The rows the encoding was fitted on hold every feature's minimum, a bin edge: the step
+    indicators there once depended on the GEMM's rounding, and oneDNN scores moved by 0.07."""
+    reg, version, model = exported
+    p = Predictor.load(reg, "behaviour", opts(use_onednn=onednn, pad_batches=pad), version=version)
+    tab, seq = rows(500, 0)  # the fit rows (see the fixture)
+    got = p.predict({"tab": tab, "seq": seq})  # 7 calls of 64 rows and one of 52 (padded: 64)
+    with paddle.no_grad():
+        want = model(paddle.to_tensor(tab), paddle.to_tensor(seq)).numpy().ravel()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_exported_before_the_onednn_fix_runs_without_onednn(
+    exported: tuple[ModelRegistry, str, FraudNet], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A manifest without ``onednn_safe`` (exported with the ceil()-based bin-edge indicators,
+    whose scores oneDNN moved) is served with Paddle's own kernels, and the log says why."""
+    reg, version, model = exported
+    info = export_fraudnet(model, tmp_path / "stage")
+    reserved = ("version", "kind", "created", "files", "libraries")
+    manifest = {k: v for k, v in reg.load(version).manifest.items() if k not in reserved}
+    manifest["model"] = {k: v for k, v in info.to_dict().items() if k != "onednn_safe"}
+    own = ModelRegistry(tmp_path / "registry")
+    older = own.publish("behaviour", tmp_path / "stage", manifest)
+    with caplog.at_level("WARNING", logger="riskstream.models"):
+        p = Predictor.load(own, "behaviour", opts(use_onednn=True, pad_batches=True), version=older)
+    assert not p.options.use_onednn and not p.options.pad_batches
+    assert f"model {older} was exported before oneDNN" in caplog.text
+    tab, seq = rows(64, 0)
+    with paddle.no_grad():
+        want = model(paddle.to_tensor(tab), paddle.to_tensor(seq)).numpy().ravel()
+    np.testing.assert_allclose(p.predict({"tab": tab, "seq": seq}), want, rtol=1e-5, atol=1e-6)
+    assert Predictor.load(reg, "behaviour", opts(use_onednn=True), version=version).options.use_onednn
+
+
+def test_bucket_sizes() -> None:
+    assert bucket_sizes(256) == (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    assert bucket_sizes(50) == (1, 2, 4, 8, 16, 32, 50)
+    assert bucket_sizes(1) == (1,)
+    assert PredictorOptions.from_settings(Settings(use_onednn=True)).pad_batches
+    assert not PredictorOptions.from_settings(Settings(use_onednn=False)).pad_batches
+
+
+@pytest.mark.parametrize(("onednn", "pad"), [(False, False), (True, False), (True, True), (False, True)])
+def test_batch_invariance(exported: tuple[ModelRegistry, str, FraudNet], onednn: bool, pad: bool) -> None:
     """An event's score does not depend on which batch it shares or where in it it sits."""
     reg, version, _ = exported
-    p = Predictor.load(reg, "behaviour", opts(use_onednn=onednn, model_max_batch=50), version=version)
+    options = opts(use_onednn=onednn, model_max_batch=50, pad_batches=pad)
+    p = Predictor.load(reg, "behaviour", options, version=version)
     tab, seq = rows(173, 2)
     together = p.predict({"tab": tab, "seq": seq})  # 4 chunks of ≤ 50
     alone = np.array([p.predict({"tab": tab[i : i + 1], "seq": seq[i : i + 1]})[0] for i in range(len(tab))])

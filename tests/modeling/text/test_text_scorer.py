@@ -146,3 +146,18 @@ def test_a_bundle_without_a_program_is_refused(tiny_bundle: Bundle, tmp_path: Pa
         f.unlink()
     with pytest.raises(ModelLoadError):
         TextScorer(copy, manifest)
+
+
+def test_onednn_and_paddles_own_kernels_agree(tiny_bundle: Bundle) -> None:
+    """The worker runs the text model with oneDNN by default; its scores must be the ones the
+    model gives with Paddle's own kernels (oneDNN once moved the behaviour model's by 0.07)."""
+    path, manifest = tiny_bundle
+    texts: list[str | None] = [
+        "您好,这里是银行客服,您的账户存在异常,请提供验证码,然后把钱转到安全账户。",
+        "我想订一份外卖,送到公司楼下。",
+        "请拨打13812345678",
+        "外卖",
+    ] * 4
+    with_onednn = TextScorer(path, manifest, use_onednn=True).score(texts)
+    without = TextScorer(path, manifest, use_onednn=False).score(texts)
+    assert with_onednn == pytest.approx(without, abs=1e-5)

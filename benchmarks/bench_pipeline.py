@@ -110,7 +110,7 @@ def main() -> None:
         reg = ModelRegistry(registry)
         reg.clear_shadow("behaviour")
         shadow_version = shadow_copy(reg, work)
-        settings = Settings(registry_dir=registry, use_onednn=False)
+        settings = Settings(registry_dir=registry)  # the worker's defaults (oneDNN, padded calls)
         engine = FeatureEngine(feature_config(settings))
         watcher = ModelWatcher(settings, engine.config, Metrics())
         assert watcher.shadow() is not None

@@ -706,6 +706,7 @@ def scrape_stalls(proc: Proc) -> dict[str, Any] | None:
         "riskstream_event_loop_lag_seconds": "event_loop_lag_s",
         "riskstream_gc_pause_seconds": "gc_pause_s",
         "riskstream_state_flush_users": "state_flush_users",
+        "riskstream_input_fetch_records": "fetch_records",
     }
     out: dict[str, Any] = {}
     for fam in text_string_to_metric_families(text):
@@ -814,7 +815,7 @@ async def run_worker(ctx: Ctx, label: str, overrides: dict[str, Any]) -> dict[st
     await create_topics(ctx.bootstrap, [out, f"{out}-dlq"])
     await seed_worker(ctx, ctx.name(f"a-{label}"))
     proc = worker_proc(ctx, f"a-{label}", ctx.backlog, out, worker)
-    res = await watch(ctx, proc, out, ctx.msgs.n_txn, ctx.timeout)
+    res = await watch(ctx, proc, out, ctx.msgs.n_txn, ctx.timeout, scrape=True)
     return {"system": "a", "label": label, "settings": worker, **risk_stats(res, ctx.msgs)}
 
 

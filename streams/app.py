@@ -106,6 +106,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         consumer_auto_offset_reset="earliest",
         broker_credentials=faust_credentials(settings),  # TLS / SASL (streams/security.py)
     )
+    app.on_fetch = metrics.input_fetch_records.observe
     engine = FeatureEngine(feature_config(settings))
     p = settings.topic_partitions
     kinds = {

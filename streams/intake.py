@@ -241,6 +241,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         fetch_no = 0
         decide = self.cursors.decide
         deferred: list[tuple[Any, Any]] = []
+        on_fetch = getattr(app, "on_fetch", lambda n: None)
 
         async def deliver(records: list[tuple[Any, Any]]) -> None:
             # Faust's per-record delivery, in order; a suspension cancels what is left (the
@@ -267,7 +268,9 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 await self.sleep(0)
                 if self.should_stop:
                     continue
+                n_fetched = 0
                 async for tp, message in ait:
+                    n_fetched += 1
                     since_yield += 1
                     if since_yield > yield_every:
                         await sleep(0)
@@ -300,6 +303,8 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 # can let a whole micro-batch run. They go after this fetch's input messages are
                 # in their buffers, so those do not wait behind them, and all of them in one
                 # race against a flow suspension (Faust races each record: four tasks apiece).
+                if n_fetched:
+                    on_fetch(n_fetched)
                 if deferred:
                     await self.wait_first(deliver(deferred), self.suspend_flow.wait())
                     deferred = []
@@ -376,11 +381,13 @@ class BatchingApp(faust.App):
 
     input_buffers: dict[str, InputBuffer]
     fetch_settings: tuple[int, int] | None  # (fetch_min_bytes, fetch_max_wait_ms); None: Faust's
+    on_fetch: Any  # called with the number of records of each fetch (a metric's observe)
 
     def __init__(self, *args: Any, fetch_settings: tuple[int, int] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.input_buffers = {}
         self.fetch_settings = fetch_settings
+        self.on_fetch = lambda n: None
 
     def batch_topics(self, topic: Any, buffer: InputBuffer) -> None:
         """Consume ``topic`` (a ``faust.Topic``) into ``buffer``: subscribed, never streamed."""

@@ -102,6 +102,14 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        self.input_fetch_records = Histogram(
+            "riskstream_input_fetch_records",
+            "Records per fetch the consumer hands the worker (streams/intake.py): each costs a "
+            "hand-off between Faust's consumer thread and the event loop, so many small fetches "
+            "cost CPU a backlog's large ones do not",
+            buckets=_SIZE,
+            registry=r,
+        )
         self.state_flush_users = Histogram(
             "riskstream_state_flush_users",
             "User states written to the state table per flush (streams/state_flush.py)",

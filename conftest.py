@@ -18,12 +18,13 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
 import pytest
 
+from modeling.registry import ModelRegistry
 from modeling.settings import load_settings
 from streams.broker.local import BrokerError, LocalKafka, free_port_pair, port_open
 
@@ -129,3 +130,44 @@ def _run_broker(
 def kafka_broker(local_kafka: LocalKafka) -> str:
     """Bootstrap servers (``host:port``) of the session's local Kafka broker."""
     return local_kafka.bootstrap
+
+
+PublishModel = Callable[[Path, int], tuple[ModelRegistry, str]]
+
+
+@pytest.fixture(scope="session")
+def publish_small_model() -> PublishModel:
+    """``publish(root, seed)``: a small behaviour model (random weights, seeded) over the feature
+    engine's default inputs, exported to ``root/stage<seed>`` and published to the registry in
+    ``root/registry``; returns that registry and the version."""
+
+    def publish(root: Path, seed: int) -> tuple[ModelRegistry, str]:
+        import numpy as np
+
+        from modeling.features import FeatureConfig
+        from modeling.networks import FraudNet, NetConfig, export_fraudnet, fit_standardizers, paddle
+
+        config = FeatureConfig()
+        paddle.seed(seed)
+        cfg = NetConfig(config.n_features, config.seq_len, config.seq_dim, tab_hidden=(16,), seq_channels=4)
+        model = FraudNet(cfg)
+        rng = np.random.default_rng(seed)
+        fit_standardizers(
+            model,
+            rng.normal(size=(64, config.n_features)).astype(np.float32),
+            rng.normal(size=(64, config.seq_len, config.seq_dim)).astype(np.float32),
+        )
+        model.eval()
+        info = export_fraudnet(model, root / f"stage{seed}")
+        registry = ModelRegistry(root / "registry")
+        manifest = {
+            "training_data": {},
+            "hyperparameters": {},
+            "metrics": {},
+            "feature_set": config.feature_set,
+            "model": info.to_dict(),
+            "thresholds": {"review": 0.3, "decline": 0.8},
+        }
+        return registry, registry.publish("behaviour", root / f"stage{seed}", manifest)
+
+    return publish

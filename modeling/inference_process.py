@@ -122,10 +122,6 @@ class InferenceProcess:
     def get_input_names(self) -> list[str]:
         return list(self._input_names)
 
-    @property
-    def alive(self) -> bool:
-        return self._finalizer.alive and self._proc.poll() is None
-
     def _recv(self, timeout_s: float, doing: str) -> Any:
         try:
             ready = self._conn.poll(timeout_s)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -83,6 +84,7 @@ class PredictorOptions:
         return replace(opts, **overrides)
 
 
+@cache
 def bucket_sizes(max_batch: int) -> tuple[int, ...]:
     """The row counts a padded model call is run at: powers of two below ``max_batch``, then
     ``max_batch`` itself."""
@@ -192,10 +194,17 @@ class Predictor:
         self._waiter: ThreadPoolExecutor | None = None  # predict_async's thread (child only)
         if _paddle_predictor is not None:
             self._pred = _paddle_predictor
-        elif not self.options.in_process:
-            self._pred = self._remote = self._spawn(inputs)
         else:
-            self._pred = self._create(inputs)
+            for f in (self.model_file, self.params_file):
+                if not f.is_file():
+                    raise ModelLoadError(f"model file {f} does not exist", version=self.version)
+            if self.options.in_process:
+                self._pred = self._create(inputs)
+            else:
+                files = self.model_file, self.params_file
+                self._pred = self._remote = InferenceProcess(
+                    *files, list(inputs), self.options, self.device, version=version
+                )
         names = list(self._pred.get_input_names())
         declared = {d.name: d for d in inputs}
         if declared and set(declared) != set(names):
@@ -216,9 +225,6 @@ class Predictor:
     def _create(self, inputs: Sequence[InputDesc]) -> Any:
         from paddle import inference
 
-        for f in (self.model_file, self.params_file):
-            if not f.is_file():
-                raise ModelLoadError(f"model file {f} does not exist", version=self.version)
         config = _make_config(self.model_file, self.params_file, inputs, self.options, self.device)
         try:
             return inference.create_predictor(config)
@@ -226,14 +232,6 @@ class Predictor:
             raise ModelLoadError(
                 f"Paddle Inference could not load {self.model_file.name}: {exc}", version=self.version
             ) from exc
-
-    def _spawn(self, inputs: Sequence[InputDesc]) -> InferenceProcess:
-        for f in (self.model_file, self.params_file):
-            if not f.is_file():
-                raise ModelLoadError(f"model file {f} does not exist", version=self.version)
-        return InferenceProcess(
-            self.model_file, self.params_file, list(inputs), self.options, self.device, version=self.version
-        )
 
     @property
     def process_id(self) -> int | None:

@@ -98,13 +98,12 @@ class Scorer:
         """Verdicts for a batch. ``text_scores``: the text model's scores for these transactions
         when already computed (a shadow model scoring the batch after the current one), so that
         the text model does not run twice."""
-        tab, seq = stack(feats, self.config)
-        p = np.asarray(self.behaviour.predict({"tab": tab, "seq": seq}), dtype=np.float64)
-        return self._verdicts(txns, feats, tab, p, text_scores)
+        tab, seq = self.inputs(feats)
+        return self.verdicts(txns, feats, tab, self.behaviour.predict({"tab": tab, "seq": seq}), text_scores)
 
     def inputs(self, feats: list[TxnFeatures]) -> tuple[np.ndarray, np.ndarray]:
         """The behaviour model's inputs for a batch (``tab``, ``seq``): :meth:`score` in parts,
-        for a caller that awaits the model (``Predictor.predict_async``) in between."""
+        for a caller that runs the model itself (the worker awaits ``Predictor.predict_async``)."""
         return stack(feats, self.config)
 
     def verdicts(
@@ -112,20 +111,11 @@ class Scorer:
         txns: Sequence[Transaction],
         feats: list[TxnFeatures],
         tab: np.ndarray,
-        p: np.ndarray,
+        behaviour_scores: Any,
         text_scores: Sequence[float | None] | None = None,
     ) -> list[Verdict]:
-        """The rest of :meth:`score` once the behaviour model gave ``p``."""
-        return self._verdicts(txns, feats, tab, np.asarray(p, dtype=np.float64), text_scores)
-
-    def _verdicts(
-        self,
-        txns: Sequence[Transaction],
-        feats: list[TxnFeatures],
-        tab: np.ndarray,
-        p: np.ndarray,
-        text_scores: Sequence[float | None] | None,
-    ) -> list[Verdict]:
+        """The rest of :meth:`score` once the behaviour model scored ``tab`` (and ``seq``)."""
+        p = np.asarray(behaviour_scores, dtype=np.float64)
         text_scores_out: list[float | None] = [None] * len(txns)
         combined = p
         if self.text is not None:

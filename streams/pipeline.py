@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from modeling.errors import ValidationError
 from modeling.features import FeatureEngine, TerminalState, TxnFeatures, UserState, Watermark
 from modeling.records import (
@@ -30,7 +32,7 @@ from modeling.records import (
     parse_label,
     parse_transaction,
 )
-from modeling.scoring import Scorer, Verdict
+from modeling.scoring import Scorer
 
 KIND_TXN, KIND_CLICK, KIND_LABEL = "transaction", "click", "label"
 Record = Transaction | ClickEvent | Label
@@ -77,7 +79,7 @@ class BatchResult:
     shadow_decisions: list[tuple[str, str]] = field(default_factory=list)  # (served, shadow)
     n_transactions: int = 0
     n_late: int = 0
-    cpu_s: float = 0.0  # process_async: the loop thread's CPU between its awaits
+    cpu_s: float = 0.0  # process_async: the loop thread's CPU outside its awaits
     dead_fields: list[tuple[str, str]] = field(default_factory=list)  # (topic, field)
 
 
@@ -184,42 +186,31 @@ class BatchProcessor:
         if not prep.txns:
             return prep.out
         scorer, shadow = self.scorer(), self.shadow()  # one version of each for the batch
+        tab, seq = scorer.inputs(prep.feats)  # the shadow shares the feature set: same inputs
         t0 = time.monotonic()
-        verdicts = scorer.score(prep.txns, prep.feats)
+        p = scorer.behaviour.predict({"tab": tab, "seq": seq})
         t1 = time.monotonic()
-        sv = None
-        if shadow is not None:
-            # After the served model (its latency first); the text model does not run twice.
-            sv = shadow.score(prep.txns, prep.feats, text_scores=[v.text_score for v in verdicts])
-        return self.finish(prep, scorer, verdicts, t0, t1, shadow, sv)
+        sp = None if shadow is None else shadow.behaviour.predict({"tab": tab, "seq": seq})
+        return self.finish(prep, scorer, shadow, tab, p, sp, (t0, t1, time.monotonic()))
 
     async def process_async(self, prep: Prepared) -> BatchResult:
-        """The models and :meth:`finish` for a prepared batch, the model calls awaited
+        """:meth:`process` after :meth:`prepare`, the model calls awaited
         (``Predictor.predict_async``): with models in child processes the event loop runs other
         work, the next batch's :meth:`prepare` included, while they compute. ``cpu_s`` of the
-        result: this thread's CPU in the parts between the awaits."""
-        out = prep.out
+        result: this thread's CPU outside the awaits."""
         if not prep.txns:
-            return out
-        clock = time.thread_time
-        c0 = clock()
+            return prep.out
+        c0 = time.thread_time()
         scorer, shadow = self.scorer(), self.shadow()
-        txns, feats = prep.txns, prep.feats
-        tab, seq = scorer.inputs(feats)
-        out.cpu_s += clock() - c0
+        tab, seq = scorer.inputs(prep.feats)
+        cpu = time.thread_time() - c0
         t0 = time.monotonic()
         p = await scorer.behaviour.predict_async({"tab": tab, "seq": seq})
         t1 = time.monotonic()
-        c0 = clock()
-        verdicts = scorer.verdicts(txns, feats, tab, p)
-        sv = None
-        if shadow is not None:
-            out.cpu_s += clock() - c0
-            p = await shadow.behaviour.predict_async({"tab": tab, "seq": seq})
-            c0 = clock()
-            sv = shadow.verdicts(txns, feats, tab, p, [v.text_score for v in verdicts])
-        res = self.finish(prep, scorer, verdicts, t0, t1, shadow, sv)
-        res.cpu_s += clock() - c0
+        sp = None if shadow is None else await shadow.behaviour.predict_async({"tab": tab, "seq": seq})
+        c0 = time.thread_time()
+        res = self.finish(prep, scorer, shadow, tab, p, sp, (t0, t1, time.monotonic()))
+        res.cpu_s = cpu + time.thread_time() - c0
         return res
 
     def prepare(self, batch: list[InMessage]) -> Prepared:
@@ -283,19 +274,24 @@ class BatchProcessor:
         self,
         prep: Prepared,
         scorer: Scorer,
-        verdicts: list[Verdict],
-        t0: float,
-        t1: float,
         shadow: Scorer | None,
-        sv: list[Verdict] | None,
+        tab: np.ndarray,
+        p: np.ndarray,
+        sp: np.ndarray | None,
+        times: tuple[float, float, float],
     ) -> BatchResult:
-        """Risk events from a prepared batch's verdicts (``t0``/``t1``: the served model's call,
-        monotonic seconds; ``sv``: the shadow model's verdicts, scored after it)."""
-        out, txns, msgs = prep.out, prep.txns, prep.msgs
+        """Verdicts and risk events for a prepared batch: ``p`` / ``sp`` are the served and the
+        shadow model's scores of ``tab``; ``times`` (monotonic s): the served model's call began,
+        ended, and the shadow's ended (it runs right after, so its latency is not the served one's)."""
+        out, txns, feats, msgs = prep.out, prep.txns, prep.feats, prep.msgs
+        t0, t1, t2 = times
         out.inference_s = t1 - t0
+        verdicts = scorer.verdicts(txns, feats, tab, p)
         shadows: list[ShadowVerdict | None] = [None] * len(txns)
-        if shadow is not None and sv is not None:
-            out.shadow_inference_s = time.monotonic() - t1
+        if shadow is not None and sp is not None:
+            # the text model's scores are the served verdicts': it does not run twice
+            sv = shadow.verdicts(txns, feats, tab, sp, [v.text_score for v in verdicts])
+            out.shadow_inference_s = t2 - t1
             shadows = [ShadowVerdict(shadow.version, x.score, x.decision) for x in sv]
             out.shadow_scores = [x.score for x in sv]
             out.shadow_decisions = [(v.decision, x.decision) for v, x in zip(verdicts, sv, strict=True)]

@@ -3,13 +3,10 @@ served scorer computed, with the verdicts it would have computed itself."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from modeling.features import FeatureConfig, FeatureEngine
-from modeling.networks import FraudNet, NetConfig, export_fraudnet, fit_standardizers, paddle
 from modeling.predictor import Predictor, PredictorOptions
 from modeling.records import Transaction
 from modeling.registry import ModelRegistry
@@ -32,28 +29,14 @@ class KeywordText:
         return [None if t is None else (0.9 if "转账" in t else 0.1) for t in texts]
 
 
-def _predictor(tmp_path: Path, seed: int) -> Predictor:
-    paddle.seed(seed)
-    cfg = NetConfig(CONFIG.n_features, CONFIG.seq_len, CONFIG.seq_dim, tab_hidden=(16,), seq_channels=4)
-    model = FraudNet(cfg)
-    rng = np.random.default_rng(seed)
-    fit_standardizers(
-        model,
-        rng.normal(size=(64, CONFIG.n_features)).astype(np.float32),
-        rng.normal(size=(64, CONFIG.seq_len, CONFIG.seq_dim)).astype(np.float32),
-    )
-    model.eval()
-    info = export_fraudnet(model, tmp_path / f"stage{seed}")
-    reg = ModelRegistry(tmp_path / "registry")
-    meta = {"training_data": {}, "hyperparameters": {}, "metrics": {}, "feature_set": CONFIG.feature_set}
-    thresholds = {"review": 0.3, "decline": 0.8}
-    version = reg.publish(
-        "behaviour", tmp_path / f"stage{seed}", {**meta, "model": info.to_dict(), "thresholds": thresholds}
-    )
+def _predictor(publish: Callable[[Path, int], tuple[ModelRegistry, str]], root: Path, seed: int) -> Predictor:
+    reg, version = publish(root, seed)
     return Predictor.load(reg, "behaviour", PredictorOptions(device="cpu", use_onednn=False), version=version)
 
 
-def test_a_shadow_scorer_reuses_the_text_scores(tmp_path: Path) -> None:
+def test_a_shadow_scorer_reuses_the_text_scores(
+    tmp_path: Path, publish_small_model: Callable[[Path, int], tuple[ModelRegistry, str]]
+) -> None:
     engine = FeatureEngine(CONFIG)
     txns = [
         Transaction(
@@ -64,8 +47,8 @@ def test_a_shadow_scorer_reuses_the_text_scores(tmp_path: Path) -> None:
     users = {u: engine.new_user() for u in {t.user_id for t in txns}}
     feats = [engine.transaction(users[t.user_id], t, None) for t in txns]
     text = KeywordText()
-    served = Scorer(_predictor(tmp_path, 1), CONFIG, text)
-    shadow = Scorer(_predictor(tmp_path, 2), CONFIG, text)
+    served = Scorer(_predictor(publish_small_model, tmp_path, 1), CONFIG, text)
+    shadow = Scorer(_predictor(publish_small_model, tmp_path, 2), CONFIG, text)
     verdicts = served.score(txns, feats)
     assert text.scored == 8  # the 8 transactions with text
     own = shadow.score(txns, feats)

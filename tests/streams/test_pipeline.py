@@ -4,13 +4,14 @@ process, finish) gives the same risk events and states as one synchronous ``proc
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
 
 from modeling.features import FeatureConfig, FeatureEngine
-from modeling.networks import FraudNet, NetConfig, export_fraudnet, fit_standardizers, paddle
 from modeling.predictor import Predictor, PredictorOptions
 from modeling.records import ClickEvent, Label, Transaction
 from modeling.registry import ModelRegistry
@@ -22,27 +23,14 @@ T0 = 1_530_000_000_000
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelRegistry, list[str]]:
+def registry(
+    tmp_path_factory: pytest.TempPathFactory,
+    publish_small_model: Callable[[Path, int], tuple[ModelRegistry, str]],
+) -> tuple[ModelRegistry, list[str]]:
     """Two small behaviour models (served and shadow) over the engine's feature layout."""
     root = tmp_path_factory.mktemp("pipeline")
-    reg = ModelRegistry(root / "registry")
-    versions = []
-    for seed in (1, 2):
-        paddle.seed(seed)
-        cfg = NetConfig(CONFIG.n_features, CONFIG.seq_len, CONFIG.seq_dim, tab_hidden=(16,), seq_channels=4)
-        model = FraudNet(cfg)
-        rng = np.random.default_rng(seed)
-        fit_standardizers(
-            model,
-            rng.normal(size=(64, CONFIG.n_features)).astype(np.float32),
-            rng.normal(size=(64, CONFIG.seq_len, CONFIG.seq_dim)).astype(np.float32),
-        )
-        model.eval()
-        info = export_fraudnet(model, root / f"stage{seed}")
-        meta = {"training_data": {}, "hyperparameters": {}, "metrics": {}, "feature_set": CONFIG.feature_set}
-        manifest = {**meta, "model": info.to_dict(), "thresholds": {"review": 0.3, "decline": 0.8}}
-        versions.append(reg.publish("behaviour", root / f"stage{seed}", manifest))
-    return reg, versions
+    versions = [publish_small_model(root, seed)[1] for seed in (1, 2)]
+    return ModelRegistry(root / "registry"), versions
 
 
 def _messages(n: int, seed: int) -> list[InMessage]:

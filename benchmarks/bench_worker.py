@@ -60,7 +60,8 @@ broker; the seconds the main thread waited for a CPU while runnable
 (``main_thread_runqueue_wait_s``, from ``/proc/.../schedstat``); and the whole machine's busy
 CPU seconds (``machine_cpu_s``, ``machine_busy`` as a share of all CPUs over the span) and the
 hypervisor's steal (``machine_steal_s``). A thread's CPU time does not show a CPU it was kept
-from; the run-queue wait does.
+from; the run-queue wait does. Also the process's minor page faults over the span
+(``minor_faults``) and its peak resident memory (``peak_rss_mb``, ``VmHWM`` read before it stops).
 
 Results go to ``--out`` (JSON: machine, load averages, settings, counts, every run); a table is
 printed. The targets of issue 5 are (a) ≥ 10 × (b), (a) ≥ 50 % of (c) and p99 ≤ 100 ms at half
@@ -111,6 +112,7 @@ SWEEP: dict[str, dict[str, Any]] = {
     "default": {},
     "batch256": {"pipeline_max_batch": 256},
     "batch1024": {"pipeline_max_batch": 1024},
+    "batch2048": {"pipeline_max_batch": 2048},
     "batch1024-model1024": {"pipeline_max_batch": 1024, "model_max_batch": 1024},
     "model64": {"model_max_batch": 64},
     "wait5": {"pipeline_max_wait_ms": 5},
@@ -190,6 +192,30 @@ def cpu_seconds(pid: int | None, thread: int | None = None, *, system_only: bool
     except (OSError, IndexError):
         return None
     return (int(fields[12]) if system_only else int(fields[11]) + int(fields[12])) / _TICK
+
+
+def minor_faults(pid: int | None) -> int | None:
+    """Minor page faults of a process so far (all its threads), None when unreadable: memory the
+    kernel had to map in (memory touched for the first time, or freed back and touched again)."""
+    if pid is None:
+        return None
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def peak_rss_mb(pid: int | None) -> float | None:
+    """The process's peak resident memory (``VmHWM``) in MiB, None when unreadable."""
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024.0, 1)
+    except (OSError, IndexError, ValueError):
+        return None
+    return None
 
 
 def tree_cpu_seconds(pid: int | None) -> float | None:
@@ -627,6 +653,7 @@ async def watch(
                     runqueue_wait_seconds(proc.pid, proc.pid),
                     machine_cpu_seconds(),
                     machine_cpu_seconds(steal=True),
+                    minor_faults(proc.pid),
                 )
             )
             n = await end_count(watcher, out)
@@ -645,6 +672,7 @@ async def watch(
     finally:
         await watcher.stop()
         stalls = await asyncio.to_thread(scrape_stalls, proc) if scrape and proc.alive() else None
+        peak_rss = peak_rss_mb(proc.pid) if proc.alive() else None
         if spy is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 spy.wait(ctx.profile_s + 30)
@@ -673,6 +701,7 @@ async def watch(
             "main_thread_runqueue_wait_s",
             "machine_cpu_s",
             "machine_steal_s",
+            "minor_faults",
         )
         for col, key in enumerate(cols, start=1):
             series = [(s[0], s[col]) for s in samples]
@@ -683,6 +712,9 @@ async def watch(
         if res.get("machine_cpu_s") is not None and span > 0:
             # every process on the machine: the worker, the broker, this script's feeder and reader
             res["machine_busy"] = round(res["machine_cpu_s"] / span / (os.cpu_count() or 1), 3)
+    if res.get("minor_faults") is not None:
+        res["minor_faults"] = int(res["minor_faults"])
+    res["peak_rss_mb"] = peak_rss
     if stalls is not None:
         res["stalls"] = stalls
     res["_records"] = records

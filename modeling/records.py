@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
+import msgspec
 import orjson
+from msgspec import Meta, Struct
 
 from modeling.errors import ValidationError
 
@@ -44,17 +45,28 @@ CLICK_TYPES: Final = frozenset(
 DECISIONS: Final = ("approve", "review", "decline")
 
 
-@dataclass(frozen=True, slots=True)
-class Transaction:
-    transaction_id: str
-    user_id: str
-    terminal_id: str
-    amount: float
-    event_time_ms: int
-    currency: str = "EUR"
-    device_id: str | None = None
-    ip: str | None = None
-    text: str | None = None
+# The three input records are msgspec Structs whose fields carry the wire format's limits, so
+# that a well-formed message decodes straight into its record in C (``_fast``): about 0.5 µs
+# against 2.5 µs for orjson plus the checks below. Anything the fast decoder refuses is parsed
+# again by the checked path (``parse_*``), which decides and names the offending field; the fast
+# path's constraints are at least as strict, so both paths accept the same messages with the
+# same values (tests/modeling/test_records.py). Records are not GC-tracked (``gc=False``: they
+# hold strings and numbers only).
+_Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LEN)]
+_OptId = Annotated[str, Meta(max_length=MAX_ID_LEN)] | None
+_Ms = Annotated[int, Meta(ge=MIN_TIME_MS, lt=MAX_TIME_MS)]
+
+
+class Transaction(Struct, frozen=True, gc=False, tag_field="schema", tag=TRANSACTION_SCHEMA):
+    transaction_id: _Id
+    user_id: _Id
+    terminal_id: _Id
+    amount: Annotated[float, Meta(ge=0.0, le=MAX_AMOUNT)]
+    event_time_ms: _Ms = msgspec.field(name="event_time")
+    currency: Annotated[str, Meta(pattern="^[A-Z]{3}$")] = "EUR"
+    device_id: _OptId = None
+    ip: _OptId = None
+    text: Annotated[str, Meta(max_length=MAX_TEXT_LEN)] | None = None
 
     @property
     def t(self) -> float:
@@ -77,14 +89,13 @@ class Transaction:
         return d
 
 
-@dataclass(frozen=True, slots=True)
-class ClickEvent:
-    user_id: str
-    event_time_ms: int
-    type: str
-    session_id: str
-    device_id: str
-    ip: str
+class ClickEvent(Struct, frozen=True, gc=False, tag_field="schema", tag=CLICK_SCHEMA):
+    user_id: _Id
+    event_time_ms: _Ms = msgspec.field(name="event_time")
+    type: _Id  # one of CLICK_TYPES
+    session_id: _Id
+    device_id: _Id
+    ip: _Id
 
     @property
     def t(self) -> float:
@@ -102,16 +113,15 @@ class ClickEvent:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Label:
+class Label(Struct, frozen=True, gc=False, tag_field="schema", tag=LABEL_SCHEMA):
     """The outcome of a settled transaction, known at ``label_time_ms`` (days after the fact)."""
 
-    transaction_id: str
-    user_id: str
-    terminal_id: str
+    transaction_id: _Id
+    user_id: _Id
+    terminal_id: _Id
     is_fraud: bool
-    transaction_time_ms: int
-    label_time_ms: int
+    transaction_time_ms: _Ms = msgspec.field(name="transaction_time")
+    label_time_ms: _Ms = msgspec.field(name="label_time")
 
     @property
     def t(self) -> float:
@@ -129,8 +139,7 @@ class Label:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class ShadowVerdict:
+class ShadowVerdict(Struct, frozen=True, gc=False):
     """What the shadow model (a challenger, ``registry SHADOW``) would have decided."""
 
     model_version: str
@@ -138,8 +147,10 @@ class ShadowVerdict:
     decision: str
 
 
-@dataclass(frozen=True, slots=True)
-class RiskEvent:
+class RiskEvent(Struct, frozen=True, gc=False, tag_field="schema", tag=RISK_EVENT_SCHEMA, omit_defaults=True):
+    """The scorer's output record; encoded by msgspec (``text_score``, ``behaviour_score`` and
+    ``shadow`` are left out when absent)."""
+
     transaction_id: str
     user_id: str
     score: float
@@ -147,40 +158,23 @@ class RiskEvent:
     reasons: tuple[str, ...]
     model_version: str
     feature_set: str
-    event_time_ms: int
-    scored_time_ms: int
-    latency_ms: dict[str, float] = field(default_factory=dict)
+    event_time_ms: int = msgspec.field(name="event_time")
+    scored_time_ms: int = msgspec.field(name="scored_time")
+    latency_ms: dict[str, float]  # required: always on the wire, even empty
     text_score: float | None = None
     behaviour_score: float | None = None  # set with text_score: the behaviour model's own score
     shadow: ShadowVerdict | None = None  # the shadow (challenger) model's verdict, not acted on
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "schema": RISK_EVENT_SCHEMA,
-            "transaction_id": self.transaction_id,
-            "user_id": self.user_id,
-            "score": self.score,
-            "decision": self.decision,
-            "reasons": list(self.reasons),
-            "model_version": self.model_version,
-            "feature_set": self.feature_set,
-            "event_time": self.event_time_ms,
-            "scored_time": self.scored_time_ms,
-            "latency_ms": self.latency_ms,
-        }
-        if self.text_score is not None:
-            d["text_score"] = self.text_score
-            d["behaviour_score"] = self.behaviour_score
-        if self.shadow is not None:
-            d["shadow"] = {
-                "model_version": self.shadow.model_version,
-                "score": self.shadow.score,
-                "decision": self.shadow.decision,
-            }
+        """The wire object (JSON types: ``reasons`` a list)."""
+        d: dict[str, Any] = msgspec.json.decode(_ENCODE(self))
         return d
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.to_dict())
+        return _ENCODE(self)
+
+
+_ENCODE = msgspec.json.Encoder().encode
 
 
 # ----------------------------------------------------------------------------------------- parsing
@@ -261,7 +255,17 @@ def _currency(d: dict[str, Any]) -> str:
 DEFAULT_MAX_BYTES: Final = 64 * 1024
 
 
+_DECODE_TXN = msgspec.json.Decoder(Transaction).decode
+_DECODE_CLICK = msgspec.json.Decoder(ClickEvent).decode
+_DECODE_LABEL = msgspec.json.Decoder(Label).decode
+
+
 def parse_transaction(raw: bytes | str | dict[str, Any], max_bytes: int = DEFAULT_MAX_BYTES) -> Transaction:
+    if not isinstance(raw, dict) and len(raw) <= max_bytes:
+        try:
+            return _DECODE_TXN(raw)
+        except msgspec.MsgspecError:
+            pass  # the checked path below names what is wrong
     d = _load(raw, max_bytes)
     _schema(d, TRANSACTION_SCHEMA)
     return Transaction(
@@ -278,6 +282,14 @@ def parse_transaction(raw: bytes | str | dict[str, Any], max_bytes: int = DEFAUL
 
 
 def parse_click(raw: bytes | str | dict[str, Any], max_bytes: int = DEFAULT_MAX_BYTES) -> ClickEvent:
+    if not isinstance(raw, dict) and len(raw) <= max_bytes:
+        try:
+            ev = _DECODE_CLICK(raw)
+        except msgspec.MsgspecError:
+            pass
+        else:
+            if ev.type in CLICK_TYPES:
+                return ev
     d = _load(raw, max_bytes)
     _schema(d, CLICK_SCHEMA)
     kind = _str(d, "type")
@@ -294,6 +306,14 @@ def parse_click(raw: bytes | str | dict[str, Any], max_bytes: int = DEFAULT_MAX_
 
 
 def parse_label(raw: bytes | str | dict[str, Any], max_bytes: int = DEFAULT_MAX_BYTES) -> Label:
+    if not isinstance(raw, dict) and len(raw) <= max_bytes:
+        try:
+            lb = _DECODE_LABEL(raw)
+        except msgspec.MsgspecError:
+            pass
+        else:
+            if lb.label_time_ms >= lb.transaction_time_ms:
+                return lb
     d = _load(raw, max_bytes)
     _schema(d, LABEL_SCHEMA)
     is_fraud = d.get("is_fraud")

@@ -48,7 +48,7 @@ from streams.batch_loop import BatchLoop, Taken
 from streams.broker.topics import terminal_labels_topic
 from streams.intake import BatchingApp, InputBuffer
 from streams.loop_lag import watch_loop_lag
-from streams.metrics import Metrics
+from streams.metrics import Metrics, observe_many
 from streams.model_watch import ModelWatcher
 from streams.output import BatchOutput, ChangelogKeys
 from streams.pipeline import (
@@ -412,18 +412,14 @@ def _record(metrics: Metrics, settings: Settings, res: Any) -> None:
     if res.n_transactions:
         metrics.batch_size.observe(res.n_transactions)
         metrics.inference_seconds.labels("behaviour").observe(res.inference_s)
-        for s in res.scores:
-            metrics.scores.observe(s)
-        for d in res.decisions:
-            metrics.decisions.labels(d).inc()
-        for w in res.queue_wait_s:
-            metrics.queue_wait_seconds.observe(w)
-        for e in res.e2e_s:
-            metrics.end_to_end_seconds.observe(e)
+        observe_many(metrics.scores, res.scores)
+        for d, n in Counter(res.decisions).items():
+            metrics.decisions.labels(d).inc(n)
+        observe_many(metrics.queue_wait_seconds, res.queue_wait_s)
+        observe_many(metrics.end_to_end_seconds, res.e2e_s)
         if res.shadow_inference_s is not None:
             metrics.inference_seconds.labels("shadow").observe(res.shadow_inference_s)
-            for s in res.shadow_scores:
-                metrics.shadow_scores.observe(s)
+            observe_many(metrics.shadow_scores, res.shadow_scores)
             for (served, shadow), n in Counter(res.shadow_decisions).items():
                 metrics.shadow_decisions.labels(served, shadow).inc(n)
         metrics.events_out.labels(settings.topic_risk_events).inc(res.n_transactions)

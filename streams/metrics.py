@@ -6,8 +6,10 @@ defined here; tests compare their queries with what a live worker serves on its 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -179,3 +181,21 @@ class Metrics:
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         start_http_server(port, addr=addr, registry=self.registry)
+
+
+def observe_many(hist: Any, values: Sequence[float]) -> None:
+    """``hist.observe(v)`` for every ``v`` of a micro-batch, as one increment per bucket hit.
+
+    ``Histogram.observe`` takes a lock and scans the buckets once per value; the worker observes
+    four values per transaction. A value goes to the first bucket whose bound is ``>= v``, as in
+    ``observe``; NaN lands in no bucket but in the sum, as with ``observe``. ``hist`` is a
+    ``prometheus_client.Histogram`` (with its labels chosen); tested against ``observe``."""
+    if not len(values):
+        return
+    bounds = hist._upper_bounds
+    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds) + 1)
+    hist._raise_if_not_observable()
+    hist._sum.inc(float(np.sum(values)))
+    buckets = hist._buckets
+    for i in np.flatnonzero(counts[: len(bounds)]):
+        buckets[i].inc(int(counts[i]))

@@ -9,6 +9,8 @@ from typing import Any
 import jsonschema
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from modeling.errors import ValidationError
 from modeling.records import (
@@ -122,7 +124,8 @@ def test_risk_event_with_a_shadow_verdict() -> None:
     assert d["shadow"] == {"model_version": "behaviour-0002", "score": 0.93, "decision": "decline"}
     jsonschema.validate(d, schema("risk_event"))
     assert parse_risk_event(ev.to_json()) == ev
-    assert "shadow" not in RiskEvent("t1", "42", 0.5, "review", (), "m", "f", T, T).to_dict()
+    plain = RiskEvent("t1", "42", 0.5, "review", (), "m", "f", T, T, {}).to_dict()
+    assert "shadow" not in plain and "text_score" not in plain and plain["latency_ms"] == {}
     for bad, field in (
         ({"model_version": "b", "score": 1.5, "decision": "review"}, "shadow.score"),
         ({"model_version": "b", "score": 0.5, "decision": "block"}, "shadow.decision"),
@@ -134,3 +137,76 @@ def test_risk_event_with_a_shadow_verdict() -> None:
         assert ei.value.field == field
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate({**d, "shadow": bad}, schema("risk_event"))
+
+
+# ------------------------------------------------------------------ fast decoding agrees with the checks
+# Bytes are decoded by msgspec straight into the record, and only what it refuses goes through the
+# checked parser; a dict always takes the checked parser. So parsing the same object as bytes and
+# as a dict compares the two paths: same record, or the same field named.
+_ANY = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63),
+    st.floats(allow_nan=False),
+    st.text(max_size=6),
+    st.sampled_from(["", "EUR", "eur", "AB1", "x" * 129, "é" * 128, "login", "teleport"]),
+    st.sampled_from([T, T + 1, T - 1, 946_684_800_000, 4_102_444_800_000, 0.0, -0.0, 1e12, 1e13]),
+    st.lists(st.integers(), max_size=2),
+)
+_KEYS = {
+    "transaction": (parse_transaction, GOOD_TXN, ["device_id", "ip", "text"]),
+    "click": (parse_click, ClickEvent("42", T, "login", "s", "d", "ip").to_dict(), []),
+    "label": (parse_label, Label("t1", "42", "7", True, T, T + 1).to_dict(), []),
+}
+
+
+def _outcome(parse: Any, raw: Any) -> Any:
+    try:
+        return parse(raw)
+    except ValidationError as exc:
+        return ("refused", exc.field)
+
+
+@given(
+    kind=st.sampled_from(sorted(_KEYS)),
+    patch=st.dictionaries(
+        st.sampled_from(
+            [
+                "schema",
+                "transaction_id",
+                "user_id",
+                "terminal_id",
+                "amount",
+                "event_time",
+                "currency",
+                "device_id",
+                "ip",
+                "text",
+                "type",
+                "session_id",
+                "is_fraud",
+                "transaction_time",
+                "label_time",
+            ]
+        ),
+        _ANY,
+        max_size=3,
+    ),
+    drop=st.lists(st.sampled_from(["user_id", "event_time", "amount", "type", "label_time"]), max_size=1),
+)
+def test_the_fast_decoder_and_the_checked_parser_agree(
+    kind: str, patch: dict[str, Any], drop: list[str]
+) -> None:
+    parse, good, _ = _KEYS[kind]
+    d = {k: v for k, v in {**good, **patch}.items() if k not in drop}
+    try:
+        raw = orjson.dumps(d)
+    except orjson.JSONEncodeError:  # integers past 64 bits: not sendable as JSON by this encoder
+        return
+    assert _outcome(parse, raw) == _outcome(parse, orjson.loads(raw))
+
+
+def test_records_are_not_tracked_by_the_garbage_collector() -> None:
+    import gc
+
+    assert not gc.is_tracked(parse_transaction(orjson.dumps(GOOD_TXN)))

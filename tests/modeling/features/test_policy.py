@@ -118,3 +118,24 @@ def test_corrupt_snapshots_raise_state_error() -> None:
         UserState.from_bytes(blob[:3] + b"\x91\x63", CFG)  # msgpack [99]
     with pytest.raises(StateError):
         TerminalState.from_bytes(blob)
+
+
+def test_snapshots_are_the_bytes_msgpack_python_writes() -> None:
+    """The snapshot format is on disk and in changelogs: encoding with msgspec must not change it.
+    Re-encoding a snapshot's content with msgpack-python gives back the very same bytes."""
+    import msgpack
+
+    eng = FeatureEngine(CFG)
+    st, ts = eng.new_user(), TerminalState()
+    for i in range(40):
+        t = T0 + i * 7 * H + 12_345
+        eng.click(st, ClickEvent("u", t - 60_000, "login", f"s{i}", f"dev{i % 3}", f"ip{i % 5}"))
+        eng.transaction(st, txn(i, t, amount=3.5 + 1000.25 * i + 0.01 * (i % 7), term=f"T{i % 4}"), ts)
+        lb = Label(f"x{i}", "u", f"T{i % 4}", i % 5 == 0, t, t + 8 * D)
+        eng.user_label(st, lb)
+        eng.terminal_label(ts, lb)
+    st.applied["transaction:3"] = 2**40 + 7
+    for raw in (st.to_bytes(), ts.to_bytes()):
+        body = msgpack.unpackb(raw[3:], raw=False, strict_map_key=False)
+        assert msgpack.packb(body, use_bin_type=True) == raw[3:]
+    assert UserState.from_bytes(st.to_bytes(), CFG).to_bytes() == st.to_bytes()

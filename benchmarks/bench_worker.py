@@ -424,10 +424,13 @@ def settings_for(bootstrap: str, topics: Topics, out: str = "unused-risk") -> An
     )
 
 
-async def create_topics(bootstrap: str, names: Sequence[str]) -> None:
+async def create_topics(bootstrap: str, names: Sequence[str], *, log_append: Sequence[str] = ()) -> None:
+    """``log_append``: topics whose records carry the broker's append time as their timestamp
+    (``message.timestamp.type=LogAppendTime``) instead of the producer's creation time."""
     from streams.broker.topics import ensure_topics
 
-    await ensure_topics(bootstrap, dict.fromkeys(names, PARTITIONS))
+    configs = {n: {"message.timestamp.type": "LogAppendTime"} for n in log_append}
+    await ensure_topics(bootstrap, dict.fromkeys(names, PARTITIONS), configs=configs)
 
 
 async def end_count(consumer: Any, topic: str) -> int:
@@ -532,6 +535,11 @@ class Ctx:
     profile_args: tuple[str, ...] = ()  # extra py-spy record options, e.g. --gil, --threads
     profiles: dict[str, str] = field(default_factory=dict)
     warm: WarmState | None = None
+    input_timestamps: str = "create"  # "append": the paced runs' input topics use LogAppendTime
+
+    def paced_inputs(self, topics: Topics) -> Sequence[str]:
+        """The input topics of a paced run that carry the broker's append time."""
+        return topics.inputs if self.input_timestamps == "append" else ()
 
     def name(self, tag: str) -> str:
         return f"bench-{self.run_id}-{tag}"
@@ -914,13 +922,21 @@ async def paced_send(
     pending: list[asyncio.Future[Any]] = []
     t0, cpu0 = time.monotonic(), time.process_time()
     behind = 0.0
+    slept = 0  # index of the last message before which this loop gave way
     try:
         for i, ev in enumerate(events):
             if rate:
                 ahead = t0 + i / rate - time.monotonic()
                 if ahead > 0.002:
                     await asyncio.sleep(ahead)
+                    slept = i
                 behind = max(behind, -ahead)
+            if i - slept >= 64:
+                # Behind schedule the loop never sleeps, and send() only appends to the
+                # producer's batches: without a turn of the event loop its sender task cannot
+                # send them, and records stamped at send() (CreateTime) waited in this process.
+                await asyncio.sleep(0)
+                slept = i
             pending.append(
                 await producer.send(topic(ev), orjson.dumps(ev.to_dict()), key=ev.user_id.encode())
             )
@@ -980,7 +996,9 @@ async def run_latency(
     worker = {**DEFAULT_WORKER, **SWEEP[label]}
     topics = Topics(ctx.name(f"{tag}-tx"), ctx.name(f"{tag}-clicks"), ctx.name(f"{tag}-labels"))
     out = ctx.name(f"{tag}-risk")
-    await create_topics(ctx.bootstrap, [*topics.inputs, out, f"{out}-dlq"])
+    await create_topics(
+        ctx.bootstrap, [*topics.inputs, out, f"{out}-dlq"], log_append=ctx.paced_inputs(topics)
+    )
     rate = max_rate * fraction
     events = ctx.msgs.events
     warm, rest = events[:warmup], events[warmup : warmup + int(rate * seconds)]
@@ -1063,7 +1081,7 @@ async def run_relay_latency(ctx: Ctx, rate: float, seconds: float, warmup: int) 
     tag = "lat-relay"
     topics = Topics(ctx.name(f"{tag}-tx"), ctx.name(f"{tag}-clicks"), ctx.name(f"{tag}-labels"))
     out = ctx.name(f"{tag}-out")
-    await create_topics(ctx.bootstrap, [*topics.inputs, out])
+    await create_topics(ctx.bootstrap, [*topics.inputs, out], log_append=ctx.paced_inputs(topics))
     events = ctx.msgs.events
     warm, rest = events[:warmup], events[warmup : warmup + int(rate * seconds)]
     proc = relay_proc(ctx, tag, topics, out)
@@ -1359,6 +1377,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help='extra py-spy record options for --profile, given with "=": --py-spy-args=--gil '
         '(GIL holder only), --py-spy-args="--threads --idle"',
     )
+    ap.add_argument(
+        "--input-timestamps",
+        choices=("create", "append"),
+        default="create",
+        help="paced runs: input records stamped by the feeder (create) or on arrival at the broker "
+        "(append: LogAppendTime), so end to end starts where the feeder's own queueing ends",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, broker data)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "worker.json")
     args = ap.parse_args(argv)
@@ -1432,6 +1457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         backlog = Topics(f"bench-{run_id}-tx", f"bench-{run_id}-clicks", f"bench-{run_id}-labels")
         ctx = Ctx(bootstrap, registry, work, backlog, msgs, run_id, args.timeout, broker_pid, args.profile)
         ctx.profile_args = tuple(args.py_spy_args.split())
+        ctx.input_timestamps = args.input_timestamps
+        result["input_timestamps"] = args.input_timestamps
         if args.cold:
             result["warm_state"] = None
         else:

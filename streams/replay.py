@@ -80,9 +80,11 @@ async def replay_events(
     pending: list[asyncio.Future[object]] = []
     t_wall0 = time.monotonic()
     t_event0: int | None = None
+    since_yield = 0
     try:
         for ev in events:
             t_ev = _time_ms(ev)
+            since_yield += 1
             if speed:
                 if t_event0 is None:
                     t_event0 = t_ev
@@ -90,6 +92,12 @@ async def replay_events(
                 ahead = due - (time.monotonic() - t_wall0)
                 if ahead > 0.002:
                     await asyncio.sleep(ahead)
+                    since_yield = 0
+            if since_yield >= 64:
+                # send() only appends to the producer's batches; its sender task needs a turn of
+                # the event loop to send them (a replay running behind never sleeps)
+                await asyncio.sleep(0)
+                since_yield = 0
             topic = topic_for(ev, settings)
             ts = t_ev if kafka_timestamps == "event" else None
             fut = await producer.send(

@@ -124,6 +124,7 @@ SWEEP: dict[str, dict[str, Any]] = {
     # User states written after every micro-batch: what the worker did before
     # streams/state_flush.py.
     "flush-every-batch": {"state_flush_interval_ms": 0},
+    "flush200": {"state_flush_interval_ms": 200},
     # Faust's worker sets the root logger to DEBUG when --loglevel is warning or above (its
     # progress spinner listens to every record), so every debug call builds a LogRecord.
     "loglevel-warning": {"loglevel": "warning"},

@@ -1065,6 +1065,13 @@ async def run_latency(
             "batches": batch_stats([d for _, d in docs]),
             "end_to_end_ms": _pcts(e2e),
             **_over_time("end_to_end_ms", in_ts, e2e),
+            # where each second's latency was: before the worker had the message, or in its queue
+            "kafka_to_worker_receipt_ms_p50_per_input_second": _over_time("x", in_ts, before)
+            .get("x_per_input_second", {})
+            .get("p50"),
+            "queue_in_worker_ms_p50_per_input_second": _over_time("x", in_ts, lat["queue"])
+            .get("x_per_input_second", {})
+            .get("p50"),
             "input_to_output_record_ms": _pcts(to_out),
             "breakdown_ms": {
                 "kafka_to_worker_receipt": _pcts(before),

@@ -615,12 +615,20 @@ def _over_time(name: str, in_ts: np.ndarray, lat: np.ndarray) -> dict[str, Any]:
     if not len(in_ts):
         return {}
     sec = ((in_ts - in_ts.min()) // 1000).astype(np.int64)
+    return {
+        f"{name}_per_input_second": _per_second(sec, lat),
+        f"{name}_steady": _pcts(lat[sec >= STEADY_AFTER_S]),
+    }
+
+
+def _per_second(sec: np.ndarray, lat: np.ndarray) -> dict[str, list[float | None]]:
+    """The median and the maximum of ``lat`` in each second ``sec`` (from the first input)."""
     per: dict[str, list[float | None]] = {"p50": [], "max": []}
-    for i in range(int(sec.max()) + 1):
+    for i in range(int(sec.max()) + 1 if len(sec) else 0):
         vals = lat[sec == i]
         per["p50"].append(round(float(np.median(vals)), 1) if len(vals) else None)
         per["max"].append(round(float(vals.max()), 1) if len(vals) else None)
-    return {f"{name}_per_input_second": per, f"{name}_steady": _pcts(lat[sec >= STEADY_AFTER_S])}
+    return per
 
 
 def _pcts(a: np.ndarray) -> dict[str, float | None]:
@@ -1042,6 +1050,7 @@ async def run_latency(
     before = e2e - lat["queue"] - lat["inference"]
     # input Kafka timestamp = scored time - end to end; output record timestamp - that
     in_ts = np.array([d["scored_time"] - d["latency_ms"]["end_to_end"] for _, d in docs])
+    sec = ((in_ts - in_ts.min()) // 1000).astype(np.int64) if len(in_ts) else in_ts
     out_ts = [ts for ts, _ in docs]
     to_out = np.array(out_ts, dtype=np.float64) - in_ts
     span = (max(out_ts) - min(out_ts)) / 1000.0 if len(out_ts) > 1 else 0.0
@@ -1066,12 +1075,8 @@ async def run_latency(
             "end_to_end_ms": _pcts(e2e),
             **_over_time("end_to_end_ms", in_ts, e2e),
             # where each second's latency was: before the worker had the message, or in its queue
-            "kafka_to_worker_receipt_ms_p50_per_input_second": _over_time("x", in_ts, before)
-            .get("x_per_input_second", {})
-            .get("p50"),
-            "queue_in_worker_ms_p50_per_input_second": _over_time("x", in_ts, lat["queue"])
-            .get("x_per_input_second", {})
-            .get("p50"),
+            "kafka_to_worker_receipt_ms_p50_per_input_second": _per_second(sec, before)["p50"],
+            "queue_in_worker_ms_p50_per_input_second": _per_second(sec, lat["queue"])["p50"],
             "input_to_output_record_ms": _pcts(to_out),
             "breakdown_ms": {
                 "kafka_to_worker_receipt": _pcts(before),

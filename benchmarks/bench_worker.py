@@ -135,6 +135,9 @@ SWEEP: dict[str, dict[str, Any]] = {
     # The behaviour model in a child process (modeling/inference_process.py): a model call no
     # longer holds the worker's GIL, so Faust's consumer thread fetches meanwhile.
     "inference-process": {"inference_process": True},
+    # Faust's consumer in its own thread, as before streams/in_loop.py (the default runs it on the
+    # worker's event loop).
+    "consumer-thread": {"consumer_in_loop": False},
 }
 # (b) calls the model one transaction at a time, where oneDNN is slowest (batch 1: 0.40 ms
 # against 0.11 with Paddle's own kernels, results/predictor.json): its "default" runs with oneDNN

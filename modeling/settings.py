@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     # latency budget, and an idle worker sends a fetch per wait (benchmarks/README.md).
     fetch_min_bytes: int = Field(default=64 * 1024, ge=1)
     fetch_max_wait_ms: int = Field(default=10, ge=0)
+    # Faust runs its Kafka consumer in a thread of its own; here it runs on the worker's event
+    # loop, so fetches do not wait for the GIL the scoring holds (streams/in_loop.py). Off: Faust's
+    # own consumer thread.
+    consumer_in_loop: bool = True
 
     # --- models ------------------------------------------------------------------------------
     registry_dir: Path = Field(default_factory=lambda: default_home() / "registry")

@@ -46,7 +46,8 @@ from modeling.records import parse_label
 from modeling.settings import Settings, feature_config
 from streams.batch_loop import BatchLoop, Taken
 from streams.broker.topics import terminal_labels_topic
-from streams.intake import BatchingApp, InputBuffer
+from streams.in_loop import InLoopTransport
+from streams.intake import BatchingApp, BatchingTransport, InputBuffer
 from streams.loop_lag import watch_loop_lag
 from streams.metrics import Metrics, observe_many
 from streams.model_watch import ModelWatcher
@@ -84,6 +85,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     app = BatchingApp(
         settings.app_id,
         fetch_settings=(settings.fetch_min_bytes, settings.fetch_max_wait_ms),
+        transport_type=InLoopTransport if settings.consumer_in_loop else BatchingTransport,
         broker=[f"kafka://{h.strip()}" for h in settings.bootstrap_servers.split(",")],
         store="memory://",
         datadir=str(settings.worker_data_dir),

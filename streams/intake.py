@@ -383,7 +383,14 @@ class BatchingApp(faust.App):
     fetch_settings: tuple[int, int] | None  # (fetch_min_bytes, fetch_max_wait_ms); None: Faust's
     on_fetch: Any  # called with the number of records of each fetch (a metric's observe)
 
-    def __init__(self, *args: Any, fetch_settings: tuple[int, int] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        fetch_settings: tuple[int, int] | None = None,
+        transport_type: type[faust_aiokafka.Transport] = BatchingTransport,
+        **kwargs: Any,
+    ) -> None:
+        self.transport_type = transport_type  # read by _new_transport during super().__init__
         super().__init__(*args, **kwargs)
         self.input_buffers = {}
         self.fetch_settings = fetch_settings
@@ -396,4 +403,4 @@ class BatchingApp(faust.App):
         self.topics.add(topic)  # the conductor subscribes the consumer and enables acks
 
     def _new_transport(self) -> Any:
-        return BatchingTransport(self.conf.broker_consumer, self)
+        return self.transport_type(self.conf.broker_consumer, self)

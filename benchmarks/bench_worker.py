@@ -106,6 +106,7 @@ DEFAULT_WORKER: dict[str, Any] = {
     "pipeline_max_wait_ms": 20,
     "model_max_batch": 256,
     "state_flush_interval_ms": 1000,
+    "consumer_in_loop": True,
     "loglevel": "info",
 }
 SWEEP: dict[str, dict[str, Any]] = {

@@ -8,8 +8,10 @@ one it needs for itself.
 
 from __future__ import annotations
 
+import gc
 import shutil
 import subprocess
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -212,6 +214,12 @@ def test_mutual_tls_needs_the_client_certificate(secure_broker: Secure, tmp_path
     anonymous = sc.settings(security_protocol="SSL", ssl_cafile=sec.cafile)
     with pytest.raises(Exception, match=r"requires a client certificate"):
         run(ensure_project_topics(anonymous))
+    # The refused handshake's socket transport is left to the garbage collector (the error's
+    # traceback holds it), which closes it with a ResourceWarning: expected here, so collect it
+    # here (CI failed once on it at the autouse fixture's collection after this test).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 def test_cli_commands_use_the_security_settings(secure_broker: Secure, tmp_path: Path) -> None:

@@ -100,7 +100,8 @@ class Settings(BaseSettings):
     # with Paddle's own kernels (calls of 1-512 rows, benchmarks/README.md).
     use_onednn: bool = True
     # The behaviour models run in a child process each (modeling/inference_process.py): Paddle
-    # holds the GIL for a whole model call, which otherwise stalls Faust's consumer thread.
+    # holds the GIL for a whole model call, which otherwise stalls the event loop (and Faust's
+    # consumer thread, with consumer_in_loop off).
     inference_process: bool = False
     use_tensorrt: bool = False
     use_fp16: bool = False

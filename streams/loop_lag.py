@@ -8,8 +8,9 @@ sleeps ``interval_s`` at a time and records the overshoot, so operators see stal
 
 The same task counts the loop thread's CPU time (``riskstream_event_loop_cpu_seconds_total``).
 The feature engine and Paddle's ``run`` hold the GIL, so this thread is the worker's ceiling: a
-rate near 1 CPU-second per second means the worker is as fast as it gets and lag will grow;
-the Kafka consumer thread adds about 0.2 on top (benchmarks/README.md).
+rate near 1 CPU-second per second means the worker is as fast as it gets and lag will grow.
+The Kafka consumer runs on this loop too (streams/in_loop.py); with Faust's own consumer thread
+(``consumer_in_loop`` off) that thread adds about 0.2 on top (benchmarks/README.md).
 """
 
 from __future__ import annotations

@@ -106,9 +106,9 @@ class Metrics:
         )
         self.input_fetch_records = Histogram(
             "riskstream_input_fetch_records",
-            "Records per fetch the consumer hands the worker (streams/intake.py): each costs a "
-            "hand-off between Faust's consumer thread and the event loop, so many small fetches "
-            "cost CPU a backlog's large ones do not",
+            "Records per fetch the consumer hands the worker (streams/intake.py): each fetch costs "
+            "the event loop a round of work, so many small fetches cost CPU a backlog's large "
+            "ones do not",
             buckets=_SIZE,
             registry=r,
         )

@@ -49,14 +49,21 @@ def _risk_ids(sc: Scenario, n: int, timeout: float = 240.0) -> list[str]:
     return [orjson.loads(r.value)["transaction_id"] for r in recs]
 
 
+@pytest.mark.parametrize(
+    "consumer_in_loop", ["true", "false"], ids=["consumer-on-the-loop", "faust-consumer-thread"]
+)
 def test_n_in_n_out_and_dead_letters(
-    kafka_broker: str, model_registry: Path, tmp_path: Path, sample: pd.DataFrame
+    kafka_broker: str, model_registry: Path, tmp_path: Path, sample: pd.DataFrame, consumer_in_loop: str
 ) -> None:
+    """Also with Faust's own consumer thread (``RISKSTREAM_CONSUMER_IN_LOOP=false``), the way
+    back from streams/in_loop.py."""
     sc = _scenario(kafka_broker, model_registry, tmp_path)
     df = sample.iloc[:1500]
-    w = WorkerProc(sc, "a").start()
+    w = WorkerProc(sc, "a", env={"RISKSTREAM_CONSUMER_IN_LOOP": consumer_in_loop}).start()
     try:
         w.wait_metrics()
+        consumer = "InLoopBatchingConsumer" if consumer_in_loop == "true" else "BatchingConsumer"
+        assert f"[^--{consumer}]: Starting" in w.log_path.read_text(), w.log_tail()
         _replay(sc, _events(df))
         good = orjson.loads(orjson.dumps(Transaction("ok-1", "u1", "t1", 10.0, 1_528_000_000_000).to_dict()))
         bad = [

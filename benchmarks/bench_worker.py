@@ -134,7 +134,7 @@ SWEEP: dict[str, dict[str, Any]] = {
     "fetch-wait30": {"fetch_max_wait_ms": 30},
     "fetch-min1-wait500": {"fetch_min_bytes": 1, "fetch_max_wait_ms": 500},
     # The behaviour model in a child process (modeling/inference_process.py): a model call no
-    # longer holds the worker's GIL, so Faust's consumer thread fetches meanwhile.
+    # longer holds the worker's GIL, so the event loop (fetches included) goes on meanwhile.
     "inference-process": {"inference_process": True},
     # Faust's consumer in its own thread, as before streams/in_loop.py (the default runs it on the
     # worker's event loop).

@@ -37,9 +37,10 @@ def test_the_consumer_runs_on_the_apps_loop_and_stops_without_touching_its_tasks
                 "thread_loop_is_app_loop": thread.thread_loop is loop,
                 # the aiokafka client's connection tasks run on this loop
                 "client_loop_is_app_loop": aiokafka_consumer._client._loop is loop,
-                # a call into "the thread", awaited directly: a coroutine and a plain function
+                # calls into "the thread", awaited directly: a coroutine function and a plain
+                # one (Faust's subscribe passes aiokafka's plain subscribe)
                 "topics": set(await thread.call_thread(aiokafka_consumer.topics)),
-                "assignment": thread.assignment(),
+                "assignment": await thread.call_thread(aiokafka_consumer.assignment),
             }
         finally:
             await thread.stop()

@@ -480,13 +480,21 @@ class Proc:
     cmd: list[str]
     env: dict[str, str]
     log: Path
+    cpus: frozenset[int] | None = None  # --isolate: the CPUs it may run on
     popen: subprocess.Popen[bytes] | None = None
     started: float = 0.0
 
     def start(self) -> Proc:
+        # taskset execs the command (same pid); the worker's inference children inherit the mask
+        pin = ["taskset", "-c", ",".join(map(str, sorted(self.cpus)))] if self.cpus else []
         with self.log.open("ab") as fh:
             self.popen = subprocess.Popen(
-                self.cmd, cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+                [*pin, *self.cmd],
+                cwd=ROOT,
+                env=self.env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.started = time.time()
         return self
@@ -541,6 +549,7 @@ class Ctx:
     profiles: dict[str, str] = field(default_factory=dict)
     warm: WarmState | None = None
     input_timestamps: str = "create"  # "append": the paced runs' input topics use LogAppendTime
+    test_cpus: frozenset[int] | None = None  # --isolate: CPUs of the process under test
 
     def paced_inputs(self, topics: Topics) -> Sequence[str]:
         """The input topics of a paced run that carry the broker's append time."""
@@ -577,7 +586,7 @@ def worker_proc(ctx: Ctx, tag: str, topics: Topics, out: str, worker: dict[str, 
     app_id = ctx.name(tag)
     env = riskstream_env(ctx, app_id, topics, out, worker)
     cmd = [sys.executable, "-m", "streams.cli", "worker", "--loglevel", str(worker["loglevel"])]
-    return Proc(cmd, env, ctx.work / f"{app_id}.log")
+    return Proc(cmd, env, ctx.work / f"{app_id}.log", ctx.test_cpus)
 
 
 def plain_proc(ctx: Ctx, tag: str, topics: Topics, out: str, worker: dict[str, Any]) -> Proc:
@@ -585,12 +594,12 @@ def plain_proc(ctx: Ctx, tag: str, topics: Topics, out: str, worker: dict[str, A
     env = riskstream_env(ctx, app_id, topics, out, worker)
     port = env["RISKSTREAM_WEB_PORT"]
     cmd = [sys.executable, str(ROOT / "benchmarks" / "plain_faust_agent.py"), "worker", "-l", "info"]
-    return Proc([*cmd, "--web-port", port], env, ctx.work / f"{app_id}.log")
+    return Proc([*cmd, "--web-port", port], env, ctx.work / f"{app_id}.log", ctx.test_cpus)
 
 
 def relay_proc(ctx: Ctx, tag: str, topics: Topics, out: str) -> Proc:
     cmd = [sys.executable, str(Path(__file__).resolve()), "relay", ctx.bootstrap, ctx.name(tag), out]
-    return Proc([*cmd, *topics.inputs], base_env(), ctx.work / f"{ctx.name(tag)}.log")
+    return Proc([*cmd, *topics.inputs], base_env(), ctx.work / f"{ctx.name(tag)}.log", ctx.test_cpus)
 
 
 # ------------------------------------------------------------------------------------ measuring
@@ -1401,6 +1410,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="paced runs: input records stamped by the feeder (create) or on arrival at the broker "
         "(append: LogAppendTime), so end to end starts where the feeder's own queueing ends",
     )
+    ap.add_argument(
+        "--isolate",
+        action="store_true",
+        help="pin the process under test to the last CPU and this harness (feeder, reader) and the "
+        "broker to the others, as when the load generator and the broker run on other hosts",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, broker data)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "worker.json")
     args = ap.parse_args(argv)
@@ -1416,6 +1431,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": [],
         "latency": [],
     }
+    test_cpus: frozenset[int] | None = None
+    if args.isolate:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--isolate needs at least two CPUs")
+        test_cpus = frozenset(cpus[-1:])
+        os.sched_setaffinity(0, cpus[:-1])  # the broker, started below, inherits this mask
+        result["isolate"] = {"under_test_cpus": sorted(test_cpus), "harness_and_broker_cpus": cpus[:-1]}
     work = Path(tempfile.mkdtemp(prefix="bench-worker-"))
     kafka = None
     ctx: Ctx | None = None
@@ -1475,6 +1498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx = Ctx(bootstrap, registry, work, backlog, msgs, run_id, args.timeout, broker_pid, args.profile)
         ctx.profile_args = tuple(args.py_spy_args.split())
         ctx.input_timestamps = args.input_timestamps
+        ctx.test_cpus = test_cpus
         result["input_timestamps"] = args.input_timestamps
         if args.cold:
             result["warm_state"] = None

@@ -1,0 +1,62 @@
+"""Paths, the message window's constants and the worker settings swept by ``bench_worker.py``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+DATA = ROOT.parent / "shared" / "data" / "handbook_2w.parquet"
+PARTITIONS = 4
+DAY_MS = 86_400_000
+
+# Worker settings tried for (a); "default" spells out the settings' defaults. ``loglevel`` is the
+# worker's --loglevel (default info); the rest are RISKSTREAM_* settings.
+DEFAULT_WORKER: dict[str, Any] = {
+    "pipeline_max_batch": 512,
+    "pipeline_max_wait_ms": 20,
+    "model_max_batch": 256,
+    "state_flush_interval_ms": 1000,
+    "consumer_in_loop": True,
+    "loglevel": "info",
+}
+SWEEP: dict[str, dict[str, Any]] = {
+    "default": {},
+    "batch256": {"pipeline_max_batch": 256},
+    "batch1024": {"pipeline_max_batch": 1024},
+    "batch2048": {"pipeline_max_batch": 2048},
+    "batch1024-model1024": {"pipeline_max_batch": 1024, "model_max_batch": 1024},
+    "model64": {"model_max_batch": 64},
+    "wait5": {"pipeline_max_wait_ms": 5},
+    "wait100": {"pipeline_max_wait_ms": 100},
+    # oneDNN (on by default) caches primitives per input shape, so the worker pads every model
+    # call to a power of two rows; off, Paddle's own CPU kernels run the unpadded batch.
+    "onednn-off": {"use_onednn": False},
+    "onednn-off-wait100": {"use_onednn": False, "pipeline_max_wait_ms": 100},
+    # User states written after every micro-batch: what the worker did before
+    # streams/state_flush.py.
+    "flush-every-batch": {"state_flush_interval_ms": 0},
+    "flush200": {"state_flush_interval_ms": 200},
+    # Faust's worker sets the root logger to DEBUG when --loglevel is warning or above (its
+    # progress spinner listens to every record), so every debug call builds a LogRecord.
+    "loglevel-warning": {"loglevel": "warning"},
+    # Consumer fetches: the broker holds a fetch until it has fetch_min_bytes or fetch_max_wait_ms
+    # passed (the default is 64 KiB / 10 ms); 1 byte / 500 ms are aiokafka's and Java's defaults.
+    "fetch-wait30": {"fetch_max_wait_ms": 30},
+    "fetch-min1-wait500": {"fetch_min_bytes": 1, "fetch_max_wait_ms": 500},
+    # The behaviour model in a child process (modeling/inference_process.py): a model call no
+    # longer holds the worker's GIL, so the event loop (fetches included) goes on meanwhile.
+    "inference-process": {"inference_process": True},
+    # Faust's consumer in its own thread, as before streams/in_loop.py (the default runs it on the
+    # worker's event loop).
+    "consumer-thread": {"consumer_in_loop": False},
+}
+# (b) calls the model one transaction at a time, where oneDNN is slowest (batch 1: 0.40 ms
+# against 0.11 with Paddle's own kernels, results/predictor.json): its "default" runs with oneDNN
+# off, its fastest, so that (a)/(b) is not flattered; "onednn-on" is the settings' default.
+PLAIN_SWEEP: dict[str, dict[str, Any]] = {
+    "default": {"use_onednn": False},
+    "onednn-on": {"use_onednn": True},
+}
+QUICK_SWEEP = ("default", "flush-every-batch")

@@ -1,0 +1,124 @@
+"""The machine and its processes: free ports, load average, and CPU time, page faults, memory and
+run-queue wait read from /proc."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import socket
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_gb = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem_gb = round(kb / 1024 / 1024, 1)
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "mem_gb": mem_gb,
+        "loadavg_start": loadavg(),
+    }
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int | None, thread: int | None = None, *, system_only: bool = False) -> float | None:
+    """User + system CPU seconds of a process (all its threads), or of one of its threads
+    (``thread``: a thread id; the process id names its main thread), None when unreadable;
+    ``system_only``: the kernel's part only (system calls, scheduling, futexes)."""
+    if pid is None:
+        return None
+    stat = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    try:
+        fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[12]) if system_only else int(fields[11]) + int(fields[12])) / _TICK
+
+
+def minor_faults(pid: int | None) -> int | None:
+    """Minor page faults of a process so far (all its threads), None when unreadable: memory the
+    kernel had to map in (memory touched for the first time, or freed back and touched again)."""
+    if pid is None:
+        return None
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def peak_rss_mb(pid: int | None) -> float | None:
+    """The process's peak resident memory (``VmHWM``) in MiB, None when unreadable."""
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024.0, 1)
+    except (OSError, IndexError, ValueError):
+        return None
+    return None
+
+
+def tree_cpu_seconds(pid: int | None) -> float | None:
+    """CPU seconds of a process and its live child processes (the worker's inference children,
+    ``RISKSTREAM_INFERENCE_PROCESS``), None when the process is unreadable."""
+    own = cpu_seconds(pid)
+    if own is None:
+        return None
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            own += cpu_seconds(int(stat.parent.name)) or 0.0
+    return own
+
+
+def runqueue_wait_seconds(pid: int | None, thread: int | None) -> float | None:
+    """Seconds a thread spent runnable but waiting for a CPU (``/proc/.../schedstat``), None
+    when unreadable. CPU time says what a thread used; this says what it was kept from."""
+    if pid is None or thread is None:
+        return None
+    try:
+        return int(Path(f"/proc/{pid}/task/{thread}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def machine_cpu_seconds(*, steal: bool = False) -> float | None:
+    """CPU seconds the whole machine spent busy, all CPUs together (``/proc/stat``; idle and
+    iowait excluded); ``steal``: the seconds the hypervisor gave to other guests instead."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    if steal:
+        return fields[7] / _TICK if len(fields) > 7 else None
+    # user nice system idle iowait irq softirq steal (guest time is inside user already)
+    return (sum(fields[:8]) - fields[3] - fields[4] - (fields[7] if len(fields) > 7 else 0)) / _TICK

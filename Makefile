@@ -52,7 +52,7 @@ kafka-jars: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy modeling streams training
+	$(BIN)/mypy modeling streams training benchmarks
 
 test: setup lint
 	@# exit code 5 = no tests collected: not a failure for this target

@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from modeling.features import (
@@ -35,7 +36,7 @@ from training.history import event_stream, load_history
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def live_with_snapshots(events: list[object], config: FeatureConfig) -> tuple[float, int]:
+def live_with_snapshots(events: Sequence[object], config: FeatureConfig) -> tuple[float, int]:
     engine = FeatureEngine(config)
     users: dict[str, bytes] = {}
     terminals: dict[str, TerminalState] = {}

@@ -52,7 +52,8 @@ def shadow_copy(reg: ModelRegistry, work: Path) -> str:
 
 
 def in_messages(events: list[Any]) -> list[InMessage]:
-    out, offsets = [], {}
+    out: list[InMessage] = []
+    offsets: dict[str, int] = {}
     now_ms, now = int(time.time() * 1000), time.monotonic()
     for e in events:
         kind = KIND_LABEL

@@ -63,6 +63,12 @@ hypervisor's steal (``machine_steal_s``). A thread's CPU time does not show a CP
 from; the run-queue wait does. Also the process's minor page faults over the span
 (``minor_faults``) and its peak resident memory (``peak_rss_mb``, ``VmHWM`` read before it stops).
 
+``--isolate`` pins the process under test to the last CPU and this harness (the feeder, the
+reader) and the broker to the others, as when the load generator and the broker run on other
+hosts. With two vCPUs the feeder and the broker then share one, and a plain Faust agent, whose
+consumer thread and main thread take turns on one CPU, loses about a third: compare isolated
+runs with isolated runs only.
+
 Results go to ``--out`` (JSON: machine, load averages, settings, counts, every run); a table is
 printed. The targets of issue 5 are (a) ≥ 10 × (b), (a) ≥ 50 % of (c) and p99 ≤ 100 ms at half
 the maximum rate, judged on default settings; the JSON says whether this run met them.

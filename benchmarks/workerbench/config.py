@@ -29,6 +29,7 @@ SWEEP: dict[str, dict[str, Any]] = {
     "batch1024-model1024": {"pipeline_max_batch": 1024, "model_max_batch": 1024},
     "model64": {"model_max_batch": 64},
     "wait5": {"pipeline_max_wait_ms": 5},
+    "wait50": {"pipeline_max_wait_ms": 50},
     "wait100": {"pipeline_max_wait_ms": 100},
     # oneDNN (on by default) caches primitives per input shape, so the worker pads every model
     # call to a power of two rows; off, Paddle's own CPU kernels run the unpadded batch.
@@ -38,6 +39,8 @@ SWEEP: dict[str, dict[str, Any]] = {
     # streams/state_flush.py.
     "flush-every-batch": {"state_flush_interval_ms": 0},
     "flush200": {"state_flush_interval_ms": 200},
+    "flush5000": {"state_flush_interval_ms": 5000},
+    "wait50-flush5000": {"pipeline_max_wait_ms": 50, "state_flush_interval_ms": 5000},
     # Faust's worker sets the root logger to DEBUG when --loglevel is warning or above (its
     # progress spinner listens to every record), so every debug call builds a LogRecord.
     "loglevel-warning": {"loglevel": "warning"},

@@ -178,7 +178,8 @@ async def watch(
 
 def scrape_stalls(proc: Proc) -> dict[str, Any] | None:
     """The worker's event-loop lag, GC pause and state-flush histograms, and the CPU seconds of
-    its event-loop thread, in all and per stage (``cpu_s``); all cumulative since start."""
+    its event-loop thread, in all and per stage (``cpu_s``), and the messages consumed and produced
+    per topic (``events_in``, ``events_out``); all cumulative since start."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -202,6 +203,13 @@ def scrape_stalls(proc: Proc) -> dict[str, Any] | None:
             for smp in fam.samples:
                 if smp.name.endswith("_total"):
                     cpu[smp.labels.get("stage", "event_loop")] = round(smp.value, 4)
+            continue
+        if fam.name in ("riskstream_events_in", "riskstream_events_out"):
+            # messages per topic so far (the terminal loop's: its internal topic)
+            counts = out.setdefault(fam.name.removeprefix("riskstream_"), {})
+            for smp in fam.samples:
+                if smp.name.endswith("_total"):
+                    counts[smp.labels["topic"]] = int(smp.value)
             continue
         key = wanted.get(fam.name)
         if key is None:

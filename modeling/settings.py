@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     # loop, so fetches do not wait for the GIL the scoring holds (streams/in_loop.py). Off: Faust's
     # own consumer thread.
     consumer_in_loop: bool = True
+    # The input topics are taken in Kafka-timestamp order across partition p of each (streams/
+    # input_buffer.py): a partition with messages still to fetch and none buffered holds the
+    # others of its group back for at most this long. Draining a backlog, the fetcher otherwise
+    # hands out one topic at a time and transactions were scored without the labels and clicks
+    # that came before them. 0: no alignment (messages are taken in the order they arrived).
+    input_align_max_idle_ms: float = Field(default=100.0, ge=0)
 
     # --- models ------------------------------------------------------------------------------
     registry_dir: Path = Field(default_factory=lambda: default_home() / "registry")

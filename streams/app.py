@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from faust.transport.consumer import ensure_TP
 
 from modeling.features import FeatureEngine, TerminalState
 from modeling.records import parse_label
@@ -47,7 +48,8 @@ from modeling.settings import Settings, feature_config
 from streams.batch_loop import BatchLoop, Taken
 from streams.broker.topics import terminal_labels_topic
 from streams.in_loop import InLoopTransport
-from streams.intake import BatchingApp, BatchingTransport, InputBuffer
+from streams.input_buffer import Alignment, InputBuffer
+from streams.intake import BatchingApp, BatchingTransport
 from streams.loop_lag import watch_loop_lag
 from streams.metrics import Metrics, observe_many
 from streams.model_watch import ModelWatcher
@@ -137,7 +139,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
 
     # Every input message reaches the scorer through a batch buffer (streams/intake.py), not a
     # per-event Faust stream: the consumer appends, the loop takes micro-batches.
-    in_buffer = InputBuffer(high_water=4 * settings.pipeline_max_batch)
+    in_buffer = _input_buffer(app, settings, list(kinds))
     app.batch_topics(inputs, in_buffer)
     term_buffer = InputBuffer(high_water=4 * settings.pipeline_max_batch)
     app.batch_topics(term_topic, term_buffer)
@@ -391,6 +393,44 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         term_own.clear()
 
     return Runtime(app, processor, flusher, sweeper, terminal_sweeper, watcher, metrics)
+
+
+def _input_buffer(app: Any, settings: Settings, topics: list[str]) -> InputBuffer:
+    """The scoring loop's buffer: the input topics aligned by timestamp (streams/input_buffer.py),
+    each partition held back from fetching once it has a pipeline batch buffered."""
+    n = settings.pipeline_max_batch
+    if not settings.input_align_max_idle_ms:
+        return InputBuffer(high_water=4 * n)
+
+    def lagging(tp: Any) -> bool:
+        # Messages in Kafka not yet handed to the buffer (streams/intake.py); unknown before a
+        # partition's first fetch, when it counts as lagging (the wait is bounded).
+        consumer = app.consumer
+        if tp not in consumer.assignment():
+            return False
+        unfetched = consumer.unfetched(tp)
+        return True if unfetched is None else unfetched
+
+    # Faust's active-partition set takes its own TP type only (a message's tp is aiokafka's).
+    def hold(tp: Any) -> None:
+        app.consumer.on_buffer_full(ensure_TP(tp))
+
+    def release(tp: Any) -> None:
+        consumer, tp = app.consumer, ensure_TP(tp)
+        if tp in consumer.assignment():
+            consumer.on_buffer_drop(tp)
+        else:
+            consumer._buffered_partitions.discard(tp)
+
+    return InputBuffer(
+        # room for every partition's held batch plus a fetch (the per-partition limit does the
+        # back-pressure; this stops the fetcher altogether)
+        high_water=16 * n,
+        align=Alignment(topics, lagging, settings.input_align_max_idle_ms / 1000.0),
+        tp_limit=n,
+        hold=hold,
+        release=release,
+    )
 
 
 def _store_dict(table: Any) -> dict[str, bytes]:

@@ -14,11 +14,13 @@ the worker consumes in batches:
 * :class:`BatchingConsumer` is Faust's aiokafka consumer with ``_drain_messages`` changed in one
   place: a message of a batch topic is appended to that topic's :class:`InputBuffer` (no task, no
   ``Event``); every other topic (table changelogs among them) takes Faust's own path.
-* :class:`InputBuffer` is a bounded FIFO. The fetcher stops fetching while a buffer is over its
-  high-water mark (back-pressure). Messages not taken when their partition moves are dropped
-  (older consumer generation) and fetched again by the partition's next owner.
+* :class:`InputBuffer` (``streams/input_buffer.py``) holds them per partition. The fetcher stops
+  fetching while a buffer is over its high-water mark (back-pressure), and a partition with many
+  messages buffered is held back on its own. Messages not taken when their partition moves are
+  dropped (older consumer generation) and fetched again by the partition's next owner.
 * :meth:`InputBuffer.take` returns a micro-batch: up to ``max_n`` messages, waiting at most
-  ``max_wait_s`` after the first of them arrived.
+  ``max_wait_s`` after the first of them arrived, in Kafka-timestamp order across the
+  co-partitioned input topics (their event-time alignment).
 * :class:`BatchingApp` is ``faust.App`` using that consumer.
 
 Offsets stay Faust's business: the scorer tracks a message when it takes it
@@ -30,79 +32,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import deque
 from typing import Any
 
 import faust
 from faust.transport.consumer import ensure_TP
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from streams.input_buffer import InputBuffer as InputBuffer  # re-exported: the consumer fills it
+
 log = logging.getLogger("riskstream.intake")
-
-
-class InputBuffer:
-    """Messages fetched for some topics, waiting to be taken in micro-batches."""
-
-    def __init__(self, high_water: int, *, clock: Any = time.monotonic) -> None:
-        self.high_water = high_water
-        self._clock = clock
-        self._q: deque[tuple[float, Any]] = deque()  # (monotonic receipt time, message)
-        self._arrived = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
-
-    def __len__(self) -> int:
-        return len(self._q)
-
-    def put(self, message: Any) -> None:
-        self._q.append((self._clock(), message))
-        self._arrived.set()
-        if len(self._q) >= self.high_water:
-            self._room.clear()
-
-    def full(self) -> bool:
-        return len(self._q) >= self.high_water
-
-    async def wait_for_room(self) -> None:
-        await self._room.wait()
-
-    def discard(self, tps: Any = None) -> None:
-        """Drop what was not taken yet, of the topic-partitions ``tps`` (``None``: all)."""
-        if tps is None:
-            self._q.clear()
-        elif self._q:
-            kept = [x for x in self._q if x[1].tp not in tps]
-            self._q.clear()  # in place: a waiting take() holds this deque
-            self._q.extend(kept)
-        if len(self._q) < self.high_water:
-            self._room.set()
-
-    async def take(self, max_n: int, max_wait_s: float) -> list[tuple[float, Any]]:
-        """Up to ``max_n`` messages; waits at most ``max_wait_s`` after the first one arrived."""
-        q = self._q
-        while not q:
-            self._arrived.clear()
-            await self._arrived.wait()
-        if len(q) < max_n:
-            deadline = q[0][0] + max_wait_s
-            while len(q) < max_n:
-                remaining = deadline - self._clock()
-                if remaining <= 0:
-                    break
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), remaining)
-                except TimeoutError:
-                    break
-                if not q:  # discarded by a seek while we waited
-                    return []
-        n = min(max_n, len(q))
-        popleft = q.popleft
-        out = [popleft() for _ in range(n)]
-        if len(q) < self.high_water:
-            self._room.set()
-        return out
 
 
 DELIVER, SKIP, RESEEK, GAP = "deliver", "skip", "reseek", "gap"
@@ -183,6 +121,19 @@ class BatchingConsumer(faust_aiokafka.Consumer):
 
     def _new_consumer_thread(self) -> Any:
         return BatchingConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def unfetched(self, tp: Any) -> bool | None:
+        """Whether partition ``tp`` has messages in Kafka that this consumer has not handed out
+        yet: its high-water mark (from the last fetch) beyond its position, which moves past
+        transaction markers and compacted gaps as records are handed out. None when unknown:
+        not fetched yet, or not assigned."""
+        thread = getattr(self, "_thread", None)
+        client = getattr(thread, "_consumer", None)
+        assignment = getattr(getattr(client, "_subscription", None), "assignment", None)
+        state = assignment.state_value(tp) if assignment is not None else None
+        if state is None or state.highwater is None or not state.has_valid_position:
+            return None
+        return bool(state.highwater > state.position)
 
     def _discard_buffered(self, tps: Any) -> None:
         for buf in {id(b): b for b in getattr(self.app, "input_buffers", {}).values()}.values():

@@ -1,0 +1,228 @@
+"""The worker's input buffer: fetched messages of the batch topics, taken in micro-batches.
+
+Each partition's messages wait in their own FIFO. :meth:`InputBuffer.take` returns up to
+``max_n`` of them, waiting at most ``max_wait_s`` after the oldest arrived, merged across
+partitions:
+
+* without an :class:`Alignment`, in the order they arrived;
+* with one, in the order of their Kafka timestamps, and only as far as every co-partitioned
+  input partition allows (Kafka Streams' timestamp synchronization, below).
+
+Why align. Kafka orders messages within a partition, not across topics. Live, the worker reads
+every topic as it arrives and the skew between topics is small. Draining a backlog, the
+fetcher hands out long runs of one topic at a time: measured on 196k messages, 26,148 clicks
+were taken before the 3,548th transaction, and labels ran tens of thousands of messages behind
+the transactions (``benchmarks/README.md``, session 12). Transactions were then scored without
+labels and clicks that a replay in event-time order has. The input topics are keyed alike, so
+partition *p* of each holds the events of the same users; a message is taken only when every
+partition of its group (partition *p* of each input topic) either has messages buffered (the
+heads compare by timestamp) or has nothing more to fetch. A partition with nothing buffered
+that still has messages to fetch holds its group back for at most ``max_idle_s``
+(``max.task.idle.ms`` in Kafka Streams), after which the group goes on without it.
+
+Back-pressure per partition: a partition with ``tp_limit`` messages buffered is held back from
+fetching (``hold``, Faust's ``Consumer.on_buffer_full``) until it drops to half (``release``),
+so that one topic running ahead cannot fill the buffer while its group waits for another. The
+whole buffer's ``high_water`` still stops the fetcher altogether.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+Taken = list[tuple[float, Any]]  # (monotonic receipt time, message)
+
+
+class Alignment:
+    """Which groups of co-partitioned input partitions must wait for a lagging member.
+
+    ``topics``: the input topics, co-partitioned (same key, same partition count).
+    ``lagging(tp)``: the partition has messages in Kafka that the buffer has not received yet.
+    """
+
+    def __init__(self, topics: Iterable[str], lagging: Callable[[Any], bool], max_idle_s: float) -> None:
+        self.topics = tuple(topics)
+        self.lagging = lagging
+        self.max_idle_s = max_idle_s
+        self._idle_since: dict[Any, float] = {}  # lagging member with nothing buffered -> since
+
+    def members(self, tp: Any) -> list[Any]:
+        """Partition ``tp.partition`` of every input topic (of ``tp``'s own type)."""
+        make = type(tp)
+        return [make(topic, tp.partition) for topic in self.topics]
+
+    def held_until(self, tp: Any, buffered: Callable[[Any], bool], now: float) -> float | None:
+        """None if ``tp``'s group may be taken from now; otherwise the time its wait expires."""
+        until = None
+        for member in self.members(tp):
+            if buffered(member) or not self.lagging(member):
+                self._idle_since.pop(member, None)
+                continue
+            expiry = self._idle_since.setdefault(member, now) + self.max_idle_s
+            if expiry > now:
+                until = expiry if until is None else min(until, expiry)
+        return until
+
+    def forget(self, tps: Iterable[Any] | None = None) -> None:
+        if tps is None:
+            self._idle_since.clear()
+        else:
+            for tp in tps:
+                self._idle_since.pop(tp, None)
+
+
+class InputBuffer:
+    """Messages fetched for some topics, waiting to be taken in micro-batches."""
+
+    def __init__(
+        self,
+        high_water: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        align: Alignment | None = None,
+        tp_limit: int | None = None,
+        hold: Callable[[Any], object] | None = None,
+        release: Callable[[Any], object] | None = None,
+    ) -> None:
+        self.high_water = high_water
+        self.align = align
+        self._clock = clock
+        self._q: dict[Any, deque[tuple[float, Any, int]]] = {}  # tp -> (receipt, message, seq)
+        self._n = 0
+        self._seq = 0
+        self._tp_limit = tp_limit
+        self._hold = hold
+        self._release = release
+        self._held: set[Any] = set()
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def __len__(self) -> int:
+        return self._n
+
+    def put(self, message: Any) -> None:
+        tp = message.tp
+        d = self._q.get(tp)
+        if d is None:
+            d = self._q[tp] = deque()
+        self._seq += 1
+        d.append((self._clock(), message, self._seq))
+        self._n += 1
+        self._arrived.set()
+        if self._n >= self.high_water:
+            self._room.clear()
+        if self._hold is not None and self._tp_limit is not None and len(d) >= self._tp_limit:
+            # every time: Faust resets its active partitions after a rebalance or recovery
+            self._held.add(tp)
+            self._hold(tp)
+
+    def full(self) -> bool:
+        return self._n >= self.high_water
+
+    async def wait_for_room(self) -> None:
+        await self._room.wait()
+
+    def discard(self, tps: Any = None) -> None:
+        """Drop what was not taken yet, of the topic-partitions ``tps`` (``None``: all)."""
+        gone = list(self._q) if tps is None else [tp for tp in self._q if tp in tps]
+        for tp in gone:
+            self._n -= len(self._q.pop(tp))
+        if self.align is not None:
+            self.align.forget(None if tps is None else gone)
+        for tp in [tp for tp in self._held if tp not in self._q]:
+            self._unhold(tp)
+        if self._n < self.high_water:
+            self._room.set()
+
+    def _unhold(self, tp: Any) -> None:
+        self._held.discard(tp)
+        if self._release is not None:
+            self._release(tp)
+
+    def _oldest_receipt(self) -> float:
+        return min(d[0][0] for d in self._q.values() if d)
+
+    def _buffered(self, tp: Any) -> bool:
+        d = self._q.get(tp)
+        return bool(d)
+
+    async def take(self, max_n: int, max_wait_s: float) -> Taken:
+        """Up to ``max_n`` messages; waits at most ``max_wait_s`` after the oldest one arrived
+        (and, aligned, while every buffered message waits for a lagging partition)."""
+        while True:
+            while not self._n:
+                self._arrived.clear()
+                await self._arrived.wait()
+            if self._n < max_n:
+                deadline = self._oldest_receipt() + max_wait_s
+                while self._n < max_n:
+                    remaining = deadline - self._clock()
+                    if remaining <= 0:
+                        break
+                    self._arrived.clear()
+                    try:
+                        await asyncio.wait_for(self._arrived.wait(), remaining)
+                    except TimeoutError:
+                        break
+                    if not self._n:  # discarded by a seek while we waited
+                        return []
+            out, wake = self._select(max_n)
+            if out or wake is None:
+                return out
+            # Everything buffered waits for a lagging partition: until it delivers or the
+            # wait expires.
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), max(wake - self._clock(), 0.0))
+
+    def _select(self, max_n: int) -> tuple[Taken, float | None]:
+        """Up to ``max_n`` messages merged across partitions, and (when none could be taken
+        because of lagging partitions) the time the earliest such wait expires."""
+        align = self.align
+        now = self._clock()
+        held: dict[int, float | None] = {}  # partition number -> its wait's expiry (None: none)
+        heap: list[tuple[Any, Any]] = []
+        for tp, d in self._q.items():
+            if not d:
+                continue
+            if align is not None:
+                p = tp.partition
+                if p not in held:
+                    held[p] = align.held_until(tp, self._buffered, now)
+                if held[p] is not None:
+                    continue
+            _, m, s = d[0]
+            heap.append(((m.timestamp or 0.0, s) if align is not None else s, tp))
+        heapq.heapify(heap)
+        out: Taken = []
+        q = self._q
+        while heap and len(out) < max_n:
+            _, tp = heapq.heappop(heap)
+            if align is not None and held.get(tp.partition) is not None:
+                continue  # a member of its group ran dry while it still had messages to fetch
+            d = q[tp]
+            r, m, _s = d.popleft()
+            out.append((r, m))
+            if d:
+                _, m2, s2 = d[0]
+                heapq.heappush(heap, ((m2.timestamp or 0.0, s2) if align is not None else s2, tp))
+            elif align is not None:
+                until = align.held_until(tp, self._buffered, now)
+                if until is not None:
+                    held[tp.partition] = until
+        self._n -= len(out)
+        if self._n < self.high_water:
+            self._room.set()
+        if self._held and self._tp_limit is not None:
+            low = self._tp_limit // 2
+            for tp in [tp for tp in self._held if len(q.get(tp, ())) <= low]:
+                self._unhold(tp)
+        waits = [t for t in held.values() if t is not None]
+        return out, (min(waits) if waits and not out else None)

@@ -405,11 +405,7 @@ def _input_buffer(app: Any, settings: Settings, topics: list[str]) -> InputBuffe
     def lagging(tp: Any) -> bool:
         # Messages in Kafka not yet handed to the buffer (streams/intake.py); unknown before a
         # partition's first fetch, when it counts as lagging (the wait is bounded).
-        consumer = app.consumer
-        if tp not in consumer.assignment():
-            return False
-        unfetched = consumer.unfetched(tp)
-        return True if unfetched is None else unfetched
+        return app.consumer.unfetched(tp) is not False
 
     # Faust's active-partition set takes its own TP type only (a message's tp is aiokafka's).
     def hold(tp: Any) -> None:

@@ -125,13 +125,15 @@ class BatchingConsumer(faust_aiokafka.Consumer):
     def unfetched(self, tp: Any) -> bool | None:
         """Whether partition ``tp`` has messages in Kafka that this consumer has not handed out
         yet: its high-water mark (from the last fetch) beyond its position, which moves past
-        transaction markers and compacted gaps as records are handed out. None when unknown:
-        not fetched yet, or not assigned."""
+        transaction markers and compacted gaps as records are handed out. False when it is not
+        assigned; None when unknown (assigned, not fetched yet)."""
         thread = getattr(self, "_thread", None)
         client = getattr(thread, "_consumer", None)
         assignment = getattr(getattr(client, "_subscription", None), "assignment", None)
         state = assignment.state_value(tp) if assignment is not None else None
-        if state is None or state.highwater is None or not state.has_valid_position:
+        if state is None:  # aiokafka keeps a state for each assigned partition only
+            return False
+        if state.highwater is None or not state.has_valid_position:
             return None
         return bool(state.highwater > state.position)
 

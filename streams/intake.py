@@ -127,9 +127,10 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         yet: its high-water mark (from the last fetch) beyond its position, which moves past
         transaction markers and compacted gaps as records are handed out. False when it is not
         assigned; None when unknown (assigned, not fetched yet)."""
-        thread = getattr(self, "_thread", None)
-        client = getattr(thread, "_consumer", None)
-        assignment = getattr(getattr(client, "_subscription", None), "assignment", None)
+        # aiokafka's own path to the partition's state (AIOKafkaConsumer.highwater)
+        client = getattr(getattr(self, "_thread", None), "_consumer", None)
+        subscription = client._subscription.subscription if client is not None else None
+        assignment = subscription.assignment if subscription is not None else None
         state = assignment.state_value(tp) if assignment is not None else None
         if state is None:  # aiokafka keeps a state for each assigned partition only
             return False

@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     # hands out one topic at a time and transactions were scored without the labels and clicks
     # that came before them. 0: no alignment (messages are taken in the order they arrived).
     input_align_max_idle_ms: float = Field(default=100.0, ge=0)
+    # The scorer applies the labels it forwarded to terminal state on top of the global terminal
+    # table until the table holds them (streams/terminal_overlay.py). Live the table holds them
+    # long before they count; catching up on a backlog, without it transactions were scored
+    # without the labels an hour or more before them. Off: the table alone.
+    terminal_overlay: bool = True
 
     # --- models ------------------------------------------------------------------------------
     registry_dir: Path = Field(default_factory=lambda: default_home() / "registry")

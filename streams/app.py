@@ -21,7 +21,9 @@ Terminal risk is built from labels of many users, so it cannot live in the user'
 the scoring loop forwards each label, re-keyed by terminal, to an internal one-partition topic
 whose single consumer is the only writer of the global table; every worker reads that table's
 changelog into a local replica. Features use a label only once it is ``label_allowance_ms`` old,
-which covers this propagation.
+which covers this propagation live. Catching up on a backlog it does not, so the scorer also
+applies the labels it forwarded on top of the replica until the replica holds them
+(``streams/terminal_overlay.py``).
 
 At-least-once: a batch is acked once the broker acknowledged every record it produced and the
 state flush holding its state changes (``streams/state_flush.py``), batches in order, and Faust
@@ -51,7 +53,7 @@ from streams.in_loop import InLoopTransport
 from streams.input_buffer import Alignment, InputBuffer
 from streams.intake import BatchingApp, BatchingTransport
 from streams.loop_lag import watch_loop_lag
-from streams.metrics import Metrics, observe_many
+from streams.metrics import Metrics
 from streams.model_watch import ModelWatcher
 from streams.output import BatchOutput, ChangelogKeys
 from streams.pipeline import (
@@ -66,6 +68,7 @@ from streams.pipeline import (
 from streams.retention import StateSweeper, TerminalSweeper
 from streams.security import faust_credentials
 from streams.state_flush import StateFlusher
+from streams.terminal_overlay import APPLIED_KEY, TerminalOverlay, decode_position, encode_position
 
 log = logging.getLogger("riskstream.worker")
 FLUSH_CHUNK = 256  # user states serialized between two yields to the event loop
@@ -135,6 +138,11 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         lambda tid: _store_dict(terminals).get(tid),
         shadow=watcher.shadow,
         max_message_bytes=settings.max_message_bytes,
+        terminal_overlay=TerminalOverlay(
+            engine, lambda: decode_position(_store_dict(terminals).get(APPLIED_KEY))
+        )
+        if settings.terminal_overlay
+        else None,
     )
 
     # Every input message reaches the scorer through a batch buffer (streams/intake.py), not a
@@ -177,10 +185,13 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         records: list[Any] = [(risk_name, None, key, value, None) for key, value in res.risk_events]
         records += [(dead_name, None, dl.key, dl.value, dl.headers) for dl in res.dead_letters]
         records += [(term_name, 0, key, value, None) for key, value in res.terminal_labels]
-        futures = await out.send(records)
+        sent = await out.send_counted(records)
+        futures = [fut for fut, _, _, _ in sent]
+        if res.forwarded is not None:  # where they landed: streams/terminal_overlay.py
+            res.forwarded.batches = [(fut, n) for fut, topic, _, n in sent if topic == term_name]
         if len(processor.dirty) >= settings.state_flush_max_users:
             flusher.wake()  # the interval is the flusher task's own timer
-        _record(metrics, settings, res)
+        metrics.record_batch(res, settings.topic_risk_events, settings.topic_dead_letter)
         return futures
 
     async def handle_inputs(taken: Taken) -> list[Any]:
@@ -295,6 +306,13 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
             raw = ts.to_bytes()
             records.append((terminal_log, 0, terminal_keys(tid), raw, None))  # one partition
             store[tid] = raw
+        # The loop's position after these states, in the same changelog partition: a table
+        # holding it holds every label below it (streams/terminal_overlay.py). Not written to the
+        # store here: the store gets it when the changelog is read back, after these states. A
+        # read-back of an older batch replaces newer states written above with older ones, and
+        # a position written here would then claim labels the store no longer holds.
+        nxt = encode_position(max(m.offset for _, m in taken) + 1)
+        records.append((terminal_log, 0, terminal_keys(APPLIED_KEY), nxt, None))
         metrics.events_in.labels(term_name).inc(len(taken))
         cpu_terminal.inc(thread_time() - t0)
         return await out.send(records)
@@ -377,7 +395,11 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
                 lags[(tp.topic, tp.partition)] = max(hw - pos, 0)
         metrics.set_consumer_lag(lags)  # partitions given away in a rebalance leave the gauge
         metrics.states.labels("user").set(len(_store_dict(users)))
-        metrics.states.labels("terminal").set(len(_store_dict(terminals)))
+        term_store = _store_dict(terminals)
+        metrics.states.labels("terminal").set(len(term_store) - (APPLIED_KEY in term_store))
+        if processor.overlay is not None:
+            processor.overlay.prune()
+            metrics.set_terminal_overlay(processor.overlay.n_labels, processor.overlay.dropped)
         wm = processor.watermark.value(time.time() * 1000.0)
         if wm is not None:
             metrics.watermark_seconds.set(wm / 1000.0)
@@ -444,26 +466,3 @@ def _key_partitions(table: Any) -> dict[str, int]:
     worker's own writes must too: the state sweep only deletes keys of partitions it owns."""
     d: dict[str, int] = table.data._key_partition
     return d
-
-
-def _record(metrics: Metrics, settings: Settings, res: Any) -> None:
-    if res.n_transactions:
-        metrics.batch_size.observe(res.n_transactions)
-        metrics.inference_seconds.labels("behaviour").observe(res.inference_s)
-        observe_many(metrics.scores, res.scores)
-        for d, n in Counter(res.decisions).items():
-            metrics.decisions.labels(d).inc(n)
-        observe_many(metrics.queue_wait_seconds, res.queue_wait_s)
-        observe_many(metrics.end_to_end_seconds, res.e2e_s)
-        if res.shadow_inference_s is not None:
-            metrics.inference_seconds.labels("shadow").observe(res.shadow_inference_s)
-            observe_many(metrics.shadow_scores, res.shadow_scores)
-            for (served, shadow), n in Counter(res.shadow_decisions).items():
-                metrics.shadow_decisions.labels(served, shadow).inc(n)
-        metrics.events_out.labels(settings.topic_risk_events).inc(res.n_transactions)
-    if res.dead_letters:
-        metrics.events_out.labels(settings.topic_dead_letter).inc(len(res.dead_letters))
-        for topic, field in res.dead_fields:
-            metrics.dead_letters.labels(topic, field).inc()
-    if res.n_late:
-        metrics.late_events.inc(res.n_late)

@@ -6,6 +6,7 @@ defined here; tests compare their queries with what a live worker serves on its 
 
 from __future__ import annotations
 
+from collections import Counter as Tally
 from collections.abc import Sequence
 from typing import Any
 
@@ -104,6 +105,25 @@ class Metrics:
             ["stage"],
             registry=r,
         )
+        self.terminal_overlay_labels = Gauge(
+            "riskstream_terminal_overlay_labels",
+            "Labels this worker forwarded that its terminal table does not hold yet, applied on "
+            "top of it when scoring (streams/terminal_overlay.py): a few batches' worth, more "
+            "while the terminal loop is behind",
+            registry=r,
+        )
+        self.terminal_overlay_transactions = Counter(
+            "riskstream_terminal_overlay_transactions",
+            "Transactions whose terminal state had forwarded labels the table did not hold yet",
+            registry=r,
+        )
+        self.terminal_overlay_dropped = Counter(
+            "riskstream_terminal_overlay_dropped",
+            "Forwarded labels dropped from the overlay by its bound before the table held them "
+            "(the terminal loop not moving): scored as the table has it",
+            registry=r,
+        )
+        self._overlay_dropped = 0
         self.input_fetch_records = Histogram(
             "riskstream_input_fetch_records",
             "Records per fetch the consumer hands the worker (streams/intake.py): each fetch costs "
@@ -166,6 +186,38 @@ class Metrics:
         self.states_expired.labels(kind).inc(res.deleted)
         self.states_unreadable.labels(kind).inc(res.unreadable)
         self.state_sweep_seconds.labels(kind).observe(seconds)
+
+    def record_batch(self, res: Any, risk_topic: str, dead_topic: str) -> None:
+        """A scored batch's figures (``res``: a ``streams.pipeline.BatchResult``)."""
+        if res.n_transactions:
+            self.batch_size.observe(res.n_transactions)
+            self.inference_seconds.labels("behaviour").observe(res.inference_s)
+            observe_many(self.scores, res.scores)
+            for d, n in Tally(res.decisions).items():
+                self.decisions.labels(d).inc(n)
+            observe_many(self.queue_wait_seconds, res.queue_wait_s)
+            observe_many(self.end_to_end_seconds, res.e2e_s)
+            if res.shadow_inference_s is not None:
+                self.inference_seconds.labels("shadow").observe(res.shadow_inference_s)
+                observe_many(self.shadow_scores, res.shadow_scores)
+                for (served, shadow), n in Tally(res.shadow_decisions).items():
+                    self.shadow_decisions.labels(served, shadow).inc(n)
+            self.events_out.labels(risk_topic).inc(res.n_transactions)
+        if res.dead_letters:
+            self.events_out.labels(dead_topic).inc(len(res.dead_letters))
+            for topic, field in res.dead_fields:
+                self.dead_letters.labels(topic, field).inc()
+        if res.n_late:
+            self.late_events.inc(res.n_late)
+        if res.n_overlay:
+            self.terminal_overlay_transactions.inc(res.n_overlay)
+
+    def set_terminal_overlay(self, labels: int, dropped: int) -> None:
+        """The overlay's size now and the labels its bound dropped since start."""
+        self.terminal_overlay_labels.set(labels)
+        if dropped > self._overlay_dropped:
+            self.terminal_overlay_dropped.inc(dropped - self._overlay_dropped)
+            self._overlay_dropped = dropped
 
     def set_consumer_lag(self, lags: dict[tuple[str, int], int]) -> None:
         """The lag of exactly the partitions in ``lags``, ``(topic, partition) -> messages``.

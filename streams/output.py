@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 Headers = list[tuple[str, bytes]]
+OutRecord = tuple[str, int | None, bytes | None, bytes | None, Headers | None]
 
 
 class BatchOutput:
@@ -58,11 +59,14 @@ class BatchOutput:
             part = cache[(topic, key)] = int(producer._partition(topic, None, key, None, key, None))
         return part
 
-    async def send(
-        self, records: list[tuple[str, int | None, bytes | None, bytes | None, Headers | None]]
-    ) -> list[asyncio.Future[Any]]:
+    async def send(self, records: list[OutRecord]) -> list[asyncio.Future[Any]]:
         """``records``: (topic, partition or None to hash the key, key, value (None: a
-        tombstone), headers)."""
+        tombstone), headers). One delivery future per record batch."""
+        return [fut for fut, _, _, _ in await self.send_counted(records)]
+
+    async def send_counted(self, records: list[OutRecord]) -> list[tuple[asyncio.Future[Any], str, int, int]]:
+        """:meth:`send`, each future with its batch's topic, partition and record count (the
+        future's ``RecordMetadata.offset`` is the batch's first offset)."""
         if not records:
             return []
         producer = self._producer()
@@ -75,21 +79,25 @@ class BatchOutput:
                 part = self.partition(producer, topic, key)
             groups.setdefault((topic, part), []).append((key, value, headers))
         # Build every batch first (no await), then hand them over in order.
-        built: list[tuple[Any, str, int]] = []
+        built: list[tuple[Any, str, int, int]] = []
         for (topic, part), items in groups.items():
-            batch = producer.create_batch()
+            batch, n = producer.create_batch(), 0
             for key, value, headers in items:
                 if batch.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
                     batch.close()
-                    built.append((batch, topic, part))
-                    batch = producer.create_batch()
+                    built.append((batch, topic, part, n))
+                    batch, n = producer.create_batch(), 0
                     if batch.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
                         raise ValueError(f"a record for {topic} does not fit in an empty batch")
+                n += 1
             batch.close()
-            built.append((batch, topic, part))
+            built.append((batch, topic, part, n))
         if self._cpu is not None:
             self._cpu.inc(time.thread_time() - t0)
-        return [await producer.send_batch(batch, topic, partition=part) for batch, topic, part in built]
+        return [
+            (await producer.send_batch(batch, topic, partition=part), topic, part, n)
+            for batch, topic, part, n in built
+        ]
 
 
 class ChangelogKeys:

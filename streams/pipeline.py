@@ -33,6 +33,7 @@ from modeling.records import (
     parse_transaction,
 )
 from modeling.scoring import Scorer
+from streams.terminal_overlay import Group, TerminalOverlay
 
 KIND_TXN, KIND_CLICK, KIND_LABEL = "transaction", "click", "label"
 Record = Transaction | ClickEvent | Label
@@ -69,6 +70,8 @@ class BatchResult:
     risk_events: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key, json)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     terminal_labels: list[tuple[bytes, bytes]] = field(default_factory=list)  # (terminal key, json)
+    forwarded: Group | None = None  # the terminal overlay's group of those labels
+    n_overlay: int = 0  # transactions whose terminal state had forwarded labels on top
     scores: list[float] = field(default_factory=list)
     decisions: list[str] = field(default_factory=list)
     queue_wait_s: list[float] = field(default_factory=list)
@@ -131,8 +134,12 @@ class BatchProcessor:
         shadow: Callable[[], Scorer | None] = lambda: None,
         max_message_bytes: int = 64 * 1024,
         now_ms: Callable[[], float] = lambda: time.time() * 1000.0,
+        terminal_overlay: TerminalOverlay | None = None,
     ) -> None:
         self.engine = engine
+        # Labels this worker forwarded, on top of the terminal table until it holds them
+        # (streams/terminal_overlay.py); None: the table alone
+        self.overlay = terminal_overlay
         self.scorer = scorer
         self.shadow = shadow
         self.user_get = user_get
@@ -249,12 +256,20 @@ class BatchProcessor:
         # 2. Event-time order inside the batch (ties: clicks, transactions, labels — the offline
         #    order): a small reorder buffer that absorbs skew between the three input topics.
         items.sort(key=_ORDER)
+        overlay = self.overlay
+        if overlay is not None:
+            overlay.prune()
         for _, _, _, rec, m, fresh, source in items:
             st = touched[rec.user_id]
             if fresh and st.applied.get(source, -1) < m.offset:
                 st.applied[source] = m.offset
             if isinstance(rec, Transaction):
-                f = engine.transaction(st, rec, self._terminal(rec.terminal_id), fold=fresh)
+                ts = self._terminal(rec.terminal_id)
+                if overlay is not None:
+                    seen = ts
+                    ts = overlay.merged(rec.terminal_id, ts)
+                    out.n_overlay += ts is not seen
+                f = engine.transaction(st, rec, ts, fold=fresh)
                 txns.append(rec)
                 feats.append(f)
                 msgs.append(m)
@@ -267,6 +282,10 @@ class BatchProcessor:
                     engine.user_label(st, rec)
                 # Forwarded even when redelivered: terminal state replaces by transaction id.
                 out.terminal_labels.append((rec.terminal_id.encode(), m.value))
+                if overlay is not None:
+                    overlay.add(rec)
+        if overlay is not None:
+            out.forwarded = overlay.seal()
         self.dirty.update(touched)
         return Prepared(out, txns, feats, msgs)
 

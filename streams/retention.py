@@ -46,6 +46,7 @@ from modeling.features import (
     terminal_is_expired,
 )
 from streams.pipeline import BatchProcessor
+from streams.terminal_overlay import APPLIED_KEY
 
 log = logging.getLogger("riskstream.worker")
 T = TypeVar("T")  # what a tombstone is sent for: (user id, partition) or a terminal id
@@ -219,6 +220,8 @@ class TerminalSweeper:
     def _expired(self, keys: list[str], cutoff: int, res: SweepResult) -> list[str]:
         gone: list[str] = []
         for tid in keys:
+            if tid == APPLIED_KEY:
+                continue  # the terminal loop's position, not a terminal
             state = self.own.get(tid)
             if state is None:
                 raw = self.store.get(tid)

@@ -20,6 +20,7 @@ DEFAULT_WORKER: dict[str, Any] = {
     "state_flush_interval_ms": 1000,
     "consumer_in_loop": True,
     "input_align_max_idle_ms": 100,
+    "terminal_overlay": True,
     "loglevel": "info",
 }
 SWEEP: dict[str, dict[str, Any]] = {
@@ -61,6 +62,9 @@ SWEEP: dict[str, dict[str, Any]] = {
     # Input topics taken in the order they were fetched, not aligned by timestamp (the default
     # before session 12): draining a backlog, one topic ran far ahead of the others.
     "no-align": {"input_align_max_idle_ms": 0},
+    # Terminal state from the global table alone, without the labels this worker forwarded and
+    # the table does not hold yet (streams/terminal_overlay.py; the default before session 13).
+    "no-terminal-overlay": {"terminal_overlay": False},
 }
 # (b) calls the model one transaction at a time, where oneDNN is slowest (batch 1: 0.40 ms
 # against 0.11 with Paddle's own kernels, results/predictor.json): its "default" runs with oneDNN

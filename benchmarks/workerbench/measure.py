@@ -178,8 +178,10 @@ async def watch(
 
 def scrape_stalls(proc: Proc) -> dict[str, Any] | None:
     """The worker's event-loop lag, GC pause and state-flush histograms, and the CPU seconds of
-    its event-loop thread, in all and per stage (``cpu_s``), and the messages consumed and produced
-    per topic (``events_in``, ``events_out``); all cumulative since start."""
+    its event-loop thread, in all and per stage (``cpu_s``), the messages consumed and produced
+    per topic (``events_in``, ``events_out``) and the waits for the terminal table
+    (``terminal_overlay``: transactions scored with forwarded labels on top of the terminal
+    table); all cumulative since start."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -203,6 +205,13 @@ def scrape_stalls(proc: Proc) -> dict[str, Any] | None:
             for smp in fam.samples:
                 if smp.name.endswith("_total"):
                     cpu[smp.labels.get("stage", "event_loop")] = round(smp.value, 4)
+            continue
+        if fam.name.startswith("riskstream_terminal_overlay_"):
+            # streams/terminal_overlay.py: transactions that used it, labels dropped, its size now
+            ov = out.setdefault("terminal_overlay", {})
+            for smp in fam.samples:
+                if not smp.name.endswith("_created"):
+                    ov[fam.name.removeprefix("riskstream_terminal_overlay_")] = int(smp.value)
             continue
         if fam.name in ("riskstream_events_in", "riskstream_events_out"):
             # messages per topic so far (the terminal loop's: its internal topic)

@@ -11,8 +11,8 @@ pure pipeline's over the same events in event-time order. The test also checks t
 matter: with the transactions first, most scores differ.
 
 The labels are on transactions one day old, so terminal risk (labels of transactions at least 7
-days old) does not count them. That path goes through the terminal loop's own topic, which
-this alignment does not cover (DEVELOPERS.md, "Input topics aligned by event time").
+days old) does not count them. That path goes through the terminal loop's own topic:
+``test_terminal_catch_up.py``.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from modeling.features import FeatureConfig, FeatureEngine, FeatureRunner, UserS
 from modeling.features.config import DAY_MS, HOUR_MS, MINUTE_MS
 from modeling.records import Label, Transaction
 from streams.replay import replay_events
+from streams.terminal_overlay import APPLIED_KEY, decode_position
 
 T0 = 1_527_811_200_000  # 2018-06-01
 YEAR_LATER = T0 + 367 * DAY_MS  # past the default 365-day retention plus the 1-day grace
@@ -99,6 +100,7 @@ def test_dormant_states_are_deleted_and_stay_deleted(
         n_live = len(live_terminals)
         assert _wait_metric(w, "riskstream_states", n_live, kind="terminal") == n_live
         terminal_log = _latest(sc, "terminal-state")
+        assert decode_position(terminal_log.pop(APPLIED_KEY)), "the terminal loop's position"
         assert {t for t, v in terminal_log.items() if v is None} == old_terminals
         assert {t for t, v in terminal_log.items() if v is not None} == live_terminals
         assert w.metric("riskstream_event_time_watermark_seconds") >= YEAR_LATER / 1000

@@ -17,6 +17,7 @@ from modeling.features import FeatureConfig, FeatureEngine, FeatureRunner, Termi
 from modeling.records import ClickEvent, Label, Transaction, parse_risk_event
 from modeling.registry import ModelRegistry
 from streams.replay import replay_events
+from streams.terminal_overlay import APPLIED_KEY, decode_position
 from training.history import event_stream, load_history
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "handbook_2w.parquet"
@@ -157,6 +158,8 @@ def _assert_tables_equal_replay(sc: Scenario, events: list[Transaction | ClickEv
     terms: dict[str, bytes] = {}
     for r in term_log:
         terms[orjson.loads(r.key)] = r.value
+    # and the terminal loop's position (streams/terminal_sync.py): past every forwarded label
+    assert (decode_position(terms.pop(APPLIED_KEY)) or 0) >= sum(isinstance(e, Label) for e in events)
     assert set(terms) == set(runner.terminals)
     for tid, ts in runner.terminals.items():
         live_t = TerminalState.from_bytes(terms[tid])

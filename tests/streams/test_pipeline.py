@@ -120,3 +120,41 @@ def test_overlapped_path_equals_the_synchronous_one(registry: tuple[ModelRegistr
     events = [orjson.loads(v) for w in want for _, v in w.risk_events]
     assert {e["shadow"]["model_version"] for e in events} == {challenger}
     assert {e["model_version"] for e in events} == {served}
+
+
+def test_labels_forwarded_earlier_in_the_batch_count_for_its_transactions() -> None:
+    """With the terminal overlay (streams/terminal_overlay.py) a transaction's terminal features
+    hold the labels forwarded before it, this batch's included, as the backtest's runner does."""
+    from modeling.features import FeatureRunner
+    from streams.terminal_overlay import TerminalOverlay
+
+    events: list[Label | Transaction] = []
+    for n in range(20):
+        tx_time = T0 - 8 * 86_400_000 - n * 3_600_000
+        events.append(Label(f"old{n}", f"lu{n}", "term1", n % 3 == 0, tx_time, T0 - 3 * 3_600_000 + n))
+    events += [Transaction(f"t{n}", f"cu{n}", "term1", 25.0 + n, T0 + n * 1000) for n in range(5)]
+    msgs = [
+        InMessage(
+            KIND_LABEL if isinstance(e, Label) else KIND_TXN,
+            "labels" if isinstance(e, Label) else "transactions",
+            0,
+            i,
+            e.user_id.encode(),
+            orjson.dumps(e.to_dict()),
+            0,
+            0.0,
+        )
+        for i, e in enumerate(events)
+    ]
+    want = [f.tab for _, f in FeatureRunner(FeatureEngine(CONFIG)).run(events)]
+
+    def prepared(overlay: bool) -> list[tuple[float, ...]]:
+        engine = FeatureEngine(CONFIG)
+        ov = TerminalOverlay(engine, lambda: None) if overlay else None
+        proc = BatchProcessor(engine, lambda: None, {}.get, lambda t: None, terminal_overlay=ov)  # type: ignore[arg-type,return-value]
+        prep = proc.prepare(msgs)
+        assert (prep.out.forwarded is not None) == overlay and prep.out.n_overlay == (5 if overlay else 0)
+        return [f.tab for f in prep.feats]
+
+    assert prepared(overlay=True) == want
+    assert prepared(overlay=False) != want  # the table alone has none of them yet

@@ -1,0 +1,184 @@
+"""Read-your-writes for terminal state: the scorer sees the labels it forwarded at once.
+
+Terminal risk is built from the labels of every user, so a label does not reach it inside the
+scoring loop. The loop forwards it to the terminal loop through an internal one-partition
+topic; that loop applies it and writes the global terminal table, which every worker reads back
+from its changelog (DEVELOPERS.md, "The live scorer"). A label counts for a transaction once it
+has been known for ``label_allowance_ms`` (1 h). Live, the round trip takes milliseconds. Catching
+up on a backlog an hour of event time passes in a few micro-batches, and transactions were
+scored before the labels ahead of them had reached the table (``tests/integration/
+test_terminal_catch_up.py``: all 240 scores differed from the backtest's).
+
+The overlay keeps the labels this worker forwarded until the table it reads holds them, and a
+transaction's terminal state is the table's with those labels applied on top. Applying a label
+twice changes nothing (terminal state keeps one entry per transaction id), so a label the table
+already holds may be applied again; the features count a label by its times alone, so the order
+of application does not matter. Labels earlier in the same batch count too, as in a replay.
+
+How the worker knows what the table holds (a position token):
+
+* after each batch of states the terminal loop writes its *position* — the next offset of the
+  terminal-labels topic it will apply — into the same changelog partition, under
+  :data:`APPLIED_KEY` (the empty string, which no terminal id can be). A table holding position
+  *n* holds every label forwarded below offset *n*: the changelog is read back in order;
+* each batch's forwarded labels are a *group*; the producer's delivery reports give the group's
+  offsets, and a group is dropped once the table's position is past its last one.
+
+What it covers: this worker's labels. Other workers' labels reach the table when their owners
+forward them; while several workers catch up together nothing orders their labels with this
+worker's transactions (DEVELOPERS.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from modeling.features import FeatureEngine, TerminalState
+from modeling.records import Label
+
+log = logging.getLogger("riskstream.worker")
+
+APPLIED_KEY = ""  # terminal ids are never empty (modeling/records.py)
+
+
+def encode_position(next_offset: int) -> bytes:
+    return b"%d" % next_offset
+
+
+def decode_position(raw: bytes | None) -> int | None:
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return None
+
+
+class Delivery(Protocol):
+    """A delivery future (``asyncio.Future`` of aiokafka's ``RecordMetadata``)."""
+
+    def done(self) -> bool: ...
+    def cancelled(self) -> bool: ...
+    def exception(self) -> BaseException | None: ...
+    def result(self) -> Any: ...
+
+
+@dataclass(slots=True)
+class Group:
+    """One batch's forwarded labels; ``batches``: its record batches once handed to the producer."""
+
+    labels: list[Label]
+    batches: list[tuple[Delivery, int]] | None = None  # (delivery future, records in the batch)
+    last_offset: int | None = field(default=None)
+
+
+def _settled(group: Group) -> bool:
+    """Every record batch of ``group`` was delivered (or failed); its last offset is known."""
+    if group.batches is None:
+        return False
+    last = -1
+    for fut, n in group.batches:
+        if not fut.done():
+            return False
+        if fut.cancelled() or fut.exception() is not None:
+            continue  # a failed delivery fails its input batch and crashes the worker
+        offset = getattr(fut.result(), "offset", None)  # None: acks=0, no offsets
+        if offset is not None and offset >= 0:
+            last = max(last, offset + n - 1)
+    group.last_offset = last
+    return True
+
+
+class TerminalOverlay:
+    """This worker's forwarded labels that the terminal table may not hold yet.
+
+    ``position()``: the table's position as the scorer sees it (None before the terminal loop
+    wrote one). ``max_labels`` bounds the overlay while the terminal loop does not move (its owner
+    down): the oldest groups go first, and are counted.
+    """
+
+    def __init__(
+        self, engine: FeatureEngine, position: Callable[[], int | None], *, max_labels: int = 200_000
+    ) -> None:
+        self.engine = engine
+        self.position = position
+        self.max_labels = max_labels
+        self._groups: deque[Group] = deque()
+        self._open: list[Label] = []
+        self._by_terminal: dict[str, deque[Label]] = {}
+        self.n_labels = 0
+        self.dropped = 0  # labels dropped unapplied by the bound
+
+    def add(self, label: Label) -> None:
+        """A label the batch being prepared forwards: from now on its terminal state has it."""
+        self._open.append(label)
+        q = self._by_terminal.get(label.terminal_id)
+        if q is None:
+            q = self._by_terminal[label.terminal_id] = deque()
+        q.append(label)
+        self.n_labels += 1
+
+    def seal(self) -> Group | None:
+        """The batch's labels as a group; None when it forwarded none. The caller sets its
+        ``batches`` once it handed them to the producer."""
+        if not self._open:
+            return None
+        group = Group(self._open)
+        self._groups.append(group)
+        self._open = []
+        if self.n_labels > self.max_labels:
+            self._drop_front(bounded=True)
+        return group
+
+    def prune(self) -> None:
+        """Forget the groups the table holds (or whose delivery failed)."""
+        groups = self._groups
+        pos: int | None = None
+        while groups and _settled(groups[0]):
+            last = groups[0].last_offset
+            if last is not None and last >= 0:
+                if pos is None:
+                    pos = self.position()
+                if pos is None or last >= pos:
+                    return
+            self._drop_front(bounded=False)
+
+    def _drop_front(self, *, bounded: bool) -> None:
+        while self._groups:
+            group = self._groups.popleft()
+            for lb in group.labels:  # a terminal's labels are queued in group order
+                q = self._by_terminal[lb.terminal_id]
+                q.popleft()
+                if not q:
+                    del self._by_terminal[lb.terminal_id]
+            self.n_labels -= len(group.labels)
+            if not bounded:
+                return
+            self.dropped += len(group.labels)
+            if self.n_labels <= self.max_labels:
+                log.warning(
+                    "terminal overlay: over %d labels the terminal table does not hold yet (is the "
+                    "terminal loop running?); %d dropped so far, scored as the table has it",
+                    self.max_labels,
+                    self.dropped,
+                )
+                return
+
+    def merged(self, terminal_id: str, table_state: TerminalState | None) -> TerminalState | None:
+        """The terminal's state as the scorer must see it: the table's with this worker's
+        pending labels on top. ``table_state`` is not changed."""
+        pending = self._by_terminal.get(terminal_id)
+        if not pending:
+            return table_state
+        st = TerminalState()
+        if table_state is not None:
+            st.labels = dict(table_state.labels)
+            st.latest_label_ms = table_state.latest_label_ms
+        apply = self.engine.terminal_label
+        for lb in pending:
+            apply(st, lb)
+        return st

@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     # hands out one topic at a time and transactions were scored without the labels and clicks
     # that came before them. 0: no alignment (messages are taken in the order they arrived).
     input_align_max_idle_ms: float = Field(default=100.0, ge=0)
+    # With alignment on, a transaction also waits for the labels of every partition of the worker
+    # up to its timestamp minus the label allowance (terminal risk mixes all users' labels;
+    # streams/input_buffer.py, LabelRule). Off: labels of its own partition group only.
+    input_align_labels: bool = True
     # The scorer applies the labels it forwarded to terminal state on top of the global terminal
     # table until the table holds them (streams/terminal_overlay.py). Live the table holds them
     # long before they count; catching up on a backlog, without it transactions were scored

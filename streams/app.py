@@ -50,7 +50,7 @@ from modeling.settings import Settings, feature_config
 from streams.batch_loop import BatchLoop, Taken
 from streams.broker.topics import terminal_labels_topic
 from streams.in_loop import InLoopTransport
-from streams.input_buffer import Alignment, InputBuffer
+from streams.input_buffer import Alignment, InputBuffer, LabelRule
 from streams.intake import BatchingApp, BatchingTransport
 from streams.loop_lag import watch_loop_lag
 from streams.metrics import Metrics
@@ -147,7 +147,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
 
     # Every input message reaches the scorer through a batch buffer (streams/intake.py), not a
     # per-event Faust stream: the consumer appends, the loop takes micro-batches.
-    in_buffer = _input_buffer(app, settings, list(kinds))
+    in_buffer = _input_buffer(app, settings, list(kinds), engine.config.label_allowance_ms / 1000.0)
     app.batch_topics(inputs, in_buffer)
     term_buffer = InputBuffer(high_water=4 * settings.pipeline_max_batch)
     app.batch_topics(term_topic, term_buffer)
@@ -417,9 +417,10 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     return Runtime(app, processor, flusher, sweeper, terminal_sweeper, watcher, metrics)
 
 
-def _input_buffer(app: Any, settings: Settings, topics: list[str]) -> InputBuffer:
+def _input_buffer(app: Any, settings: Settings, topics: list[str], label_lead_s: float) -> InputBuffer:
     """The scoring loop's buffer: the input topics aligned by timestamp (streams/input_buffer.py),
-    each partition held back from fetching once it has a pipeline batch buffered."""
+    transactions behind the labels of every partition by at most the label allowance, each
+    partition held back from fetching once it has a pipeline batch buffered."""
     n = settings.pipeline_max_batch
     if not settings.input_align_max_idle_ms:
         return InputBuffer(high_water=4 * n)
@@ -444,7 +445,19 @@ def _input_buffer(app: Any, settings: Settings, topics: list[str]) -> InputBuffe
         # room for every partition's held batch plus a fetch (the per-partition limit does the
         # back-pressure; this stops the fetcher altogether)
         high_water=16 * n,
-        align=Alignment(topics, lagging, settings.input_align_max_idle_ms / 1000.0),
+        align=Alignment(
+            topics,
+            lagging,
+            settings.input_align_max_idle_ms / 1000.0,
+            labels=LabelRule(
+                settings.topic_transactions,
+                settings.topic_labels,
+                label_lead_s,
+                lambda: [tp for tp in app.consumer.assignment() if tp.topic == settings.topic_labels],
+            )
+            if settings.input_align_labels
+            else None,
+        ),
         tp_limit=n,
         hold=hold,
         release=release,

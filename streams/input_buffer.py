@@ -20,6 +20,14 @@ heads compare by timestamp) or has nothing more to fetch. A partition with nothi
 that still has messages to fetch holds its group back for at most ``max_idle_s``
 (``max.task.idle.ms`` in Kafka Streams), after which the group goes on without it.
 
+Labels across groups (:class:`LabelRule`). Terminal risk mixes the labels of every user, so a
+transaction also waits for the labels of every partition of this worker, not only its group's,
+up to its timestamp minus the label allowance (a label counts only once it is that old). A
+labels partition with nothing buffered and more to fetch counts as holding a label at the
+timestamp of the last one taken from it (Kafka timestamps rise within a partition), for at most
+``max_idle_s``. Without it, one group's transactions were taken while another group's labels
+were still in Kafka (``tests/integration/test_terminal_catch_up.py``).
+
 Back-pressure per partition: a partition with ``tp_limit`` messages buffered is held back from
 fetching (``hold``, Faust's ``Consumer.on_buffer_full``) until it drops to half (``release``),
 so that one topic running ahead cannot fill the buffer while its group waits for another. The
@@ -31,12 +39,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 Taken = list[tuple[float, Any]]  # (monotonic receipt time, message)
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """Terminal risk mixes the labels of every user, so a transaction waits for the labels of every
+    partition, not only its group's, up to its timestamp minus ``lead_s`` (the label allowance: a
+    label counts only once it is that old, so newer ones need not be waited for)."""
+
+    txn_topic: str
+    labels_topic: str
+    lead_s: float
+    partitions: Callable[[], Iterable[Any]]  # the labels partitions this worker is assigned
 
 
 class Alignment:
@@ -44,12 +66,22 @@ class Alignment:
 
     ``topics``: the input topics, co-partitioned (same key, same partition count).
     ``lagging(tp)``: the partition has messages in Kafka that the buffer has not received yet.
+    ``labels``: a transaction also waits for the labels of *every* partition of this worker up to
+    its timestamp minus a lead (:class:`LabelRule`). None: groups only.
     """
 
-    def __init__(self, topics: Iterable[str], lagging: Callable[[Any], bool], max_idle_s: float) -> None:
+    def __init__(
+        self,
+        topics: Iterable[str],
+        lagging: Callable[[Any], bool],
+        max_idle_s: float,
+        *,
+        labels: LabelRule | None = None,
+    ) -> None:
         self.topics = tuple(topics)
         self.lagging = lagging
         self.max_idle_s = max_idle_s
+        self.labels = labels
         self._idle_since: dict[Any, float] = {}  # lagging member with nothing buffered -> since
 
     def members(self, tp: Any) -> list[Any]:
@@ -68,6 +100,32 @@ class Alignment:
             if expiry > now:
                 until = expiry if until is None else min(until, expiry)
         return until
+
+    def label_floor(
+        self,
+        labels_tps: Iterable[Any],
+        head: Callable[[Any], float | None],
+        last: Mapping[Any, float],
+        now: float,
+    ) -> tuple[float, float | None]:
+        """The earliest timestamp a label not taken yet can have, as far as this worker knows,
+        over ``labels_tps``: a buffered head; for a partition with nothing buffered and messages
+        still to fetch, the timestamp of the last label taken from it (minus infinity before
+        the first), for at most ``max_idle_s``. Also when the earliest such wait ends."""
+        floor = math.inf
+        until = None
+        for tp in labels_tps:
+            ts = head(tp)
+            if ts is not None or not self.lagging(tp):
+                self._idle_since.pop(tp, None)
+                if ts is not None and ts < floor:
+                    floor = ts
+                continue
+            expiry = self._idle_since.setdefault(tp, now) + self.max_idle_s
+            if expiry > now:
+                floor = min(floor, last.get(tp, -math.inf))
+                until = expiry if until is None else min(until, expiry)
+        return floor, until
 
     def forget(self, tps: Iterable[Any] | None = None) -> None:
         if tps is None:
@@ -100,6 +158,7 @@ class InputBuffer:
         self._hold = hold
         self._release = release
         self._held: set[Any] = set()
+        self._label_last: dict[Any, float] = {}  # labels partition -> last timestamp taken
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -153,6 +212,10 @@ class InputBuffer:
         d = self._q.get(tp)
         return bool(d)
 
+    def _head_ts(self, tp: Any) -> float | None:
+        d = self._q.get(tp)
+        return (d[0][1].timestamp or 0.0) if d else None
+
     async def take(self, max_n: int, max_wait_s: float) -> Taken:
         """Up to ``max_n`` messages; waits at most ``max_wait_s`` after the oldest one arrived
         (and, aligned, while every buffered message waits for a lagging partition)."""
@@ -203,13 +266,32 @@ class InputBuffer:
         heapq.heapify(heap)
         out: Taken = []
         q = self._q
+        # Transactions also wait for the labels of every partition (Alignment.labels)
+        labels = align.labels if align is not None else None
+        floor, floor_until = math.inf, None
+        txn_topic = labels_topic = ""
+        lead = 0.0
+        labels_tps: list[Any] = []
+        if align is not None and labels is not None:
+            txn_topic, labels_topic, lead = labels.txn_topic, labels.labels_topic, labels.lead_s
+            labels_tps = list(labels.partitions())
+            floor, floor_until = align.label_floor(labels_tps, self._head_ts, self._label_last, now)
+        stopped: set[int] = set()  # groups whose next transaction waits for a label
         while heap and len(out) < max_n:
             _, tp = heapq.heappop(heap)
-            if align is not None and held.get(tp.partition) is not None:
+            if align is not None and (held.get(tp.partition) is not None or tp.partition in stopped):
                 continue  # a member of its group ran dry while it still had messages to fetch
             d = q[tp]
+            if labels is not None and tp.topic == txn_topic and (d[0][1].timestamp or 0.0) - lead >= floor:
+                stopped.add(tp.partition)  # a label it may use is still to be taken
+                continue
             r, m, _s = d.popleft()
             out.append((r, m))
+            if labels is not None and tp.topic == labels_topic:
+                ts = m.timestamp or 0.0
+                self._label_last[tp] = ts
+                if align is not None and (ts <= floor or not d):
+                    floor, floor_until = align.label_floor(labels_tps, self._head_ts, self._label_last, now)
             if d:
                 _, m2, s2 = d[0]
                 heapq.heappush(heap, ((m2.timestamp or 0.0, s2) if align is not None else s2, tp))
@@ -225,4 +307,6 @@ class InputBuffer:
             for tp in [tp for tp in self._held if len(q.get(tp, ())) <= low]:
                 self._unhold(tp)
         waits = [t for t in held.values() if t is not None]
+        if floor_until is not None:
+            waits.append(floor_until)
         return out, (min(waits) if waits and not out else None)

@@ -21,6 +21,7 @@ DEFAULT_WORKER: dict[str, Any] = {
     "consumer_in_loop": True,
     "input_align_max_idle_ms": 100,
     "terminal_overlay": True,
+    "input_align_labels": True,
     "loglevel": "info",
 }
 SWEEP: dict[str, dict[str, Any]] = {
@@ -65,6 +66,10 @@ SWEEP: dict[str, dict[str, Any]] = {
     # Terminal state from the global table alone, without the labels this worker forwarded and
     # the table does not hold yet (streams/terminal_overlay.py; the default before session 13).
     "no-terminal-overlay": {"terminal_overlay": False},
+    # Transactions wait for the labels of their own partition group only, not of every partition
+    # (streams/input_buffer.py, LabelRule; the default before session 13).
+    "no-label-rule": {"input_align_labels": False},
+    "no-overlay-no-label-rule": {"terminal_overlay": False, "input_align_labels": False},
 }
 # (b) calls the model one transaction at a time, where oneDNN is slowest (batch 1: 0.40 ms
 # against 0.11 with Paddle's own kernels, results/predictor.json): its "default" runs with oneDNN

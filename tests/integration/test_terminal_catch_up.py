@@ -13,11 +13,13 @@ them (read-your-writes, ``streams/terminal_overlay.py``). Its scores must equal 
 the feature runner's over the same events in event-time order. With the overlay off
 (``RISKSTREAM_TERMINAL_OVERLAY=false``) all 240 differ (checked).
 
-One partition per topic: the overlay holds the labels the worker has taken, and the input
-alignment orders labels before transactions within a partition group only. With four, the
-transactions of one group were sometimes taken while the labels of another were still in Kafka
-(in 8 of 23 runs; 98, 110 and 118 of 240 scores differed where counted): DEVELOPERS.md, "Terminal state while
-catching up".
+Four partitions per topic: terminal risk mixes the labels of every partition, and the
+overlay holds only the labels the worker has taken. The input buffer therefore holds a
+transaction back until the labels of every partition are taken up to its timestamp minus the
+allowance (``streams/input_buffer.py``, ``LabelRule``). Without it the transactions of one group
+were taken while the labels of another were still in Kafka: with
+``RISKSTREAM_INPUT_ALIGN_LABELS=false`` this test failed in 6 runs of 6 (51 to 118 of 240 scores
+differed), and with the rule it passed 8 of 8.
 """
 
 from __future__ import annotations
@@ -77,10 +79,10 @@ def test_a_backlog_of_labels_reaches_terminal_risk_before_the_transactions_after
 ) -> None:
     reg = tmp_path / "registry"
     shutil.copytree(model_registry, reg)
-    sc = Scenario(kafka_broker, reg, tmp_path, partitions=1)
+    sc = Scenario(kafka_broker, reg, tmp_path, partitions=4)
     settings = sc.settings()
     t = sc.topics
-    run(ensure_topics(sc.bootstrap, {t["transactions"]: 1, t["clickstream"]: 1, t["labels"]: 1}))
+    run(ensure_topics(sc.bootstrap, {t["transactions"]: 4, t["clickstream"]: 4, t["labels"]: 4}))
     labels, txns = _events()
     run(replay_events([*labels, *txns], settings, kafka_timestamps="event", progress=False))
 

@@ -64,6 +64,11 @@ def test_n_in_n_out_and_dead_letters(
     try:
         w.wait_metrics()
         consumer = "InLoopBatchingConsumer" if consumer_in_loop == "true" else "BatchingConsumer"
+        # the metrics endpoint comes up before Faust starts its services: wait for the line
+        deadline = time.monotonic() + 60
+        while f"[^--{consumer}]: Starting" not in w.log_path.read_text() and time.monotonic() < deadline:
+            w.check_alive()
+            time.sleep(0.2)
         assert f"[^--{consumer}]: Starting" in w.log_path.read_text(), w.log_tail()
         _replay(sc, _events(df))
         good = orjson.loads(orjson.dumps(Transaction("ok-1", "u1", "t1", 10.0, 1_528_000_000_000).to_dict()))

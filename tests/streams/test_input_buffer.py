@@ -5,6 +5,7 @@ with a batch buffered is held back from fetching."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import defaultdict
 from typing import Any, NamedTuple
@@ -12,7 +13,7 @@ from typing import Any, NamedTuple
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.input_buffer import Alignment, InputBuffer
+from streams.input_buffer import Alignment, InputBuffer, LabelRule
 
 TOPICS = ("tx", "clicks", "labels")
 
@@ -237,3 +238,118 @@ def test_puts_between_takes_lose_nothing_and_keep_each_partitions_order(
     for tp in {m.tp for m in msgs}:
         offs = [m.offset for m in out if m.tp == tp]
         assert offs == sorted(offs)
+
+
+LEAD = 5.0  # the label allowance, in seconds of Kafka time
+
+
+def label_rule(lead: float = LEAD) -> LabelRule:
+    return LabelRule("tx", "labels", lead, lambda: [TP("labels", 0), TP("labels", 1)])
+
+
+def with_labels(lagging: set[TP], max_idle_s: float = 5.0) -> InputBuffer:
+    return InputBuffer(
+        100_000, align=Alignment(TOPICS, lambda tp: tp in lagging, max_idle_s, labels=label_rule())
+    )
+
+
+def test_a_transaction_waits_for_older_labels_of_other_partitions() -> None:
+    async def go() -> tuple[list[Any], list[Any], list[Any]]:
+        lagging = {TP("labels", 1)}  # partition 1's labels: more in Kafka, none buffered
+        buf = with_labels(lagging, max_idle_s=30.0)
+        put_all(buf, TP("tx", 0), [20.0])
+        put_all(buf, TP("tx", 1), [3.0])  # a transaction of the lagging group itself
+        put_all(buf, TP("labels", 0), [1.0])
+        put_all(buf, TP("clicks", 0), [21.0])
+        first = await asyncio.wait_for(buf.take(10, 0.0), 1.0)
+        # partition 1's label at 14 <= 20 - LEAD counts for the transaction at 20
+        put_all(buf, TP("labels", 1), [14.0, 16.0])
+        lagging.clear()
+        second = await asyncio.wait_for(buf.take(10, 0.0), 1.0)
+        return [(m.tp, m.timestamp) for _, m in first], [(m.tp, m.timestamp) for _, m in second], []
+
+    first, second, _ = asyncio.run(go())
+    # its own group's label goes; the transactions wait (tx 1 waits for its group as before)
+    assert first == [(TP("labels", 0), 1.0)]
+    assert second == [
+        (TP("tx", 1), 3.0),
+        (TP("labels", 1), 14.0),
+        (TP("labels", 1), 16.0),
+        (TP("tx", 0), 20.0),
+        (TP("clicks", 0), 21.0),
+    ]
+
+
+def test_labels_newer_than_the_lead_do_not_hold_a_transaction() -> None:
+    async def go() -> list[Any]:
+        buf = with_labels({TP("labels", 1)})
+        put_all(buf, TP("labels", 1), [16.0])  # buffered, and after 20 - LEAD: cannot count
+        put_all(buf, TP("tx", 0), [20.0])
+        return [(m.tp, m.timestamp) for _, m in await asyncio.wait_for(buf.take(10, 0.0), 1.0)]
+
+    # the label at 16 goes first (timestamp order); its partition then has nothing buffered and
+    # more to fetch, but what comes next is later than 16, after 20 - LEAD: the transaction goes
+    assert asyncio.run(go()) == [(TP("labels", 1), 16.0), (TP("tx", 0), 20.0)]
+
+
+def test_the_wait_for_another_partitions_labels_is_bounded() -> None:
+    async def go() -> tuple[list[float], float]:
+        buf = with_labels({TP("labels", 1)}, max_idle_s=0.15)
+        put_all(buf, TP("tx", 1), [2.0])  # partition 1 is known, its labels never come
+        put_all(buf, TP("tx", 0), [20.0])
+        t0 = time.monotonic()
+        got: list[float] = []
+        while len(got) < 2:
+            got += stamps(await asyncio.wait_for(buf.take(10, 0.0), 2.0))
+        return got, time.monotonic() - t0
+
+    got, waited = asyncio.run(go())
+    assert sorted(got) == [2.0, 20.0] and waited >= 0.14
+
+
+@settings(max_examples=80, deadline=None)
+@given(_puts, st.lists(st.integers(0, 7), min_size=1, max_size=20))
+def test_no_transaction_is_taken_before_a_label_it_may_use(
+    puts: list[tuple[str, int, int]], takes: list[int]
+) -> None:
+    """Partitions whose messages are not all put yet are lagging (the fetcher's view); the idle
+    bound never expires here. Whenever a transaction is taken, every label at or before its
+    timestamp minus the lead, of any partition, was taken before it."""
+    msgs = _stamped(puts)
+    lead = 1.0
+
+    async def go() -> list[Msg]:
+        remaining = defaultdict(int)
+        for m in msgs:
+            remaining[m.tp] += 1
+        lagging = {tp for tp, n in remaining.items() if n}
+        buf = InputBuffer(
+            100_000, align=Alignment(TOPICS, lagging.__contains__, 60.0, labels=label_rule(lead))
+        )
+        out: list[Msg] = []
+
+        async def take(n: int) -> None:
+            with contextlib.suppress(TimeoutError):  # everything buffered waits for a lagging partition
+                out.extend(m for _, m in await asyncio.wait_for(buf.take(n, 0.0), 0.005))
+
+        for i, m in enumerate(msgs):
+            buf.put(m)
+            remaining[m.tp] -= 1
+            if not remaining[m.tp]:
+                lagging.discard(m.tp)
+            if takes[i % len(takes)]:
+                await take(takes[i % len(takes)])
+        while len(buf):
+            await take(5)
+        return out
+
+    out = asyncio.run(go())
+    assert sorted(out) == sorted(msgs)
+    for i, m in enumerate(out):
+        if m.tp.topic == "tx":
+            before = {id(x) for x in out[:i]}
+            assert all(
+                id(lb) in before
+                for lb in msgs
+                if lb.tp.topic == "labels" and lb.timestamp <= m.timestamp - lead
+            )

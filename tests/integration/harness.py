@@ -330,3 +330,18 @@ def wait_caught_up(
             worker.check_alive()
         time.sleep(1.0)
     raise AssertionError(f"group rs-{scenario.name} still {lag} messages behind after {timeout} s")
+
+
+def served_scorer(registry: Path, settings: Any) -> Any:
+    """The registry's current behaviour model behind a ``Scorer``, loaded as a worker with
+    ``settings`` loads it: what the catch-up tests score their reference with."""
+    from modeling.features import FeatureConfig
+    from modeling.predictor import Predictor, PredictorOptions
+    from modeling.registry import ModelRegistry
+    from modeling.scoring import Scorer
+
+    config = FeatureConfig()
+    options = PredictorOptions.from_settings(settings)
+    registry_ = ModelRegistry(registry)
+    predictor = Predictor.load(registry_, "behaviour", options, expected_feature_set=config.feature_set)
+    return Scorer(predictor, config)

@@ -22,12 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from harness import Scenario, WorkerProc, consume, run
+from harness import Scenario, WorkerProc, consume, run, served_scorer
 
 from modeling.features import Event, FeatureConfig, FeatureEngine
-from modeling.predictor import Predictor, PredictorOptions
 from modeling.records import ClickEvent, Label, Transaction
-from modeling.registry import ModelRegistry
 from modeling.scoring import Scorer
 from streams.pipeline import KIND_CLICK, KIND_LABEL, KIND_TXN, BatchProcessor, InMessage
 from streams.replay import replay_events
@@ -99,13 +97,7 @@ def test_a_backlog_read_out_of_order_scores_as_in_event_time(
         live[ev["transaction_id"]] = ev["score"]
     assert len(live) == len(txns)
 
-    options = PredictorOptions.from_settings(settings)
-    scorer = Scorer(
-        Predictor.load(
-            ModelRegistry(reg), "behaviour", options, expected_feature_set=FeatureConfig().feature_set
-        ),
-        FeatureConfig(),
-    )
+    scorer = served_scorer(reg, settings)
     in_order = _pure_scores(sorted([*txns, *side], key=_time), scorer)
     txns_first = _pure_scores([*txns, *side], scorer)
     scored = [f"s{i}" for i in range(USERS)]

@@ -29,12 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from harness import Scenario, WorkerProc, consume, run
+from harness import Scenario, WorkerProc, consume, run, served_scorer
 
 from modeling.features import Event, FeatureConfig, FeatureEngine, FeatureRunner
-from modeling.predictor import Predictor, PredictorOptions
 from modeling.records import Label, Transaction
-from modeling.registry import ModelRegistry
 from modeling.scoring import Scorer
 from streams.broker.topics import ensure_topics
 from streams.replay import replay_events
@@ -95,13 +93,7 @@ def test_a_backlog_of_labels_reaches_terminal_risk_before_the_transactions_after
     live = {orjson.loads(r.value)["transaction_id"]: orjson.loads(r.value)["score"] for r in recs}
     assert len(live) == len(txns)
 
-    options = PredictorOptions.from_settings(settings)
-    scorer = Scorer(
-        Predictor.load(
-            ModelRegistry(reg), "behaviour", options, expected_feature_set=FeatureConfig().feature_set
-        ),
-        FeatureConfig(),
-    )
+    scorer = served_scorer(reg, settings)
     want = _backtest_scores(sorted([*labels, *txns], key=_time), scorer)
     without_labels = _backtest_scores(list(txns), scorer)
     ids = [t.transaction_id for t in txns]

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from modeling.features import FeatureEngine, TerminalState
@@ -73,7 +73,7 @@ class Group:
 
     labels: list[Label]
     batches: list[tuple[Delivery, int]] | None = None  # (delivery future, records in the batch)
-    last_offset: int | None = field(default=None)
+    last_offset: int | None = None  # set once settled
 
 
 def _settled(group: Group) -> bool:

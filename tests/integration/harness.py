@@ -345,3 +345,14 @@ def served_scorer(registry: Path, settings: Any) -> Any:
     registry_ = ModelRegistry(registry)
     predictor = Predictor.load(registry_, "behaviour", options, expected_feature_set=config.feature_set)
     return Scorer(predictor, config)
+
+
+def scores_by_transaction(records: Iterable[Any]) -> dict[str, float]:
+    """Risk-event records (as :func:`consume` returns them) -> transaction id -> score."""
+    import orjson
+
+    out: dict[str, float] = {}
+    for r in records:
+        ev = orjson.loads(r.value)
+        out[ev["transaction_id"]] = ev["score"]
+    return out

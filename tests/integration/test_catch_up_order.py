@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from harness import Scenario, WorkerProc, consume, run, served_scorer
+from harness import Scenario, WorkerProc, consume, run, scores_by_transaction, served_scorer
 
 from modeling.features import Event, FeatureConfig, FeatureEngine
 from modeling.records import ClickEvent, Label, Transaction
@@ -91,10 +91,7 @@ def test_a_backlog_read_out_of_order_scores_as_in_event_time(
         recs = run(consume(sc.bootstrap, sc.topics["risk_events"], until=len(txns), timeout=240))
     finally:
         w.stop()
-    live = {}
-    for r in recs:
-        ev = orjson.loads(r.value)
-        live[ev["transaction_id"]] = ev["score"]
+    live = scores_by_transaction(recs)
     assert len(live) == len(txns)
 
     scorer = served_scorer(reg, settings)

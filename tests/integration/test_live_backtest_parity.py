@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import orjson
 import pandas as pd
-from harness import Scenario, WorkerProc, consume, run
+from harness import Scenario, WorkerProc, consume, run, scores_by_transaction
 
 from modeling.features import Event, FeatureConfig, FeatureEngine
 from modeling.predictor import Predictor, PredictorOptions
@@ -98,10 +97,7 @@ def test_replayed_live_scores_equal_backtest(kafka_broker: str, model_registry: 
         recs = run(consume(sc.bootstrap, sc.topics["risk_events"], until=n_tx, timeout=240))
     finally:
         w.stop()
-    live = {}
-    for r in recs:
-        ev = orjson.loads(r.value)
-        live[ev["transaction_id"]] = ev["score"]
+    live = scores_by_transaction(recs)
     assert len(live) == n_tx
 
     registry = ModelRegistry(reg)

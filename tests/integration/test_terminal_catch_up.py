@@ -28,8 +28,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import orjson
-from harness import Scenario, WorkerProc, consume, run, served_scorer
+from harness import Scenario, WorkerProc, consume, run, scores_by_transaction, served_scorer
 
 from modeling.features import Event, FeatureConfig, FeatureEngine, FeatureRunner
 from modeling.records import Label, Transaction
@@ -90,7 +89,7 @@ def test_a_backlog_of_labels_reaches_terminal_risk_before_the_transactions_after
         overlaid = w.metric("riskstream_terminal_overlay_transactions_total")
     finally:
         w.stop()
-    live = {orjson.loads(r.value)["transaction_id"]: orjson.loads(r.value)["score"] for r in recs}
+    live = scores_by_transaction(recs)
     assert len(live) == len(txns)
 
     scorer = served_scorer(reg, settings)

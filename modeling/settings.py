@@ -104,6 +104,15 @@ class Settings(BaseSettings):
     # long before they count; catching up on a backlog, without it transactions were scored
     # without the labels an hour or more before them. Off: the table alone.
     terminal_overlay: bool = True
+    # Every worker reads the terminal-labels topic itself (streams/terminal_feed.py): the labels
+    # other workers (or this worker's previous process) forwarded go on top of the terminal table
+    # as its own do, and a transaction waits, bounded, for the labels of the partitions other
+    # workers own up to its timestamp minus the allowance. Off: other workers' labels reach it
+    # through the table only (nothing orders them with its transactions while catching up).
+    terminal_feed: bool = True
+    # How long another worker's label floor may hold a transaction back after it last changed
+    # (that worker's next progress record normally comes with its next batch).
+    terminal_feed_max_wait_ms: float = Field(default=1000.0, ge=0)
 
     # --- models ------------------------------------------------------------------------------
     registry_dir: Path = Field(default_factory=lambda: default_home() / "registry")

@@ -23,7 +23,8 @@ whose single consumer is the only writer of the global table; every worker reads
 changelog into a local replica. Features use a label only once it is ``label_allowance_ms`` old,
 which covers this propagation live. Catching up on a backlog it does not, so the scorer also
 applies the labels it forwarded on top of the replica until the replica holds them
-(``streams/terminal_overlay.py``).
+(``streams/terminal_overlay.py``), and reads the labels other workers forwarded, and how far each
+got, straight from the internal topic (``streams/terminal_feed.py``).
 
 At-least-once: a batch is acked once the broker acknowledged every record it produced and the
 state flush holding its state changes (``streams/state_flush.py``), batches in order, and Faust
@@ -36,13 +37,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import faust
-from faust.transport.consumer import ensure_TP
 
 from modeling.features import FeatureEngine, TerminalState
 from modeling.records import parse_label
@@ -50,7 +51,7 @@ from modeling.settings import Settings, feature_config
 from streams.batch_loop import BatchLoop, Taken
 from streams.broker.topics import terminal_labels_topic
 from streams.in_loop import InLoopTransport
-from streams.input_buffer import Alignment, InputBuffer, LabelRule
+from streams.input_buffer import InputBuffer
 from streams.intake import BatchingApp, BatchingTransport
 from streams.loop_lag import watch_loop_lag
 from streams.metrics import Metrics
@@ -68,7 +69,9 @@ from streams.pipeline import (
 from streams.retention import StateSweeper, TerminalSweeper
 from streams.security import faust_credentials
 from streams.state_flush import StateFlusher
+from streams.terminal_feed import PROGRESS_KEY, WORKER_HEADER, FeedState, encode_progress
 from streams.terminal_overlay import APPLIED_KEY, TerminalOverlay, decode_position, encode_position
+from streams.wiring import input_buffer, key_partitions, store_dict, terminal_feed
 
 log = logging.getLogger("riskstream.worker")
 FLUSH_CHUNK = 256  # user states serialized between two yields to the event loop
@@ -134,20 +137,37 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     processor = BatchProcessor(
         engine,
         watcher.scorer,
-        lambda uid: _store_dict(users).get(uid),
-        lambda tid: _store_dict(terminals).get(tid),
+        lambda uid: store_dict(users).get(uid),
+        lambda tid: store_dict(terminals).get(tid),
         shadow=watcher.shadow,
         max_message_bytes=settings.max_message_bytes,
         terminal_overlay=TerminalOverlay(
-            engine, lambda: decode_position(_store_dict(terminals).get(APPLIED_KEY))
+            engine, lambda: decode_position(store_dict(terminals).get(APPLIED_KEY))
         )
         if settings.terminal_overlay
         else None,
     )
 
+    # Other workers' labels and label floors, read from the terminal-labels topic; this worker's
+    # records carry its id (streams/terminal_feed.py).
+    worker_id = os.urandom(8).hex().encode()
+    own_header = [(WORKER_HEADER, worker_id)]
+    feed_state = (
+        FeedState(worker_id, processor.overlay, max_bytes=settings.max_message_bytes)
+        if settings.terminal_feed
+        else None
+    )
+
     # Every input message reaches the scorer through a batch buffer (streams/intake.py), not a
     # per-event Faust stream: the consumer appends, the loop takes micro-batches.
-    in_buffer = _input_buffer(app, settings, list(kinds), engine.config.label_allowance_ms / 1000.0)
+    in_buffer = input_buffer(
+        app,
+        settings,
+        list(kinds),
+        engine.config.label_allowance_ms / 1000.0,
+        feed_state,
+        on_wait=lambda: publish_floors() if feed_state is not None else None,
+    )
     app.batch_topics(inputs, in_buffer)
     term_buffer = InputBuffer(high_water=4 * settings.pipeline_max_batch)
     app.batch_topics(term_topic, term_buffer)
@@ -181,10 +201,33 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
             metrics.events_in.labels(topic).inc(n)
         return batch
 
-    async def emit(res: BatchResult) -> list[Any]:
+    feed = None if feed_state is None else terminal_feed(settings, term_name, feed_state, in_buffer.poke)
+    published: list[dict[int, float]] = [{}]  # the floors last sent
+    progress_sends: set[asyncio.Future[Any]] = set()
+
+    def progress_record(floors: dict[int, float]) -> Any:
+        published[0] = floors
+        return (term_name, 0, PROGRESS_KEY, encode_progress(worker_id, floors), own_header)
+
+    def publish_floors() -> None:
+        # The scoring loop waits for another worker's labels: its own floors may have risen since
+        # its last batch (that worker may be waiting for them). Only with no batch between take
+        # and emit, whose labels a floor would claim as forwarded.
+        if feed_state is None or any(not task.done() for task in scoring):
+            return
+        floors = in_buffer.label_floors()
+        if floors and floors != published[0]:
+            task = asyncio.ensure_future(out.send([progress_record(floors)]))
+            progress_sends.add(task)  # a progress record lost is superseded by the next
+            task.add_done_callback(progress_sends.discard)
+
+    async def emit(res: BatchResult, floors: dict[int, float]) -> list[Any]:
         records: list[Any] = [(risk_name, None, key, value, None) for key, value in res.risk_events]
         records += [(dead_name, None, dl.key, dl.value, dl.headers) for dl in res.dead_letters]
-        records += [(term_name, 0, key, value, None) for key, value in res.terminal_labels]
+        records += [(term_name, 0, key, value, own_header) for key, value in res.terminal_labels]
+        if floors and floors != published[0]:
+            # after the batch's labels: a reader of this record has read them
+            records.append(progress_record(floors))
         sent = await out.send_counted(records)
         futures = [fut for fut, _, _, _ in sent]
         if res.forwarded is not None:  # where they landed: streams/terminal_overlay.py
@@ -194,14 +237,18 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         metrics.record_batch(res, settings.topic_risk_events, settings.topic_dead_letter)
         return futures
 
+    def floors_now() -> dict[int, float]:
+        return in_buffer.label_floors() if feed_state is not None else {}
+
     async def handle_inputs(taken: Taken) -> list[Any]:
+        floors = floors_now()  # what this batch takes is forwarded with it
         batch = to_messages(taken)
         t0 = thread_time()
         res = processor.process(batch)
         cpu_score.inc(thread_time() - t0)
         # No await between process() and epoch(): the batch's states are in the epoch's flush.
         flushed = flusher.epoch()
-        return [*await emit(res), flushed]
+        return [*await emit(res, floors), flushed]
 
     # With the model in a child process (settings.inference_process) its call is awaited, and
     # batches overlap: batch N+1 is featurized while batch N is in the model. At most one batch
@@ -209,6 +256,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     scoring: list[asyncio.Future[list[Any]]] = []  # the batch in the model, if any
 
     async def handle_inputs_overlapped(taken: Taken) -> list[Any]:
+        floors = floors_now()
         batch = to_messages(taken)
         t0 = thread_time()
         prep = processor.prepare(batch)
@@ -217,14 +265,14 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         if scoring:
             await asyncio.wait(scoring)  # its failure crashes the worker through its acks
             scoring.clear()
-        task = asyncio.ensure_future(complete(prep))
+        task = asyncio.ensure_future(complete(prep, floors))
         scoring.append(task)
         return [asyncio.ensure_future(delivered(task, flushed))]
 
-    async def complete(prep: Prepared) -> list[Any]:
+    async def complete(prep: Prepared, floors: dict[int, float]) -> list[Any]:
         res = await processor.process_async(prep)
         cpu_score.inc(res.cpu_s)
-        return await emit(res)
+        return await emit(res, floors)
 
     async def delivered(task: asyncio.Future[list[Any]], flushed: asyncio.Future[Any]) -> None:
         await asyncio.gather(*await task, flushed)
@@ -235,7 +283,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         # Serializing a month of history takes about 0.1 ms per user, so the flush yields to the
         # event loop between chunks rather than stall it for the whole set.
         taken = processor.begin_flush()
-        store, key_partition = _store_dict(users), _key_partitions(users)
+        store, key_partition = store_dict(users), key_partitions(users)
         futures: list[Any] = []
         snapshot = processor.snapshot
         for i in range(0, len(taken), FLUSH_CHUNK):
@@ -265,8 +313,8 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     sweeper = StateSweeper(
         processor,
         engine.config,
-        _store_dict(users),
-        _key_partitions(users),
+        store_dict(users),
+        key_partitions(users),
         send_tombstones,
         lock=flusher.lock,
         owned=owned_partitions,
@@ -289,8 +337,10 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     async def _handle_terminal_labels(taken: Taken) -> list[Any]:
         t0 = thread_time()
         touched: dict[str, TerminalState] = {}
-        store = _store_dict(terminals)
+        store = store_dict(terminals)
         for _, m in taken:
+            if m.key == PROGRESS_KEY:
+                continue  # another worker's label floors, for the terminal feeds
             lb = parse_label(m.value, settings.max_message_bytes)
             ts = touched.get(lb.terminal_id)
             if ts is None:
@@ -324,7 +374,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         processor,
         engine.config,
         term_own,
-        _store_dict(terminals),
+        store_dict(terminals),
         send_terminal_tombstones,
         lock=term_lock,
         owner=lambda: any(tp.topic == term_name for tp in app.consumer.assignment()),
@@ -394,15 +444,35 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
             if hw is not None and pos is not None:
                 lags[(tp.topic, tp.partition)] = max(hw - pos, 0)
         metrics.set_consumer_lag(lags)  # partitions given away in a rebalance leave the gauge
-        metrics.states.labels("user").set(len(_store_dict(users)))
-        term_store = _store_dict(terminals)
+        metrics.states.labels("user").set(len(store_dict(users)))
+        term_store = store_dict(terminals)
         metrics.states.labels("terminal").set(len(term_store) - (APPLIED_KEY in term_store))
         if processor.overlay is not None:
             processor.overlay.prune()
             metrics.set_terminal_overlay(processor.overlay.n_labels, processor.overlay.dropped)
+        if feed_state is not None:
+            metrics.set_terminal_feed(feed_state.counts)
         wm = processor.watermark.value(time.time() * 1000.0)
         if wm is not None:
             metrics.watermark_seconds.set(wm / 1000.0)
+
+    if feed is not None:
+
+        @app.on_rebalance_complete.connect  # type: ignore[arg-type]
+        async def start_feed(sender: Any, **kwargs: Any) -> None:
+            # Tables recovered, streams not resumed yet: the feed reads what the terminal table
+            # does not hold before the first batch is scored (streams/terminal_feed.py).
+            if feed.started:
+                return
+            try:
+                await feed.start(decode_position(store_dict(terminals).get(APPLIED_KEY)))
+            except Exception:  # the worker goes on; other workers' labels wait a bound each
+                log.exception("terminal feed could not start; trying again at the next rebalance")
+                await feed.stop()
+
+        @app.on_before_shutdown.connect  # type: ignore[arg-type]
+        async def stop_feed(sender: Any, **kwargs: Any) -> None:
+            await feed.stop()
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
@@ -415,67 +485,3 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         term_own.clear()
 
     return Runtime(app, processor, flusher, sweeper, terminal_sweeper, watcher, metrics)
-
-
-def _input_buffer(app: Any, settings: Settings, topics: list[str], label_lead_s: float) -> InputBuffer:
-    """The scoring loop's buffer: the input topics aligned by timestamp (streams/input_buffer.py),
-    transactions behind the labels of every partition by at most the label allowance, each
-    partition held back from fetching once it has a pipeline batch buffered."""
-    n = settings.pipeline_max_batch
-    if not settings.input_align_max_idle_ms:
-        return InputBuffer(high_water=4 * n)
-
-    def lagging(tp: Any) -> bool:
-        # Messages in Kafka not yet handed to the buffer (streams/intake.py); unknown before a
-        # partition's first fetch, when it counts as lagging (the wait is bounded).
-        return app.consumer.unfetched(tp) is not False
-
-    # Faust's active-partition set takes its own TP type only (a message's tp is aiokafka's).
-    def hold(tp: Any) -> None:
-        app.consumer.on_buffer_full(ensure_TP(tp))
-
-    def release(tp: Any) -> None:
-        consumer, tp = app.consumer, ensure_TP(tp)
-        if tp in consumer.assignment():
-            consumer.on_buffer_drop(tp)
-        else:
-            consumer._buffered_partitions.discard(tp)
-
-    return InputBuffer(
-        # room for every partition's held batch plus a fetch (the per-partition limit does the
-        # back-pressure; this stops the fetcher altogether)
-        high_water=16 * n,
-        align=Alignment(
-            topics,
-            lagging,
-            settings.input_align_max_idle_ms / 1000.0,
-            labels=LabelRule(
-                settings.topic_transactions,
-                settings.topic_labels,
-                label_lead_s,
-                lambda: [tp for tp in app.consumer.assignment() if tp.topic == settings.topic_labels],
-            )
-            if settings.input_align_labels
-            else None,
-        ),
-        tp_limit=n,
-        hold=hold,
-        release=release,
-    )
-
-
-def _store_dict(table: Any) -> dict[str, bytes]:
-    """The dict inside a table's memory store: reads and writes without Faust's per-key hooks.
-
-    The worker writes the changelog itself (``streams/output.py``); Faust's recovery fills this
-    same dict from the changelog.
-    """
-    d: dict[str, bytes] = table.data.data
-    return d
-
-
-def _key_partitions(table: Any) -> dict[str, int]:
-    """The memory store's key -> partition map. Recovery (and standby replicas) fill it; the
-    worker's own writes must too: the state sweep only deletes keys of partitions it owns."""
-    d: dict[str, int] = table.data._key_partition
-    return d

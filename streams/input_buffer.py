@@ -26,7 +26,9 @@ up to its timestamp minus the label allowance (a label counts only once it is th
 labels partition with nothing buffered and more to fetch counts as holding a label at the
 timestamp of the last one taken from it (Kafka timestamps rise within a partition), for at most
 ``max_idle_s``. Without it, one group's transactions were taken while another group's labels
-were still in Kafka (``tests/integration/test_terminal_catch_up.py``).
+were still in Kafka (``tests/integration/test_terminal_catch_up.py``). The labels partitions other
+workers own count through the floors they publish (``streams/terminal_feed.py``): a partition's
+floor holds a transaction back for at most ``remote_max_idle_s`` after it last changed.
 
 Back-pressure per partition: a partition with ``tp_limit`` messages buffered is held back from
 fetching (``hold``, Faust's ``Consumer.on_buffer_full``) until it drops to half (``release``),
@@ -43,7 +45,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 Taken = list[tuple[float, Any]]  # (monotonic receipt time, message)
@@ -59,6 +61,12 @@ class LabelRule:
     labels_topic: str
     lead_s: float
     partitions: Callable[[], Iterable[Any]]  # the labels partitions this worker is assigned
+    # The labels partitions other workers own (numbers), the floors they published (the lowest
+    # timestamp of a label not forwarded yet; inf: none pending) and when each floor last
+    # changed (this buffer's clock): streams/terminal_feed.py.
+    others: Callable[[], Iterable[int]] = tuple
+    floors: Mapping[int, float] = field(default_factory=dict)
+    changed: Mapping[int, float] = field(default_factory=dict)
 
 
 class Alignment:
@@ -77,12 +85,17 @@ class Alignment:
         max_idle_s: float,
         *,
         labels: LabelRule | None = None,
+        remote_max_idle_s: float | None = None,
     ) -> None:
         self.topics = tuple(topics)
         self.lagging = lagging
         self.max_idle_s = max_idle_s
         self.labels = labels
-        self._idle_since: dict[Any, float] = {}  # lagging member with nothing buffered -> since
+        # how long another worker's floor may hold a transaction back after it last changed
+        self.remote_max_idle_s = max_idle_s if remote_max_idle_s is None else remote_max_idle_s
+        # lagging member with nothing buffered -> since; ("remote", p): another worker's labels
+        # partition p, before its first floor
+        self._idle_since: dict[Any, float] = {}
 
     def members(self, tp: Any) -> list[Any]:
         """Partition ``tp.partition`` of every input topic (of ``tp``'s own type)."""
@@ -125,6 +138,19 @@ class Alignment:
             if expiry > now:
                 floor = min(floor, last.get(tp, -math.inf))
                 until = expiry if until is None else min(until, expiry)
+        rule = self.labels
+        if rule is not None:
+            for p in rule.others():
+                f = rule.floors.get(p, -math.inf)
+                if f == math.inf:
+                    continue
+                since = rule.changed.get(p)
+                if since is None:
+                    since = self._idle_since.setdefault(("remote", p), now)
+                expiry = since + self.remote_max_idle_s
+                if expiry > now:
+                    floor = min(floor, f)
+                    until = expiry if until is None else min(until, expiry)
         return floor, until
 
     def forget(self, tps: Iterable[Any] | None = None) -> None:
@@ -147,6 +173,7 @@ class InputBuffer:
         tp_limit: int | None = None,
         hold: Callable[[Any], object] | None = None,
         release: Callable[[Any], object] | None = None,
+        on_wait: Callable[[], object] | None = None,
     ) -> None:
         self.high_water = high_water
         self.align = align
@@ -157,8 +184,10 @@ class InputBuffer:
         self._tp_limit = tp_limit
         self._hold = hold
         self._release = release
+        self._on_wait = on_wait  # called when everything buffered waits (aligned)
         self._held: set[Any] = set()
         self._label_last: dict[Any, float] = {}  # labels partition -> last timestamp taken
+        self._stream_ts = -math.inf  # the latest timestamp taken from any partition
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
@@ -181,6 +210,31 @@ class InputBuffer:
             # every time: Faust resets its active partitions after a rebalance or recovery
             self._held.add(tp)
             self._hold(tp)
+
+    def poke(self) -> None:
+        """Something a wait depends on changed (another worker's label floor): look again."""
+        self._arrived.set()
+
+    def label_floors(self) -> dict[int, float]:
+        """For each labels partition of this worker, the lowest timestamp a label not taken yet
+        can have, as far as this buffer knows: its buffered head; with nothing buffered, the
+        last one taken (minus infinity before the first) while it has more to fetch, and when it
+        has none, the latest timestamp taken from any partition (a label produced later is
+        stamped later: live, it is stamped now; a replay produces in time order). What a
+        progress record publishes (``streams/terminal_feed.py``). Not infinity, as this buffer
+        assumes for its own partitions when it looks: another worker reads the floor later, when
+        more labels may have arrived (two workers catching up failed that way)."""
+        align = self.align
+        rule = align.labels if align is not None else None
+        if align is None or rule is None:
+            return {}
+        out: dict[int, float] = {}
+        for tp in rule.partitions():
+            ts = self._head_ts(tp)
+            if ts is None:
+                ts = self._label_last.get(tp, -math.inf) if align.lagging(tp) else self._stream_ts
+            out[tp.partition] = ts
+        return out
 
     def full(self) -> bool:
         return self._n >= self.high_water
@@ -242,6 +296,8 @@ class InputBuffer:
             # Everything buffered waits for a lagging partition: until it delivers or the
             # wait expires.
             self._arrived.clear()
+            if self._on_wait is not None:
+                self._on_wait()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), max(wake - self._clock(), 0.0))
 
@@ -287,11 +343,16 @@ class InputBuffer:
                 continue
             r, m, _s = d.popleft()
             out.append((r, m))
-            if labels is not None and tp.topic == labels_topic:
+            if labels is not None:
                 ts = m.timestamp or 0.0
-                self._label_last[tp] = ts
-                if align is not None and (ts <= floor or not d):
-                    floor, floor_until = align.label_floor(labels_tps, self._head_ts, self._label_last, now)
+                if ts > self._stream_ts:
+                    self._stream_ts = ts
+                if tp.topic == labels_topic:
+                    self._label_last[tp] = ts
+                    if align is not None and (ts <= floor or not d):
+                        floor, floor_until = align.label_floor(
+                            labels_tps, self._head_ts, self._label_last, now
+                        )
             if d:
                 _, m2, s2 = d[0]
                 heapq.heappush(heap, ((m2.timestamp or 0.0, s2) if align is not None else s2, tp))

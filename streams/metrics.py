@@ -107,9 +107,10 @@ class Metrics:
         )
         self.terminal_overlay_labels = Gauge(
             "riskstream_terminal_overlay_labels",
-            "Labels this worker forwarded that its terminal table does not hold yet, applied on "
-            "top of it when scoring (streams/terminal_overlay.py): a few batches' worth, more "
-            "while the terminal loop is behind",
+            "Forwarded labels (this worker's, and other workers' read by its terminal feed) that "
+            "its terminal table does not hold yet, applied on top of it when scoring "
+            "(streams/terminal_overlay.py): a few batches' worth, more while the terminal loop is "
+            "behind",
             registry=r,
         )
         self.terminal_overlay_transactions = Counter(
@@ -124,6 +125,15 @@ class Metrics:
             registry=r,
         )
         self._overlay_dropped = 0
+        self.terminal_feed_records = Counter(
+            "riskstream_terminal_feed_records",
+            "Records of the terminal-labels topic this worker's terminal feed read "
+            "(streams/terminal_feed.py), by kind: label (another worker's, applied on top of the "
+            "terminal table), own (skipped), progress (label floors), unreadable",
+            ["kind"],
+            registry=r,
+        )
+        self._feed_counts: dict[str, int] = {}
         self.input_fetch_records = Histogram(
             "riskstream_input_fetch_records",
             "Records per fetch the consumer hands the worker (streams/intake.py): each fetch costs "
@@ -218,6 +228,14 @@ class Metrics:
         if dropped > self._overlay_dropped:
             self.terminal_overlay_dropped.inc(dropped - self._overlay_dropped)
             self._overlay_dropped = dropped
+
+    def set_terminal_feed(self, counts: dict[str, int]) -> None:
+        """The terminal feed's record counts since start (``FeedState.counts``)."""
+        for kind, n in counts.items():
+            before = self._feed_counts.get(kind, 0)
+            if n > before:
+                self.terminal_feed_records.labels(kind).inc(n - before)
+                self._feed_counts[kind] = n
 
     def set_consumer_lag(self, lags: dict[tuple[str, int], int]) -> None:
         """The lag of exactly the partitions in ``lags``, ``(topic, partition) -> messages``.

@@ -24,9 +24,10 @@ How the worker knows what the table holds (a position token):
 * each batch's forwarded labels are a *group*; the producer's delivery reports give the group's
   offsets, and a group is dropped once the table's position is past its last one.
 
-What it covers: this worker's labels. Other workers' labels reach the table when their owners
-forward them; while several workers catch up together nothing orders their labels with this
-worker's transactions (DEVELOPERS.md).
+Other workers' labels, and those a previous process of this worker forwarded before a restart,
+come from the terminal feed (``streams/terminal_feed.py``), which reads the terminal-labels topic
+from the table's position on: :meth:`TerminalOverlay.add_fed` with each label's offset, dropped
+once the table's position is past it.
 """
 
 from __future__ import annotations
@@ -110,6 +111,9 @@ class TerminalOverlay:
         self._groups: deque[Group] = deque()
         self._open: list[Label] = []
         self._by_terminal: dict[str, deque[Label]] = {}
+        # Labels read from the terminal-labels topic (other workers'), in offset order
+        self._fed: deque[tuple[int, Label]] = deque()
+        self._fed_by_terminal: dict[str, deque[Label]] = {}
         self.n_labels = 0
         self.dropped = 0  # labels dropped unapplied by the bound
 
@@ -121,6 +125,18 @@ class TerminalOverlay:
             q = self._by_terminal[label.terminal_id] = deque()
         q.append(label)
         self.n_labels += 1
+
+    def add_fed(self, label: Label, offset: int) -> None:
+        """A label another worker forwarded, read from the terminal-labels topic at ``offset``
+        (offsets rise from call to call): on top of the table until its position is past it."""
+        self._fed.append((offset, label))
+        q = self._fed_by_terminal.get(label.terminal_id)
+        if q is None:
+            q = self._fed_by_terminal[label.terminal_id] = deque()
+        q.append(label)
+        self.n_labels += 1
+        if self.n_labels > self.max_labels:
+            self._drop_fed(bounded=True)
 
     def seal(self) -> Group | None:
         """The batch's labels as a group; None when it forwarded none. The caller sets its
@@ -135,7 +151,14 @@ class TerminalOverlay:
         return group
 
     def prune(self) -> None:
-        """Forget the groups the table holds (or whose delivery failed)."""
+        """Forget the labels the table holds (and groups whose delivery failed)."""
+        if self._fed:
+            pos = self.position()
+            while self._fed and pos is not None and self._fed[0][0] < pos:
+                self._drop_fed(bounded=False)
+        self._prune_own()
+
+    def _prune_own(self) -> None:
         groups = self._groups
         pos: int | None = None
         while groups and _settled(groups[0]):
@@ -146,6 +169,20 @@ class TerminalOverlay:
                 if pos is None or last >= pos:
                     return
             self._drop_front(bounded=False)
+
+    def _drop_fed(self, *, bounded: bool) -> None:
+        while self._fed:
+            _, lb = self._fed.popleft()
+            q = self._fed_by_terminal[lb.terminal_id]
+            q.popleft()
+            if not q:
+                del self._fed_by_terminal[lb.terminal_id]
+            self.n_labels -= 1
+            if not bounded:
+                return
+            self.dropped += 1
+            if self.n_labels <= self.max_labels:
+                return
 
     def _drop_front(self, *, bounded: bool) -> None:
         while self._groups:
@@ -172,13 +209,16 @@ class TerminalOverlay:
         """The terminal's state as the scorer must see it: the table's with this worker's
         pending labels on top. ``table_state`` is not changed."""
         pending = self._by_terminal.get(terminal_id)
-        if not pending:
+        fed = self._fed_by_terminal.get(terminal_id) if self._fed_by_terminal else None
+        if not pending and not fed:
             return table_state
         st = TerminalState()
         if table_state is not None:
             st.labels = dict(table_state.labels)
             st.latest_label_ms = table_state.latest_label_ms
         apply = self.engine.terminal_label
-        for lb in pending:
-            apply(st, lb)
+        for q in (fed, pending):
+            if q:
+                for lb in q:
+                    apply(st, lb)
         return st

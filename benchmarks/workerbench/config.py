@@ -22,6 +22,7 @@ DEFAULT_WORKER: dict[str, Any] = {
     "input_align_max_idle_ms": 100,
     "terminal_overlay": True,
     "input_align_labels": True,
+    "terminal_feed": True,
     "loglevel": "info",
 }
 SWEEP: dict[str, dict[str, Any]] = {
@@ -70,6 +71,10 @@ SWEEP: dict[str, dict[str, Any]] = {
     # (streams/input_buffer.py, LabelRule; the default before session 13).
     "no-label-rule": {"input_align_labels": False},
     "no-overlay-no-label-rule": {"terminal_overlay": False, "input_align_labels": False},
+    # No terminal feed: this worker neither reads other workers' labels and floors from the
+    # terminal-labels topic nor publishes its own (streams/terminal_feed.py; the default before
+    # session 14). With one worker the feed only reads its own labels back, and skips them.
+    "no-terminal-feed": {"terminal_feed": False},
 }
 # (b) calls the model one transaction at a time, where oneDNN is slowest (batch 1: 0.40 ms
 # against 0.11 with Paddle's own kernels, results/predictor.json): its "default" runs with oneDNN

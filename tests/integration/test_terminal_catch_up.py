@@ -13,6 +13,11 @@ them (read-your-writes, ``streams/terminal_overlay.py``). Its scores must equal 
 the feature runner's over the same events in event-time order. With the overlay off
 (``RISKSTREAM_TERMINAL_OVERLAY=false``) all 240 differ (checked).
 
+With two workers catching up together each holds half of the labels partitions, and the other
+half reach it from the other worker: every worker reads the labels the others forwarded, and
+the floors they publish, straight from the terminal-labels topic, and a transaction waits for
+the other workers' labels up to its timestamp minus the allowance (``streams/terminal_feed.py``).
+
 Four partitions per topic: terminal risk mixes the labels of every partition, and the
 overlay holds only the labels the worker has taken. The input buffer therefore holds a
 transaction back until the labels of every partition are taken up to its timestamp minus the
@@ -25,6 +30,7 @@ differed), and with the rule it passed 8 of 8.
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +108,53 @@ def test_a_backlog_of_labels_reaches_terminal_risk_before_the_transactions_after
     diff = np.abs(np.array([live[t] for t in ids]) - w_arr)
     assert diff.max() <= 1e-5, f"{int((diff > 1e-5).sum())} of {len(ids)} scores differ; max {diff.max():.3g}"
     assert overlaid >= 1  # the terminal loop was behind for some of them
+
+
+def _owned_input_partitions(w: WorkerProc, topic: str) -> set[int]:
+    try:
+        return {
+            int(ls["partition"]) for ls in w.label_sets("riskstream_consumer_lag") if ls["topic"] == topic
+        }
+    except OSError:
+        return set()
+
+
+def test_two_workers_catching_up_together_score_as_the_backtest(
+    kafka_broker: str, model_registry: Path, tmp_path: Path
+) -> None:
+    reg = tmp_path / "registry"
+    shutil.copytree(model_registry, reg)
+    sc = Scenario(kafka_broker, reg, tmp_path, partitions=4)
+    settings = sc.settings()
+    t = sc.topics
+    run(ensure_topics(sc.bootstrap, {t["transactions"]: 4, t["clickstream"]: 4, t["labels"]: 4}))
+    workers = [WorkerProc(sc, "pair-a").start(), WorkerProc(sc, "pair-b").start()]
+    try:
+        # both in the group, two input partitions each, before the backlog goes in
+        deadline = time.monotonic() + 180
+        while True:
+            owned = [_owned_input_partitions(w, t["transactions"]) for w in workers]
+            if all(owned) and owned[0].isdisjoint(owned[1]) and len(owned[0] | owned[1]) == 4:
+                break
+            assert time.monotonic() < deadline, f"{owned}\n{workers[0].log_tail()}"
+            for w in workers:
+                w.check_alive()
+            time.sleep(1.0)
+        labels, txns = _events()
+        run(replay_events([*labels, *txns], settings, kafka_timestamps="event", progress=False))
+        recs = run(consume(sc.bootstrap, sc.topics["risk_events"], until=len(txns), timeout=240))
+        time.sleep(6)  # the feed's counts reach the metrics every 5 s
+        fed = [w.metric("riskstream_terminal_feed_records_total", kind="label") for w in workers]
+        scored = [w.metric("riskstream_events_out_total", topic=t["risk_events"]) for w in workers]
+    finally:
+        for w in workers:
+            w.stop()
+    live = scores_by_transaction(recs)
+    assert len(live) == len(txns)
+    scorer = served_scorer(reg, settings)
+    want = _backtest_scores(sorted([*labels, *txns], key=_time), scorer)
+    ids = [t.transaction_id for t in txns]
+    diff = np.abs(np.array([live[t] for t in ids]) - np.array([want[t] for t in ids]))
+    assert diff.max() <= 1e-5, f"{int((diff > 1e-5).sum())} of {len(ids)} scores differ; max {diff.max():.3g}"
+    assert all(n > 0 for n in scored), scored  # both scored transactions
+    assert all(n > 0 for n in fed), fed  # each applied labels the other forwarded

@@ -9,6 +9,7 @@ from faust.transport.consumer import ensure_TP
 
 from modeling.settings import Settings
 from streams.input_buffer import Alignment, InputBuffer, LabelRule
+from streams.intake import throttle_metadata_retries
 from streams.security import client_kwargs
 from streams.terminal_feed import FeedState, TerminalFeed
 
@@ -81,13 +82,18 @@ def terminal_feed(settings: Settings, topic: str, state: FeedState, on_progress:
     from aiokafka import AIOKafkaConsumer
 
     def make() -> Any:
-        return AIOKafkaConsumer(
+        consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers,
             group_id=None,
             enable_auto_commit=False,
             fetch_max_wait_ms=settings.fetch_max_wait_ms,
+            # a failed fetch is retried (and logged) after this long: a broker outage must not
+            # flood the log (tests/integration/test_broker_outage.py)
+            retry_backoff_ms=1000,
             **client_kwargs(settings),
         )
+        throttle_metadata_retries(consumer._client)  # as Faust's clients do (streams/intake.py)
+        return consumer
 
     return TerminalFeed(make, topic, state, on_progress)
 

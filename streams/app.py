@@ -71,7 +71,7 @@ from streams.security import faust_credentials
 from streams.state_flush import StateFlusher
 from streams.terminal_feed import PROGRESS_KEY, WORKER_HEADER, FeedState, encode_progress
 from streams.terminal_overlay import APPLIED_KEY, TerminalOverlay, decode_position, encode_position
-from streams.wiring import input_buffer, key_partitions, store_dict, terminal_feed
+from streams.wiring import input_buffer, key_partitions, other_labels_partitions, store_dict, terminal_feed
 
 log = logging.getLogger("riskstream.worker")
 FLUSH_CHUNK = 256  # user states serialized between two yields to the event loop
@@ -213,7 +213,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         # The scoring loop waits for another worker's labels: its own floors may have risen since
         # its last batch (that worker may be waiting for them). Only with no batch between take
         # and emit, whose labels a floor would claim as forwarded.
-        if feed_state is None or any(not task.done() for task in scoring):
+        if feed is None or feed.paused or any(not task.done() for task in scoring):
             return
         floors = in_buffer.label_floors()
         if floors and floors != published[0]:
@@ -238,7 +238,8 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         return futures
 
     def floors_now() -> dict[int, float]:
-        return in_buffer.label_floors() if feed_state is not None else {}
+        # nobody reads them while this worker holds every labels partition (its feed is paused)
+        return in_buffer.label_floors() if feed is not None and not feed.paused else {}
 
     async def handle_inputs(taken: Taken) -> list[Any]:
         floors = floors_now()  # what this batch takes is forwarded with it
@@ -462,12 +463,18 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         async def start_feed(sender: Any, **kwargs: Any) -> None:
             # Tables recovered, streams not resumed yet: the feed reads what the terminal table
             # does not hold before the first batch is scored (streams/terminal_feed.py).
-            if feed.started:
-                return
+            # Holding every labels partition, it pauses after that first read: nobody else
+            # forwards labels (measured: reading its own back cost a single worker ~10 %).
+            position = decode_position(store_dict(terminals).get(APPLIED_KEY))
             try:
-                await feed.start(decode_position(store_dict(terminals).get(APPLIED_KEY)))
+                if not feed.started:
+                    await feed.start(position)
+                if not other_labels_partitions(app, settings):
+                    await feed.pause()
+                else:
+                    await feed.resume(position)
             except Exception:  # the worker goes on; other workers' labels wait a bound each
-                log.exception("terminal feed could not start; trying again at the next rebalance")
+                log.exception("terminal feed failed; trying again at the next rebalance")
                 await feed.stop()
 
         @app.on_before_shutdown.connect  # type: ignore[arg-type]

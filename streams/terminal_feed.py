@@ -157,8 +157,10 @@ class TerminalFeed:
         self.state = state
         self.on_progress = on_progress
         self.started = False
+        self.paused = False
         self.caught_up = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._tp: Any = None
         self._target = 0
 
     async def start(self, position: int | None, *, catch_up_s: float = CATCH_UP_S) -> None:
@@ -171,14 +173,40 @@ class TerminalFeed:
         self.started = True
         c = self.consumer = self.make_consumer()
         await c.start()
-        tp = TopicPartition(self.topic, 0)
-        c.assign([tp])
+        self._tp = TopicPartition(self.topic, 0)
+        c.assign([self._tp])
+        await self._read_from(position, catch_up_s)
+
+    async def pause(self) -> None:
+        """Stop reading (this worker holds every labels partition: nobody else forwards labels,
+        and its own are in the overlay already) until :meth:`resume`."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+        self.consumer.pause(self._tp)
+        self.paused = True
+        log.info("terminal feed paused: this worker holds every labels partition")
+
+    async def resume(self, position: int | None, *, catch_up_s: float = CATCH_UP_S) -> None:
+        """Read again, from ``position`` (the table's now), as :meth:`start` does."""
+        if not self.paused or self.consumer is None:
+            return
+        self.paused = False
+        self.consumer.resume(self._tp)
+        await self._read_from(position, catch_up_s)
+
+    async def _read_from(self, position: int | None, catch_up_s: float) -> None:
+        c, tp = self.consumer, self._tp
         if position is None:
             await c.seek_to_beginning(tp)
         else:
             c.seek(tp, position)
         self._target = (await c.end_offsets([tp]))[tp]
         start = await c.position(tp)
+        self.caught_up.clear()
         if start >= self._target:
             self.caught_up.set()
         self._task = asyncio.ensure_future(self._run(tp))
@@ -234,5 +262,5 @@ class TerminalFeed:
         if self.consumer is not None:
             await self.consumer.stop()
             self.consumer = None
-        self.started = False
+        self.started = self.paused = False
         self.caught_up.clear()

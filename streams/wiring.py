@@ -50,8 +50,7 @@ def input_buffer(
         return [tp for tp in app.consumer.assignment() if tp.topic == settings.topic_labels]
 
     def others() -> list[int]:
-        owned = {tp.partition for tp in mine()}
-        return [p for p in range(settings.topic_partitions) if p not in owned]
+        return other_labels_partitions(app, settings)
 
     rule = None
     if settings.input_align_labels:
@@ -75,6 +74,12 @@ def input_buffer(
         release=release,
         on_wait=on_wait,
     )
+
+
+def other_labels_partitions(app: Any, settings: Settings) -> list[int]:
+    """The labels partitions this worker is not assigned: other workers forward their labels."""
+    owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic_labels}
+    return [p for p in range(settings.topic_partitions) if p not in owned]
 
 
 def terminal_feed(settings: Settings, topic: str, state: FeedState, on_progress: Any) -> TerminalFeed:

@@ -1,6 +1,6 @@
 """The terminal feed on a real broker: it reads the terminal-labels topic from the table's
 position, waits at start until it has read what the topic held, skips the worker's own labels,
-and keeps reading what other workers forward (streams/terminal_feed.py)."""
+keeps reading what other workers forward, and pauses and resumes (streams/terminal_feed.py)."""
 
 from __future__ import annotations
 
@@ -74,6 +74,14 @@ def test_the_feed_reads_from_the_tables_position_and_keeps_up(kafka_broker: str)
                     break
                 await asyncio.sleep(0.05)
             later = fed(overlay)
+            # paused (the worker holds every labels partition), it reads nothing; resumed from
+            # the table's position, it reads what came meanwhile
+            await feed.pause()
+            await send(b"t", orjson.dumps(_label(8).to_dict()), PEER)
+            await asyncio.sleep(0.5)
+            assert fed(overlay) == later
+            await feed.resume(8, catch_up_s=30.0)
+            assert fed(overlay) == [*later, "x8"]
             return at_start, floors_at_start, counts, len(pokes), later, dict(state.floors)
         finally:
             await feed.stop()

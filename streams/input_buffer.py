@@ -138,19 +138,28 @@ class Alignment:
             if expiry > now:
                 floor = min(floor, last.get(tp, -math.inf))
                 until = expiry if until is None else min(until, expiry)
+        return floor, until
+
+    def remote_floor(self, now: float) -> tuple[float, float | None]:
+        """:meth:`label_floor` over the labels partitions of other workers, from the floors they
+        published, each for at most ``remote_max_idle_s`` after it last changed (or after the
+        wait began, before its first). Fixed during one take: the feed updates them between."""
+        floor = math.inf
+        until = None
         rule = self.labels
-        if rule is not None:
-            for p in rule.others():
-                f = rule.floors.get(p, -math.inf)
-                if f == math.inf:
-                    continue
-                since = rule.changed.get(p)
-                if since is None:
-                    since = self._idle_since.setdefault(("remote", p), now)
-                expiry = since + self.remote_max_idle_s
-                if expiry > now:
-                    floor = min(floor, f)
-                    until = expiry if until is None else min(until, expiry)
+        if rule is None:
+            return floor, until
+        for p in rule.others():
+            f = rule.floors.get(p, -math.inf)
+            if f == math.inf:
+                continue
+            since = rule.changed.get(p)
+            if since is None:
+                since = self._idle_since.setdefault(("remote", p), now)
+            expiry = since + self.remote_max_idle_s
+            if expiry > now:
+                floor = min(floor, f)
+                until = expiry if until is None else min(until, expiry)
         return floor, until
 
     def forget(self, tps: Iterable[Any] | None = None) -> None:
@@ -328,10 +337,14 @@ class InputBuffer:
         txn_topic = labels_topic = ""
         lead = 0.0
         labels_tps: list[Any] = []
+        remote: tuple[float, float | None] = (math.inf, None)
         if align is not None and labels is not None:
             txn_topic, labels_topic, lead = labels.txn_topic, labels.labels_topic, labels.lead_s
             labels_tps = list(labels.partitions())
-            floor, floor_until = align.label_floor(labels_tps, self._head_ts, self._label_last, now)
+            remote = align.remote_floor(now)
+            floor, floor_until = _lower(
+                align.label_floor(labels_tps, self._head_ts, self._label_last, now), remote
+            )
         stopped: set[int] = set()  # groups whose next transaction waits for a label
         while heap and len(out) < max_n:
             _, tp = heapq.heappop(heap)
@@ -350,8 +363,8 @@ class InputBuffer:
                 if tp.topic == labels_topic:
                     self._label_last[tp] = ts
                     if align is not None and (ts <= floor or not d):
-                        floor, floor_until = align.label_floor(
-                            labels_tps, self._head_ts, self._label_last, now
+                        floor, floor_until = _lower(
+                            align.label_floor(labels_tps, self._head_ts, self._label_last, now), remote
                         )
             if d:
                 _, m2, s2 = d[0]
@@ -371,3 +384,9 @@ class InputBuffer:
         if floor_until is not None:
             waits.append(floor_until)
         return out, (min(waits) if waits and not out else None)
+
+
+def _lower(a: tuple[float, float | None], b: tuple[float, float | None]) -> tuple[float, float | None]:
+    """The lower of two (floor, wait expiry) pairs; the earlier expiry of those that wait."""
+    untils = [u for u in (a[1], b[1]) if u is not None]
+    return min(a[0], b[0]), (min(untils) if untils else None)

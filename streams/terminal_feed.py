@@ -30,7 +30,9 @@ Two parts:
 A worker starts its feed once its tables are recovered, before its streams resume, and waits
 (at most :data:`CATCH_UP_S`) until the feed has read what the topic held then: the labels a
 previous process forwarded that the table does not hold yet are then in the overlay before the
-first batch is scored. :class:`FeedState` is the pure part; :class:`TerminalFeed` the Kafka part.
+first batch is scored. A worker holding every labels partition then pauses its feed (nobody
+else forwards labels) and publishes no floors, until a rebalance gives some partitions away.
+:class:`FeedState` is the pure part; :class:`TerminalFeed` the Kafka part.
 """
 
 from __future__ import annotations

@@ -149,6 +149,16 @@ def test_worker_scores_over_sasl_ssl(secure_broker: Secure, model_registry: Path
     assert PASSWORD not in w.log_path.read_text(errors="replace"), "the password must not be logged"
 
 
+def _collect_refused_clients() -> None:
+    """A client the broker refused (authentication, handshake) leaves its socket transport to the
+    garbage collector (the error's traceback holds it), which closes it with a ResourceWarning:
+    expected after such a test step, so collected there, not at the autouse fixture's collection
+    after the test, where it fails the test."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+
 def test_a_wrong_password_or_an_unknown_ca_fails_clearly(
     secure_broker: Secure,
     model_registry: Path,
@@ -163,6 +173,7 @@ def test_a_wrong_password_or_an_unknown_ca_fails_clearly(
     trustme.CA().cert_pem.write_to_path(str(other_ca))
     with pytest.raises(Exception, match=r"CERTIFICATE_VERIFY_FAILED.*certificate does not verify"):
         run(ensure_project_topics(_settings(sc, other_ca)))
+    _collect_refused_clients()
     # The worker itself stops with that error rather than retrying in silence.
     w = WorkerProc(sc, "wrong-password", env=_security(cafile, password="wrong")).start()
     assert w.proc is not None
@@ -193,11 +204,7 @@ def test_scram_clients_replay_and_read_back(secure_broker: Secure, tmp_path: Pat
     assert len(got) == report.counts[txns] > 0
     with pytest.raises(Exception, match=r"refused the authentication"):
         run(ensure_project_topics(_settings(sc, cafile, password="wrong", mechanism="SCRAM-SHA-512")))
-    # As with the refused TLS handshake below: the refused client's socket is left to the garbage
-    # collector, which closes it with a ResourceWarning (CI failed once on it, session 14).
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
+    _collect_refused_clients()  # CI failed once on this one's socket (session 14)
 
 
 def test_mutual_tls_needs_the_client_certificate(secure_broker: Secure, tmp_path: Path) -> None:
@@ -219,12 +226,7 @@ def test_mutual_tls_needs_the_client_certificate(secure_broker: Secure, tmp_path
     anonymous = sc.settings(security_protocol="SSL", ssl_cafile=sec.cafile)
     with pytest.raises(Exception, match=r"requires a client certificate"):
         run(ensure_project_topics(anonymous))
-    # The refused handshake's socket transport is left to the garbage collector (the error's
-    # traceback holds it), which closes it with a ResourceWarning: expected here, so collect it
-    # here (CI failed once on it at the autouse fixture's collection after this test).
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
+    _collect_refused_clients()  # CI failed once on this one's transport
 
 
 def test_cli_commands_use_the_security_settings(secure_broker: Secure, tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from harness import Scenario, WorkerProc, consume, run, scores_by_transaction, served_scorer
@@ -77,15 +78,34 @@ def _backtest_scores(events: list[Event], scorer: Scorer) -> dict[str, float]:
     return {t.transaction_id: v.score for t, v in zip(txns, verdicts, strict=True)}
 
 
-def test_a_backlog_of_labels_reaches_terminal_risk_before_the_transactions_after_it(
-    kafka_broker: str, model_registry: Path, tmp_path: Path
-) -> None:
+def _scenario(kafka_broker: str, model_registry: Path, tmp_path: Path) -> tuple[Scenario, Path, Any]:
+    """Its own registry copy, and input topics of four partitions."""
     reg = tmp_path / "registry"
     shutil.copytree(model_registry, reg)
     sc = Scenario(kafka_broker, reg, tmp_path, partitions=4)
-    settings = sc.settings()
     t = sc.topics
     run(ensure_topics(sc.bootstrap, {t["transactions"]: 4, t["clickstream"]: 4, t["labels"]: 4}))
+    return sc, reg, sc.settings()
+
+
+def _assert_backtest_scores(
+    recs: list[Any], labels: list[Label], txns: list[Transaction], scorer: Scorer
+) -> dict[str, float]:
+    """Every transaction scored once, each as the backtest scores it within 1e-5; the backtest's
+    scores."""
+    live = scores_by_transaction(recs)
+    assert len(live) == len(txns)
+    want = _backtest_scores(sorted([*labels, *txns], key=_time), scorer)
+    ids = [t.transaction_id for t in txns]
+    diff = np.abs(np.array([live[t] for t in ids]) - np.array([want[t] for t in ids]))
+    assert diff.max() <= 1e-5, f"{int((diff > 1e-5).sum())} of {len(ids)} scores differ; max {diff.max():.3g}"
+    return want
+
+
+def test_a_backlog_of_labels_reaches_terminal_risk_before_the_transactions_after_it(
+    kafka_broker: str, model_registry: Path, tmp_path: Path
+) -> None:
+    sc, reg, settings = _scenario(kafka_broker, model_registry, tmp_path)
     labels, txns = _events()
     run(replay_events([*labels, *txns], settings, kafka_timestamps="event", progress=False))
 
@@ -95,18 +115,13 @@ def test_a_backlog_of_labels_reaches_terminal_risk_before_the_transactions_after
         overlaid = w.metric("riskstream_terminal_overlay_transactions_total")
     finally:
         w.stop()
-    live = scores_by_transaction(recs)
-    assert len(live) == len(txns)
-
     scorer = served_scorer(reg, settings)
-    want = _backtest_scores(sorted([*labels, *txns], key=_time), scorer)
+    want = _assert_backtest_scores(recs, labels, txns, scorer)
     without_labels = _backtest_scores(list(txns), scorer)
     ids = [t.transaction_id for t in txns]
-    w_arr = np.array([want[t] for t in ids])
     # terminal risk moves these scores: a worker that scored them before the labels would fail
-    assert (np.abs(np.array([without_labels[t] for t in ids]) - w_arr) > 1e-3).mean() > 0.5
-    diff = np.abs(np.array([live[t] for t in ids]) - w_arr)
-    assert diff.max() <= 1e-5, f"{int((diff > 1e-5).sum())} of {len(ids)} scores differ; max {diff.max():.3g}"
+    moved = np.abs(np.array([without_labels[t] for t in ids]) - np.array([want[t] for t in ids])) > 1e-3
+    assert moved.mean() > 0.5
     assert overlaid >= 1  # the terminal loop was behind for some of them
 
 
@@ -122,12 +137,8 @@ def _owned_input_partitions(w: WorkerProc, topic: str) -> set[int]:
 def test_two_workers_catching_up_together_score_as_the_backtest(
     kafka_broker: str, model_registry: Path, tmp_path: Path
 ) -> None:
-    reg = tmp_path / "registry"
-    shutil.copytree(model_registry, reg)
-    sc = Scenario(kafka_broker, reg, tmp_path, partitions=4)
-    settings = sc.settings()
+    sc, reg, settings = _scenario(kafka_broker, model_registry, tmp_path)
     t = sc.topics
-    run(ensure_topics(sc.bootstrap, {t["transactions"]: 4, t["clickstream"]: 4, t["labels"]: 4}))
     workers = [WorkerProc(sc, "pair-a").start(), WorkerProc(sc, "pair-b").start()]
     try:
         # both in the group, two input partitions each, before the backlog goes in
@@ -149,12 +160,6 @@ def test_two_workers_catching_up_together_score_as_the_backtest(
     finally:
         for w in workers:
             w.stop()
-    live = scores_by_transaction(recs)
-    assert len(live) == len(txns)
-    scorer = served_scorer(reg, settings)
-    want = _backtest_scores(sorted([*labels, *txns], key=_time), scorer)
-    ids = [t.transaction_id for t in txns]
-    diff = np.abs(np.array([live[t] for t in ids]) - np.array([want[t] for t in ids]))
-    assert diff.max() <= 1e-5, f"{int((diff > 1e-5).sum())} of {len(ids)} scores differ; max {diff.max():.3g}"
+    _assert_backtest_scores(recs, labels, txns, served_scorer(reg, settings))
     assert all(n > 0 for n in scored), scored  # both scored transactions
     assert all(n > 0 for n in fed), fed  # each applied labels the other forwarded

@@ -1,6 +1,7 @@
 """Paddle Inference predictor throughput and latency by batch size, CPU settings compared.
 
     python benchmarks/bench_predictor.py [--quick] [--out benchmarks/results/predictor.json]
+    python benchmarks/bench_predictor.py --varying-only [--registry DIR]   # the last table alone
 
 Exports a FraudNet with the feature engine's input shapes (random weights: speed does not depend
 on their values), then times ``Predictor.predict`` for batch sizes 1…4096 with oneDNN on/off and
@@ -9,8 +10,8 @@ on their values), then times ``Predictor.predict`` for batch sizes 1…4096 with
 ``model_max_batch`` is set to the batch size so each call is one predictor run. A second table
 compares sequence encoders (attn, gru, none) on one thread. Results are medians over repeated
 calls; the machine's load average is recorded because shared machines make numbers noisy.
-A last table (``varying_batches``) times calls of random sizes 1–512, as the worker makes them,
-with and without oneDNN and padding to a power of two rows.
+A last table (``varying_batches``) times calls of varying sizes, as the worker makes them, with
+and without oneDNN and padding (to a power of two rows, or to multiples of 32).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,34 +109,111 @@ def run_grid(
     return rows
 
 
-def run_varying(prog: Path, params: Path, inputs: Any, cfg: NetConfig, n: int) -> list[dict[str, Any]]:
-    """The worker's case: calls of random sizes 1–512 rows (``model_max_batch`` 256), with and
-    without oneDNN and padding to a power of two rows (``PredictorOptions.pad_batches``)."""
+ROUNDS = 8
+# (label, variant): oneDNN, padding, pad_step
+VARIANTS = (
+    ("paddle", False, False, 0),
+    ("onednn", True, False, 0),
+    ("onednn-pad-pow2", True, True, 0),
+    ("onednn-pad-step32", True, True, 32),
+    ("paddle-pad-pow2", False, True, 0),
+)
+
+
+def run_varying(
+    make: Callable[[PredictorOptions], Predictor], cfg: NetConfig, n: int
+) -> list[dict[str, Any]]:
+    """The worker's case: model calls of varying sizes (``model_max_batch`` 256), with and
+    without oneDNN and padding (``PredictorOptions.pad_batches``): to a power of two rows
+    (``pad_step`` 0) or to powers of two below 32 and multiples of 32 above (the default).
+
+    Three call-size distributions: uniform over 1–512 rows, and Poisson around 74 and 159 rows,
+    the mean calls of a worker fed at half its rate and of one draining a backlog
+    (``results/worker.json``). The variants take turns, in ``ROUNDS`` rounds with the order
+    reversed every other round, so a shared machine's swings hit them alike."""
     rng = np.random.default_rng(0)
-    batches = [
-        {
-            "tab": rng.lognormal(size=(b, cfg.n_features)).astype(np.float32),
-            "seq": rng.normal(size=(b, cfg.seq_len, cfg.seq_features)).astype(np.float32),
-        }
-        for b in rng.integers(1, 513, size=n)
-    ]
-    rows = sum(len(b["tab"]) for b in batches)
+    dists = {
+        "uniform-1-512": rng.integers(1, 513, size=n),
+        "poisson-74": np.clip(rng.poisson(74, size=n), 1, 512),
+        "poisson-159": np.clip(rng.poisson(159, size=n), 1, 512),
+    }
+    preds = {}
+    for label, onednn, pad, step in VARIANTS:
+        opts = PredictorOptions(
+            device="cpu", use_onednn=onednn, pad_batches=pad, pad_step=step, model_max_batch=256
+        )
+        preds[label] = make(opts)
+    inputs = next(iter(preds.values())).inputs
+    tab = next(d.name for d in inputs if len(d.shape) == 2)
+    seq = next(d.name for d in inputs if len(d.shape) == 3)
     out = []
-    for onednn, pad in ((False, False), (True, False), (True, True), (False, True)):
-        opts = PredictorOptions(device="cpu", use_onednn=onednn, pad_batches=pad, model_max_batch=256)
-        pred = Predictor(prog, params, inputs, opts)
-        for b in batches[:5]:
-            pred.predict(b)
-        times = []
-        for _ in range(2):
-            t0 = time.perf_counter()
-            for b in batches:
+    for dist, sizes in dists.items():
+        batches = [
+            {
+                tab: rng.lognormal(size=(b, cfg.n_features)).astype(np.float32),
+                seq: rng.normal(size=(b, cfg.seq_len, cfg.seq_features)).astype(np.float32),
+            }
+            for b in sizes
+        ]
+        rows = int(sizes.sum())
+        times: dict[str, list[float]] = {label: [] for label in preds}
+        for pred in preds.values():
+            for b in batches[:5]:
                 pred.predict(b)
-            times.append((time.perf_counter() - t0) / rows * 1e6)
+        for r in range(ROUNDS):
+            turns = list(preds.items())
+            for label, pred in turns if r % 2 == 0 else reversed(turns):
+                t0 = time.perf_counter()
+                for b in batches:
+                    pred.predict(b)
+                times[label].append((time.perf_counter() - t0) / rows * 1e6)
+        for label, onednn, pad, step in VARIANTS:
+            out.append(
+                {
+                    "sizes": dist,
+                    "variant": label,
+                    "use_onednn": onednn,
+                    "pad_batches": pad,
+                    "pad_step": step,
+                    "calls": n,
+                    "rows": rows,
+                    "us_per_row": [round(t, 2) for t in times[label]],
+                    "us_per_row_median": round(float(np.median(times[label])), 2),
+                }
+            )
+            med = float(np.median(times[label]))
+            print(
+                f"varying batches {dist:<14} {label:<18}: {med:.2f} µs/row (median of {ROUNDS})", flush=True
+            )
+    for pred in preds.values():
         pred.close()
-        out.append({"use_onednn": onednn, "pad_batches": pad, "calls": n, "rows": rows, "us_per_row": times})
-        print(f"varying batches: oneDNN {onednn!s:<5} padded {pad!s:<5}: {min(times):.2f} µs/row", flush=True)
     return out
+
+
+def varying_only(args: argparse.Namespace) -> int:
+    """``--varying-only``: the varying-size table alone, merged into the results file."""
+    f, n, s = shapes()
+    cfg = NetConfig(f, n, s)
+    load = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.registry:
+            from modeling.registry import ModelRegistry
+
+            reg = ModelRegistry(args.registry)
+            version = reg.current("behaviour")
+            rows = run_varying(lambda o: Predictor.load(reg, "behaviour", o), cfg, 60 if args.quick else 150)
+            model: dict[str, Any] = {"registry": str(args.registry), "version": version}
+        else:
+            prog, params, inputs = export(cfg, Path(tmp) / "fraudnet")
+            rows = run_varying(lambda o: Predictor(prog, params, inputs, o), cfg, 60 if args.quick else 150)
+            model = cfg.to_dict()
+    result = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    result["varying_batches"] = rows
+    result["varying_batches_run"] = {"model": model, "loadavg_start": load, "loadavg_end": os.getloadavg()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    return 0
 
 
 def main() -> int:
@@ -142,7 +221,17 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "predictor.json")
     ap.add_argument("--quick", action="store_true", help="fewer batch sizes, shorter timing")
     ap.add_argument("--budget-s", type=float, default=1.0, help="timing budget per cell")
+    ap.add_argument(
+        "--varying-only",
+        action="store_true",
+        help="only the varying-size table, written into the existing --out file's varying_batches",
+    )
+    ap.add_argument(
+        "--registry", type=Path, help="with --varying-only: time the registry's current behaviour model"
+    )
     args = ap.parse_args()
+    if args.varying_only:
+        return varying_only(args)
     batches = (1, 32, 512, 4096) if args.quick else BATCHES
     budget = 0.3 if args.quick else args.budget_s
     f, n, s = shapes()
@@ -187,7 +276,9 @@ def main() -> int:
                         flush=True,
                     )
         result["encoders_1_thread"] = enc_rows
-        result["varying_batches"] = run_varying(prog, params, inputs, cfg, 60 if args.quick else 150)
+        result["varying_batches"] = run_varying(
+            lambda o: Predictor(prog, params, inputs, o), cfg, 60 if args.quick else 150
+        )
     result["machine"]["loadavg_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

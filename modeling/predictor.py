@@ -60,10 +60,14 @@ class PredictorOptions:
     onednn_cache_capacity: int = 16
     #: TensorRT range of dynamic non-batch dimensions (min, max) e.g. a text length
     trt_dynamic_dim: tuple[int, int] = (1, 512)
-    #: pad every model call to a power of two rows (at most ``model_max_batch``): oneDNN builds
-    #: its kernels per input shape, so varying batch sizes rebuilt them call after call; with
-    #: padding it sees a handful of shapes (``bucket_sizes``) and reuses them
+    #: pad every model call to one of a few row counts (``bucket_sizes``, at most
+    #: ``model_max_batch``): oneDNN builds its kernels per input shape, so varying batch sizes
+    #: rebuilt them call after call; with padding it sees a handful of shapes and reuses them
     pad_batches: bool = False
+    #: padded row counts: powers of two below ``pad_step``, then multiples of it (0: powers of
+    #: two all the way). Power-of-two buckets padded a 159-row call to 256 rows; multiples of 32
+    #: cost 17-22 us per row against 25-39 for calls of 74-159 rows (benchmarks/README.md)
+    pad_step: int = 32
     #: run the model in a child process (``modeling/inference_process.py``) so that inference
     #: does not hold this process's GIL
     in_process: bool = True
@@ -80,18 +84,25 @@ class PredictorOptions:
             model_max_batch=settings.model_max_batch,
             in_process=not settings.inference_process,
             pad_batches=settings.use_onednn,
+            pad_step=settings.model_pad_step,
         )
         return replace(opts, **overrides)
 
 
 @cache
-def bucket_sizes(max_batch: int) -> tuple[int, ...]:
-    """The row counts a padded model call is run at: powers of two below ``max_batch``, then
+def bucket_sizes(max_batch: int, step: int = 0) -> tuple[int, ...]:
+    """The row counts a padded model call is run at: powers of two below ``step`` (all of
+    ``max_batch`` when ``step`` is 0), then the multiples of ``step`` below ``max_batch``, then
     ``max_batch`` itself."""
+    if max_batch < 1 or step < 0:
+        raise ValueError(f"bucket_sizes: max_batch {max_batch} must be >= 1 and step {step} >= 0")
+    limit = min(step, max_batch) if step else max_batch
     sizes = [1]
-    while sizes[-1] * 2 < max_batch:
+    while sizes[-1] * 2 < limit:
         sizes.append(sizes[-1] * 2)
-    return (*sizes, max_batch) if max_batch > 1 else (1,)
+    if step:
+        sizes += range(limit, max_batch, step)
+    return tuple(dict.fromkeys([*sizes, max_batch]))
 
 
 def gpu_available() -> bool:
@@ -161,7 +172,9 @@ def _make_config(
         config.set_cpu_math_library_num_threads(opts.cpu_threads)
         if opts.use_onednn:
             config.enable_onednn()
-            config.set_onednn_cache_capacity(opts.onednn_cache_capacity)
+            # one cached shape per padded row count at least, or they evict each other
+            shapes = len(bucket_sizes(opts.model_max_batch, opts.pad_step)) if opts.pad_batches else 0
+            config.set_onednn_cache_capacity(max(opts.onednn_cache_capacity, shapes))
         else:
             config.disable_onednn()
     return config
@@ -344,7 +357,7 @@ class Predictor:
         if any(not d.shape for d in self.inputs):
             return 0.0
         top = self.options.model_max_batch
-        for b in bucket_sizes(top) if self.options.pad_batches else sorted({1, top}):
+        for b in bucket_sizes(top, self.options.pad_step) if self.options.pad_batches else sorted({1, top}):
             self.predict(
                 {
                     d.name: np.zeros(
@@ -417,7 +430,7 @@ class Predictor:
         """One call padded with zero rows to its bucket size; the padding's scores are dropped
         (rows never interact in the network, so the real rows' scores do not change)."""
         n = len(next(iter(arrays.values())))
-        size = next(b for b in bucket_sizes(self.options.model_max_batch) if b >= n)
+        size = next(b for b in bucket_sizes(self.options.model_max_batch, self.options.pad_step) if b >= n)
         if size == n:
             return self._run(arrays)
         padded = {}

@@ -119,10 +119,12 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "gpu"] = "auto"
     cpu_threads: int = Field(default=1, ge=1)
     # oneDNN builds its kernels per input shape, so with the worker's varying micro-batch sizes it
-    # cost about 3x per row; with it on, every model call is padded to a power of two rows
+    # cost about 3x per row; with it on, every model call is padded to one of a few row counts
     # (PredictorOptions.pad_batches), and behaviour-model rows cost 9.3-14.2 us against 17-20
     # with Paddle's own kernels (calls of 1-512 rows, benchmarks/README.md).
     use_onednn: bool = True
+    # Padded row counts: powers of two below this, then its multiples (0: powers of two only).
+    model_pad_step: int = Field(default=32, ge=0)
     # The behaviour models run in a child process each (modeling/inference_process.py): Paddle
     # holds the GIL for a whole model call, which otherwise stalls the event loop (and Faust's
     # consumer thread, with consumer_in_loop off).

@@ -17,6 +17,7 @@ DEFAULT_WORKER: dict[str, Any] = {
     "pipeline_max_batch": 512,
     "pipeline_max_wait_ms": 20,
     "model_max_batch": 256,
+    "model_pad_step": 32,
     "state_flush_interval_ms": 1000,
     "consumer_in_loop": True,
     "input_align_max_idle_ms": 100,
@@ -39,8 +40,11 @@ SWEEP: dict[str, dict[str, Any]] = {
     "wait50": {"pipeline_max_wait_ms": 50},
     "wait100": {"pipeline_max_wait_ms": 100},
     # oneDNN (on by default) caches primitives per input shape, so the worker pads every model
-    # call to a power of two rows; off, Paddle's own CPU kernels run the unpadded batch.
+    # call to one of a few row counts; off, Paddle's own CPU kernels run the unpadded batch.
     "onednn-off": {"use_onednn": False},
+    # Model calls padded to a power of two rows, as before session 15 (the default pads to
+    # powers of two below 32, then multiples of 32: a 159-row call ran as 256 rows).
+    "pad-pow2": {"model_pad_step": 0},
     "onednn-off-wait100": {"use_onednn": False, "pipeline_max_wait_ms": 100},
     # User states written after every micro-batch: what the worker did before
     # streams/state_flush.py.

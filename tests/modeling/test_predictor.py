@@ -121,6 +121,16 @@ def test_bucket_sizes() -> None:
     assert bucket_sizes(256) == (1, 2, 4, 8, 16, 32, 64, 128, 256)
     assert bucket_sizes(50) == (1, 2, 4, 8, 16, 32, 50)
     assert bucket_sizes(1) == (1,)
+    # powers of two below the step, then its multiples
+    assert bucket_sizes(256, 32) == (1, 2, 4, 8, 16, *range(32, 257, 32))
+    assert bucket_sizes(100, 32) == (1, 2, 4, 8, 16, 32, 64, 96, 100)
+    assert bucket_sizes(20, 32) == (1, 2, 4, 8, 16, 20)
+    assert bucket_sizes(1, 32) == (1,)
+    assert bucket_sizes(256, 48) == (1, 2, 4, 8, 16, 32, 48, 96, 144, 192, 240, 256)
+    with pytest.raises(ValueError, match="step"):
+        bucket_sizes(256, -1)
+    assert PredictorOptions.from_settings(Settings()).pad_step == 32
+    assert PredictorOptions.from_settings(Settings(model_pad_step=0)).pad_step == 0
     assert PredictorOptions.from_settings(Settings(use_onednn=True)).pad_batches
     assert not PredictorOptions.from_settings(Settings(use_onednn=False)).pad_batches
 

@@ -242,6 +242,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(append: LogAppendTime), so end to end starts where the feeder's own queueing ends",
     )
     ap.add_argument(
+        "--harness-gc",
+        choices=("quiet", "auto"),
+        default="quiet",
+        help="paced runs: this harness's garbage collector frozen and off while it feeds (quiet), or "
+        "collecting as usual (auto), when its pauses hold stamped records in the feeder",
+    )
+    ap.add_argument(
         "--isolate",
         action="store_true",
         help="pin the process under test to the last CPU and this harness (feeder, reader) and the "
@@ -328,9 +335,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         backlog = Topics(f"bench-{run_id}-tx", f"bench-{run_id}-clicks", f"bench-{run_id}-labels")
         ctx = Ctx(bootstrap, registry, work, backlog, msgs, run_id, args.timeout, broker_pid, args.profile)
         ctx.profile_args = tuple(args.py_spy_args.split())
+        ctx.harness_gc = args.harness_gc
         ctx.input_timestamps = args.input_timestamps
         ctx.test_cpus = test_cpus
         result["input_timestamps"] = args.input_timestamps
+        result["harness_gc"] = args.harness_gc
         if args.cold:
             result["warm_state"] = None
         else:

@@ -15,7 +15,7 @@ from workerbench.kafka import Topics, create_topics, end_count, read_all, settin
 from workerbench.measure import batch_stats, over_time, pcts, per_second, scrape_stalls, watch
 from workerbench.messages import event_time
 from workerbench.procs import Ctx, relay_proc, seed_worker, worker_proc
-from workerbench.system import loadavg
+from workerbench.system import HarnessGC, loadavg
 
 
 async def paced_send(
@@ -139,6 +139,11 @@ async def run_latency(
         await send_warmup(ctx, topics, warm, out, len(warm_ids), feed)
         at_start = await asyncio.to_thread(scrape_stalls, proc)
         feed["_cpu_s_at_start"] = (at_start or {}).get("cpu_s")
+        with HarnessGC(quiet=ctx.harness_gc == "quiet") as hgc:
+            await paced_feed()
+        feed["harness_gc"] = hgc.stats()
+
+    async def paced_feed() -> None:
         if pacing == "constant":
             feed.update(await paced_send(rest, ctx.bootstrap, topics, rate))
         else:
@@ -219,7 +224,9 @@ async def run_relay_latency(ctx: Ctx, rate: float, seconds: float, warmup: int) 
 
     async def produce() -> None:
         await send_warmup(ctx, topics, warm, out, len(warm), feed)
-        feed.update(await paced_send(rest, ctx.bootstrap, topics, rate))
+        with HarnessGC(quiet=ctx.harness_gc == "quiet") as hgc:
+            feed.update(await paced_send(rest, ctx.bootstrap, topics, rate))
+        feed["harness_gc"] = hgc.stats()
 
     producer_task = asyncio.create_task(produce())
     res = await watch(ctx, proc, out, len(warm) + len(rest), ctx.timeout + seconds)

@@ -98,6 +98,7 @@ class Ctx:
     warm: WarmState | None = None
     input_timestamps: str = "create"  # "append": the paced runs' input topics use LogAppendTime
     test_cpus: frozenset[int] | None = None  # --isolate: CPUs of the process under test
+    harness_gc: str = "quiet"  # "auto": this harness collects as usual during paced feeds (HarnessGC)
 
     def paced_inputs(self, topics: Topics) -> Sequence[str]:
         """The input topics of a paced run that carry the broker's append time."""

@@ -46,6 +46,7 @@ async def paced_send(
     for name in topics.inputs:
         await producer.partitions_for(name)
     pending: list[asyncio.Future[Any]] = []
+    acked: list[tuple[float, float]] = []  # (send time since the start, send -> acked)
     t0, cpu0 = time.monotonic(), time.process_time()
     behind = 0.0
     slept = 0  # index of the last message before which this loop gave way
@@ -63,9 +64,10 @@ async def paced_send(
                 # send them, and records stamped at send() (CreateTime) waited in this process.
                 await asyncio.sleep(0)
                 slept = i
-            pending.append(
-                await producer.send(topic(ev), orjson.dumps(ev.to_dict()), key=ev.user_id.encode())
-            )
+            t_send = time.monotonic()
+            fut = await producer.send(topic(ev), orjson.dumps(ev.to_dict()), key=ev.user_id.encode())
+            fut.add_done_callback(lambda _f, t=t_send: acked.append((t - t0, time.monotonic() - t)))
+            pending.append(fut)
             if len(pending) >= 5000:
                 await asyncio.gather(*pending)
                 pending.clear()
@@ -80,6 +82,11 @@ async def paced_send(
         "rate": round(len(events) / seconds, 1),
         "max_behind_schedule_s": round(behind, 3),
         "producer_cpu_s": round(time.process_time() - cpu0, 2),  # this harness process
+        # send() -> the broker's ack, per second of the feed: how long records stamped at send()
+        # (CreateTime) took to be written
+        "send_to_ack_ms_per_second": per_second(
+            np.array([a[0] for a in acked]).astype(np.int64), np.array([a[1] * 1000 for a in acked])
+        ),
     }
 
 

@@ -57,6 +57,7 @@ from streams.loop_lag import watch_loop_lag
 from streams.metrics import Metrics
 from streams.model_watch import ModelWatcher
 from streams.output import BatchOutput, ChangelogKeys
+from streams.output_gate import OutputGate
 from streams.pipeline import (
     KIND_CLICK,
     KIND_LABEL,
@@ -221,6 +222,8 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
             progress_sends.add(task)  # a progress record lost is superseded by the next
             task.add_done_callback(progress_sends.discard)
 
+    gates = OutputGate()  # outputs before state (streams/output_gate.py)
+
     async def emit(res: BatchResult, floors: dict[int, float]) -> list[Any]:
         records: list[Any] = [(risk_name, None, key, value, None) for key, value in res.risk_events]
         records += [(dead_name, None, dl.key, dl.value, dl.headers) for dl in res.dead_letters]
@@ -247,9 +250,11 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         t0 = thread_time()
         res = processor.process(batch)
         cpu_score.inc(thread_time() - t0)
-        # No await between process() and epoch(): the batch's states are in the epoch's flush.
+        # No await between process() and epoch(): the batch's states are in the epoch's flush,
+        # and none before the gate (the flush waits for this batch's outputs).
         flushed = flusher.epoch()
-        return [*await emit(res, floors), flushed]
+        gate = gates.open()
+        return [*await gates.through(gate, emit(res, floors)), flushed]
 
     # With the model in a child process (settings.inference_process) its call is awaited, and
     # batches overlap: batch N+1 is featurized while batch N is in the model. At most one batch
@@ -263,17 +268,26 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         prep = processor.prepare(batch)
         cpu_score.inc(thread_time() - t0)
         flushed = flusher.epoch()  # no await since prepare(): its states are in this epoch
-        if scoring:
-            await asyncio.wait(scoring)  # its failure crashes the worker through its acks
-            scoring.clear()
-        task = asyncio.ensure_future(complete(prep, floors))
+        gate = gates.open()
+        try:
+            if scoring:
+                await asyncio.wait(scoring)  # its failure crashes the worker through its acks
+                scoring.clear()
+        except BaseException as exc:
+            gates.fail(gate, exc)
+            raise
+        task = asyncio.ensure_future(complete(prep, floors, gate))
         scoring.append(task)
         return [asyncio.ensure_future(delivered(task, flushed))]
 
-    async def complete(prep: Prepared, floors: dict[int, float]) -> list[Any]:
-        res = await processor.process_async(prep)
+    async def complete(prep: Prepared, floors: dict[int, float], gate: asyncio.Future[None]) -> list[Any]:
+        try:
+            res = await processor.process_async(prep)
+        except BaseException as exc:
+            gates.fail(gate, exc)
+            raise
         cpu_score.inc(res.cpu_s)
-        return await emit(res, floors)
+        return await gates.through(gate, emit(res, floors))
 
     async def delivered(task: asyncio.Future[list[Any]], flushed: asyncio.Future[Any]) -> None:
         await asyncio.gather(*await task, flushed)
@@ -298,6 +312,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
                 key_partition[uid] = part  # as recovery records it (streams/retention.py)
                 records.append((user_log, part, user_keys(uid), raw, None))
             cpu_flush.inc(thread_time() - t0)
+            await gates.delivered()  # the outputs of the batches in these snapshots
             futures += await out.send(records)
         processor.end_flush()
         metrics.state_flush_users.observe(len(taken))

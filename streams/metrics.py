@@ -52,6 +52,14 @@ class Metrics:
             "Transactions older than the allowed lateness (scored, not folded)",
             registry=r,
         )
+        self.redelivered = Counter(
+            "riskstream_redelivered",
+            "Input events received again that the user's state already holds (after a crash or a "
+            "rebalance); such a transaction's risk event was delivered before its state was "
+            "written, so it is not scored again",
+            ["kind"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "riskstream_batch_size", "Transactions per inference micro-batch", buckets=_SIZE, registry=r
         )
@@ -219,6 +227,8 @@ class Metrics:
                 self.dead_letters.labels(topic, field).inc()
         if res.n_late:
             self.late_events.inc(res.n_late)
+        for kind, n in res.redelivered.items():
+            self.redelivered.labels(kind).inc(n)
         if res.n_overlay:
             self.terminal_overlay_transactions.inc(res.n_overlay)
 

@@ -82,6 +82,9 @@ class BatchResult:
     shadow_decisions: list[tuple[str, str]] = field(default_factory=list)  # (served, shadow)
     n_transactions: int = 0
     n_late: int = 0
+    # input events the user's state already held, by kind: received again after a crash or a
+    # rebalance (a transaction among them is not scored again)
+    redelivered: dict[str, int] = field(default_factory=dict)
     cpu_s: float = 0.0  # process_async: the loop thread's CPU outside its awaits
     dead_fields: list[tuple[str, str]] = field(default_factory=list)  # (topic, field)
 
@@ -231,8 +234,12 @@ class BatchProcessor:
         engine = self.engine
         # 1. Decode in arrival order; a bad message becomes a dead letter, the rest go on.
         #    Idempotence: a user's state records the last offset it folded in per source
-        #    partition; a message at or below it (a batch redelivered after a crash) is scored
-        #    again but not re-applied. Freshness is judged against the state as the batch found it.
+        #    partition; a message at or below it (a batch redelivered after a crash) is not
+        #    applied again, and a transaction among them is not scored again: its state reached
+        #    the changelog only after its risk event was delivered (streams/app.py, the flush's
+        #    output gate), and scoring it against a state that already holds it (and whatever
+        #    followed it) would give another score. Freshness is judged against the state as the
+        #    batch found it.
         items: list[tuple[int, int, int, Record, InMessage, bool, str]] = []
         sources = self._sources
         stream_time = self.watermark.latest
@@ -259,9 +266,14 @@ class BatchProcessor:
         overlay = self.overlay
         if overlay is not None:
             overlay.prune()
+        redelivered = out.redelivered
         for _, _, _, rec, m, fresh, source in items:
             st = touched[rec.user_id]
-            if fresh and st.applied.get(source, -1) < m.offset:
+            if not fresh:
+                redelivered[m.kind] = redelivered.get(m.kind, 0) + 1
+                if isinstance(rec, Transaction):
+                    continue
+            elif st.applied.get(source, -1) < m.offset:
                 st.applied[source] = m.offset
             if isinstance(rec, Transaction):
                 ts = self._terminal(rec.terminal_id)

@@ -104,7 +104,7 @@ class StateFlusher:
                     epoch.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
                 raise
         if epoch is not None:
-            _resolve_when_delivered(epoch, futures)
+            resolve_when_delivered(epoch, futures)
 
     async def run(self) -> None:
         """The flusher's task: until cancelled (it must outlive ``app.should_stop``, see the
@@ -121,7 +121,8 @@ class StateFlusher:
             await self.flush()
 
 
-def _resolve_when_delivered(epoch: asyncio.Future[None], futures: Sequence[asyncio.Future[Any]]) -> None:
+def resolve_when_delivered(epoch: asyncio.Future[None], futures: Sequence[asyncio.Future[Any]]) -> None:
+    """Resolve ``epoch`` once every one of ``futures`` is (its first failure, or cancelled)."""
     if not futures:
         if not epoch.done():
             epoch.set_result(None)

@@ -158,3 +158,29 @@ def test_labels_forwarded_earlier_in_the_batch_count_for_its_transactions() -> N
 
     assert prepared(overlay=True) == want
     assert prepared(overlay=False) != want  # the table alone has none of them yet
+
+
+def test_a_redelivered_batch_is_neither_applied_nor_scored_again() -> None:
+    """After a crash the next owner receives uncommitted input again. What the user's state
+    already holds is counted as redelivered; its transactions get no second risk event (their
+    first was delivered before the state was written: streams/output_gate.py), and what the
+    state does not hold yet is scored and applied as usual."""
+    msgs = _messages(60, seed=3)
+    engine = FeatureEngine(CONFIG)
+    proc = BatchProcessor(engine, lambda: None, {}.get, lambda t: None)  # type: ignore[arg-type,return-value]
+    first = proc.prepare(msgs[:40])
+    states = {uid: st.to_bytes() for uid, st in proc.dirty.items()}
+    # the next owner: the states as written, and the first 40 messages again with 20 new ones
+    again = proc.prepare(msgs)
+    kinds = {m.kind for m in msgs[:40]}
+    assert sum(again.out.redelivered.values()) == 40 and set(again.out.redelivered) == kinds
+    new_txns = [m for m in msgs[40:] if m.kind == KIND_TXN]
+    assert [t.transaction_id for t in again.txns] == [
+        orjson.loads(m.value)["transaction_id"] for m in new_txns
+    ]
+    assert len(first.txns) == sum(m.kind == KIND_TXN for m in msgs[:40])
+    # nothing applied twice: the states changed only by the 20 new messages
+    touched_again = {orjson.loads(m.value)["user_id"] for m in msgs[40:]}
+    for uid, raw in states.items():
+        if uid not in touched_again:
+            assert proc.dirty[uid].to_bytes() == raw

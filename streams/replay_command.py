@@ -16,7 +16,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-clicks", action="store_true", help="do not generate the synthetic clickstream")
     p.add_argument("--no-labels", action="store_true", help="do not emit delayed labels")
     p.add_argument("--limit", type=int, default=None, help="replay only the first N transactions")
-    p.add_argument("--kafka-timestamps", choices=["now", "event"], default="now")
+    p.add_argument(
+        "--kafka-timestamps",
+        choices=["now", "event"],
+        default="now",
+        help="record timestamps: the send time (default) or the event time. With event times older "
+        "than the topics' retention.ms (7 days by default) the broker deletes the records at its next "
+        "retention check: give the input topics retention.ms=-1 first",
+    )
     p.add_argument("--create-topics", action="store_true", help="create the project's topics first")
 
 

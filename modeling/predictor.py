@@ -66,7 +66,8 @@ class PredictorOptions:
     pad_batches: bool = False
     #: padded row counts: powers of two below ``pad_step``, then multiples of it (0: powers of
     #: two all the way). Power-of-two buckets padded a 159-row call to 256 rows; multiples of 32
-    #: cost 17-22 us per row against 25-39 for calls of 74-159 rows (benchmarks/README.md)
+    #: cost 19.5 against 22.5 us per row for calls of about 159 rows, 25.5 against 28.1 for about
+    #: 74, timed alone (benchmarks/README.md, session 15; in the worker, within noise)
     pad_step: int = 32
     #: run the model in a child process (``modeling/inference_process.py``) so that inference
     #: does not hold this process's GIL

@@ -69,7 +69,7 @@ from streams.pipeline import (
 )
 from streams.retention import StateSweeper, TerminalSweeper
 from streams.security import faust_credentials
-from streams.state_flush import StateFlusher
+from streams.state_flush import StateFlusher, fail
 from streams.terminal_feed import PROGRESS_KEY, WORKER_HEADER, FeedState, encode_progress
 from streams.terminal_overlay import APPLIED_KEY, TerminalOverlay, decode_position, encode_position
 from streams.wiring import input_buffer, key_partitions, other_labels_partitions, store_dict, terminal_feed
@@ -254,7 +254,8 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         # and none before the gate (the flush waits for this batch's outputs).
         flushed = flusher.epoch()
         gate = gates.open()
-        return [*await gates.through(gate, emit(res, floors)), flushed]
+        await gates.through(gate, emit(res, floors))
+        return [gate, flushed]  # the gate closes when the batch's outputs are delivered
 
     # With the model in a child process (settings.inference_process) its call is awaited, and
     # batches overlap: batch N+1 is featurized while batch N is in the model. At most one batch
@@ -274,20 +275,16 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
                 await asyncio.wait(scoring)  # its failure crashes the worker through its acks
                 scoring.clear()
         except BaseException as exc:
-            gates.fail(gate, exc)
+            fail(gate, exc)
             raise
-        task = asyncio.ensure_future(complete(prep, floors, gate))
+        task = asyncio.ensure_future(gates.through(gate, complete(prep, floors)))
         scoring.append(task)
         return [asyncio.ensure_future(delivered(task, flushed))]
 
-    async def complete(prep: Prepared, floors: dict[int, float], gate: asyncio.Future[None]) -> list[Any]:
-        try:
-            res = await processor.process_async(prep)
-        except BaseException as exc:
-            gates.fail(gate, exc)
-            raise
+    async def complete(prep: Prepared, floors: dict[int, float]) -> list[Any]:
+        res = await processor.process_async(prep)
         cpu_score.inc(res.cpu_s)
-        return await gates.through(gate, emit(res, floors))
+        return await emit(res, floors)
 
     async def delivered(task: asyncio.Future[list[Any]], flushed: asyncio.Future[Any]) -> None:
         await asyncio.gather(*await task, flushed)

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from typing import Any
 
-from streams.state_flush import resolve_when_delivered
+from streams.state_flush import fail, resolve_when_delivered
 
 
 class OutputGate:
@@ -36,27 +36,16 @@ class OutputGate:
         self._open.append(gate)
         return gate
 
-    def close_when_delivered(
-        self, gate: asyncio.Future[None], futures: Sequence[asyncio.Future[Any]]
-    ) -> None:
-        resolve_when_delivered(gate, futures)
-
     async def through(self, gate: asyncio.Future[None], sending: Awaitable[list[Any]]) -> list[Any]:
         """Await ``sending`` (a batch's output, which returns the delivery futures) and close
         ``gate`` when they are delivered, or at once with the error."""
         try:
             futures = await sending
         except BaseException as exc:
-            self.fail(gate, exc)
+            fail(gate, exc)
             raise
-        self.close_when_delivered(gate, futures)
+        resolve_when_delivered(gate, futures)
         return futures
-
-    @staticmethod
-    def fail(gate: asyncio.Future[None], exc: BaseException) -> None:
-        """The batch failed before its outputs were sent."""
-        if not gate.done():
-            gate.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
 
     async def delivered(self) -> None:
         """Until every gate open now is closed; raises a failed batch's error."""

@@ -100,8 +100,8 @@ class StateFlusher:
             try:
                 futures = await self._flush()  # takes the dirty states before its first await
             except BaseException as exc:
-                if epoch is not None and not epoch.done():
-                    epoch.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
+                if epoch is not None:
+                    fail(epoch, exc)
                 raise
         if epoch is not None:
             resolve_when_delivered(epoch, futures)
@@ -119,6 +119,12 @@ class StateFlusher:
                     await asyncio.wait_for(self._wake.wait(), remaining)
             self._wake.clear()
             await self.flush()
+
+
+def fail(fut: asyncio.Future[None], exc: BaseException) -> None:
+    """Fail ``fut`` with ``exc`` (a cancellation or exit becomes a RuntimeError), unless done."""
+    if not fut.done():
+        fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
 
 
 def resolve_when_delivered(epoch: asyncio.Future[None], futures: Sequence[asyncio.Future[Any]]) -> None:

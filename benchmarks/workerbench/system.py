@@ -4,9 +4,11 @@ run-queue wait read from /proc."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import platform
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -141,16 +143,12 @@ class HarnessGC:
         self._t0 = 0.0
 
     def _observe(self, phase: str, info: dict[str, Any]) -> None:
-        import time
-
         if phase == "start":
             self._t0 = time.perf_counter()
         else:
             self.pauses.append(time.perf_counter() - self._t0)
 
     def __enter__(self) -> HarnessGC:
-        import gc
-
         gc.callbacks.append(self._observe)
         if self.quiet:
             gc.collect()
@@ -160,8 +158,6 @@ class HarnessGC:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        import gc
-
         gc.callbacks.remove(self._observe)
         if self.quiet:
             gc.enable()

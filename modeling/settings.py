@@ -93,7 +93,9 @@ class Settings(BaseSettings):
     # input_buffer.py): a partition with messages still to fetch and none buffered holds the
     # others of its group back for at most this long. Draining a backlog, the fetcher otherwise
     # hands out one topic at a time and transactions were scored without the labels and clicks
-    # that came before them. 0: no alignment (messages are taken in the order they arrived).
+    # that came before them. The bound counts only the time the buffer waits, not the time spent
+    # scoring: the fetcher shares the event loop and cannot fill a partition meanwhile.
+    # 0: no alignment (messages are taken in the order they arrived).
     input_align_max_idle_ms: float = Field(default=100.0, ge=0)
     # With alignment on, a transaction also waits for the labels of every partition of the worker
     # up to its timestamp minus the label allowance (terminal risk mixes all users' labels;

@@ -168,6 +168,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         engine.config.label_allowance_ms / 1000.0,
         feed_state,
         on_wait=lambda: publish_floors() if feed_state is not None else None,
+        on_expired=lambda kind: metrics.align_expired.labels(kind).inc(),
     )
     app.batch_topics(inputs, in_buffer)
     term_buffer = InputBuffer(high_water=4 * settings.pipeline_max_batch)

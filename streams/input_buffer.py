@@ -20,6 +20,15 @@ heads compare by timestamp) or has nothing more to fetch. A partition with nothi
 that still has messages to fetch holds its group back for at most ``max_idle_s``
 (``max.task.idle.ms`` in Kafka Streams), after which the group goes on without it.
 
+That bound counts only the time the buffer itself waits in :meth:`InputBuffer.take`, not the
+time the worker spends on the batches it took. The fetcher runs on the worker's event loop
+(``streams/in_loop.py``): while a batch is scored it cannot run, so a wall-clock bound expired
+under a backlog before the fetcher had a chance to fill the partition. After a SIGKILL the
+restarted worker's groups then went on without the labels and clicks that came first, and
+about 100 to 300 of 4,300 risk events differed from the backtest
+(``tests/integration/test_crash_scores.py``). Live, the buffer waits for its batches to fill
+most of the time, and this clock runs nearly as fast as the wall clock.
+
 Labels across groups (:class:`LabelRule`). Terminal risk mixes the labels of every user, so a
 transaction also waits for the labels of every partition of this worker, not only its group's,
 up to its timestamp minus the label allowance (a label counts only once it is that old). A
@@ -28,7 +37,8 @@ timestamp of the last one taken from it (Kafka timestamps rise within a partitio
 ``max_idle_s``. Without it, one group's transactions were taken while another group's labels
 were still in Kafka (``tests/integration/test_terminal_catch_up.py``). The labels partitions other
 workers own count through the floors they publish (``streams/terminal_feed.py``): a partition's
-floor holds a transaction back for at most ``remote_max_idle_s`` after it last changed.
+floor holds a transaction back for at most ``remote_max_idle_s`` after it last changed (wall
+clock: another worker's progress does not depend on this one's event loop).
 
 Back-pressure per partition: a partition with ``tp_limit`` messages buffered is held back from
 fetching (``hold``, Faust's ``Consumer.on_buffer_full``) until it drops to half (``release``),
@@ -86,6 +96,7 @@ class Alignment:
         *,
         labels: LabelRule | None = None,
         remote_max_idle_s: float | None = None,
+        on_expired: Callable[[str], object] | None = None,
     ) -> None:
         self.topics = tuple(topics)
         self.lagging = lagging
@@ -96,6 +107,11 @@ class Alignment:
         # lagging member with nothing buffered -> since; ("remote", p): another worker's labels
         # partition p, before its first floor
         self._idle_since: dict[Any, float] = {}
+        # Called once per wait that ran out, with its kind: "group" (a group went on without a
+        # member), "labels" (transactions without one of this worker's labels partitions),
+        # "remote" (without another worker's). Each may have put events out of event-time order.
+        self._on_expired = on_expired
+        self._expired: set[Any] = set()  # waits that ran out and are not over yet
 
     def members(self, tp: Any) -> list[Any]:
         """Partition ``tp.partition`` of every input topic (of ``tp``'s own type)."""
@@ -103,16 +119,27 @@ class Alignment:
         return [make(topic, tp.partition) for topic in self.topics]
 
     def held_until(self, tp: Any, buffered: Callable[[Any], bool], now: float) -> float | None:
-        """None if ``tp``'s group may be taken from now; otherwise the time its wait expires."""
+        """None if ``tp``'s group may be taken from now; otherwise the time its wait expires.
+        ``now``: the idle clock (:class:`InputBuffer` passes the time it has waited), as for
+        :meth:`label_floor`."""
         until = None
         for member in self.members(tp):
             if buffered(member) or not self.lagging(member):
                 self._idle_since.pop(member, None)
+                self._expired.discard(member)
                 continue
             expiry = self._idle_since.setdefault(member, now) + self.max_idle_s
             if expiry > now:
                 until = expiry if until is None else min(until, expiry)
+            else:
+                self._ran_out(member, "group")
         return until
+
+    def _ran_out(self, key: Any, kind: str) -> None:
+        if key not in self._expired:
+            self._expired.add(key)
+            if self._on_expired is not None:
+                self._on_expired(kind)
 
     def label_floor(
         self,
@@ -131,6 +158,7 @@ class Alignment:
             ts = head(tp)
             if ts is not None or not self.lagging(tp):
                 self._idle_since.pop(tp, None)
+                self._expired.discard(("labels", tp))
                 if ts is not None and ts < floor:
                     floor = ts
                 continue
@@ -138,6 +166,8 @@ class Alignment:
             if expiry > now:
                 floor = min(floor, last.get(tp, -math.inf))
                 until = expiry if until is None else min(until, expiry)
+            else:
+                self._ran_out(("labels", tp), "labels")
         return floor, until
 
     def remote_floor(self, now: float) -> tuple[float, float | None]:
@@ -158,16 +188,22 @@ class Alignment:
                 since = self._idle_since.setdefault(("remote", p), now)
             expiry = since + self.remote_max_idle_s
             if expiry > now:
+                self._expired.discard(("remote", p))
                 floor = min(floor, f)
                 until = expiry if until is None else min(until, expiry)
+            else:
+                self._ran_out(("remote", p), "remote")
         return floor, until
 
     def forget(self, tps: Iterable[Any] | None = None) -> None:
         if tps is None:
             self._idle_since.clear()
+            self._expired.clear()
         else:
             for tp in tps:
                 self._idle_since.pop(tp, None)
+                self._expired.discard(tp)
+                self._expired.discard(("labels", tp))
 
 
 class InputBuffer:
@@ -200,6 +236,8 @@ class InputBuffer:
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
+        # seconds spent waiting in take(): the clock of the alignment's idle bound (module doc)
+        self._waited = 0.0
 
     def __len__(self) -> int:
         return self._n
@@ -284,18 +322,12 @@ class InputBuffer:
         (and, aligned, while every buffered message waits for a lagging partition)."""
         while True:
             while not self._n:
-                self._arrived.clear()
-                await self._arrived.wait()
+                await self._wait(None)
             if self._n < max_n:
                 deadline = self._oldest_receipt() + max_wait_s
                 while self._n < max_n:
                     remaining = deadline - self._clock()
-                    if remaining <= 0:
-                        break
-                    self._arrived.clear()
-                    try:
-                        await asyncio.wait_for(self._arrived.wait(), remaining)
-                    except TimeoutError:
+                    if remaining <= 0 or not await self._wait(remaining):
                         break
                     if not self._n:  # discarded by a seek while we waited
                         return []
@@ -307,14 +339,36 @@ class InputBuffer:
             self._arrived.clear()
             if self._on_wait is not None:
                 self._on_wait()
+            await self._wait(max(wake - self._clock(), 0.0), clear=False)
+
+    async def _wait(self, timeout: float | None, *, clear: bool = True) -> bool:
+        """Wait for the next put (or poke), at most ``timeout`` seconds; False if none came.
+        The time waited runs the alignment's idle clock."""
+        if clear:
+            self._arrived.clear()
+        t0 = self._clock()
+        try:
+            if timeout is None:
+                await self._arrived.wait()
+                return True
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), max(wake - self._clock(), 0.0))
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+            return self._arrived.is_set()
+        finally:
+            self._waited += self._clock() - t0
 
     def _select(self, max_n: int) -> tuple[Taken, float | None]:
         """Up to ``max_n`` messages merged across partitions, and (when none could be taken
         because of lagging partitions) the time the earliest such wait expires."""
         align = self.align
         now = self._clock()
+        # The idle bound runs on the time waited (module doc); its expiries are turned into the
+        # earliest wall-clock time they can come, which is when take() looks again.
+        waited = self._waited
+
+        def wall(until: float | None) -> float | None:
+            return None if until is None else now + (until - waited)
+
         held: dict[int, float | None] = {}  # partition number -> its wait's expiry (None: none)
         heap: list[tuple[Any, Any]] = []
         for tp, d in self._q.items():
@@ -323,7 +377,7 @@ class InputBuffer:
             if align is not None:
                 p = tp.partition
                 if p not in held:
-                    held[p] = align.held_until(tp, self._buffered, now)
+                    held[p] = wall(align.held_until(tp, self._buffered, waited))
                 if held[p] is not None:
                     continue
             _, m, s = d[0]
@@ -342,9 +396,7 @@ class InputBuffer:
             txn_topic, labels_topic, lead = labels.txn_topic, labels.labels_topic, labels.lead_s
             labels_tps = list(labels.partitions())
             remote = align.remote_floor(now)
-            floor, floor_until = _lower(
-                align.label_floor(labels_tps, self._head_ts, self._label_last, now), remote
-            )
+            floor, floor_until = _lower(self._local_floor(labels_tps, waited, wall), remote)
         stopped: set[int] = set()  # groups whose next transaction waits for a label
         while heap and len(out) < max_n:
             _, tp = heapq.heappop(heap)
@@ -363,14 +415,12 @@ class InputBuffer:
                 if tp.topic == labels_topic:
                     self._label_last[tp] = ts
                     if align is not None and (ts <= floor or not d):
-                        floor, floor_until = _lower(
-                            align.label_floor(labels_tps, self._head_ts, self._label_last, now), remote
-                        )
+                        floor, floor_until = _lower(self._local_floor(labels_tps, waited, wall), remote)
             if d:
                 _, m2, s2 = d[0]
                 heapq.heappush(heap, ((m2.timestamp or 0.0, s2) if align is not None else s2, tp))
             elif align is not None:
-                until = align.held_until(tp, self._buffered, now)
+                until = wall(align.held_until(tp, self._buffered, waited))
                 if until is not None:
                     held[tp.partition] = until
         self._n -= len(out)
@@ -384,6 +434,13 @@ class InputBuffer:
         if floor_until is not None:
             waits.append(floor_until)
         return out, (min(waits) if waits and not out else None)
+
+    def _local_floor(
+        self, labels_tps: list[Any], waited: float, wall: Callable[[float | None], float | None]
+    ) -> tuple[float, float | None]:
+        assert self.align is not None
+        floor, until = self.align.label_floor(labels_tps, self._head_ts, self._label_last, waited)
+        return floor, wall(until)
 
 
 def _lower(a: tuple[float, float | None], b: tuple[float, float | None]) -> tuple[float, float | None]:

@@ -52,6 +52,15 @@ class Metrics:
             "Transactions older than the allowed lateness (scored, not folded)",
             registry=r,
         )
+        self.align_expired = Counter(
+            "riskstream_input_align_expired",
+            "Waits of the input alignment (streams/input_buffer.py) that ran out: a partition "
+            "group went on without a member that had messages still to fetch (group), or "
+            "transactions without the labels of one of this worker's partitions (labels) or of "
+            "another worker's (remote). Each may have scored events out of event-time order",
+            ["kind"],
+            registry=r,
+        )
         self.redelivered = Counter(
             "riskstream_redelivered",
             "Input events received again that the user's state already holds (after a crash or a "

@@ -21,6 +21,7 @@ def input_buffer(
     label_lead_s: float,
     feed: FeedState | None = None,
     on_wait: Any = None,
+    on_expired: Any = None,
 ) -> InputBuffer:
     """The scoring loop's buffer: the input topics aligned by timestamp (streams/input_buffer.py),
     transactions behind the labels of every partition by at most the label allowance (those of
@@ -68,6 +69,7 @@ def input_buffer(
             settings.input_align_max_idle_ms / 1000.0,
             labels=rule,
             remote_max_idle_s=settings.terminal_feed_max_wait_ms / 1000.0,
+            on_expired=on_expired,
         ),
         tp_limit=n,
         hold=hold,

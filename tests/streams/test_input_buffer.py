@@ -99,6 +99,56 @@ def test_the_wait_for_a_lagging_partition_is_bounded() -> None:
     assert 0.18 <= waited < 2.0
 
 
+def test_a_wait_that_runs_out_is_reported_once() -> None:
+    expired: list[str] = []
+    lag = {TP("clicks", 0)}
+
+    async def go() -> list[float]:
+        buf = InputBuffer(
+            100_000, align=Alignment(TOPICS, lambda tp: tp in lag, 0.1, on_expired=expired.append)
+        )
+        put_all(buf, TP("tx", 0), [5])
+        got = stamps(await buf.take(10, 0.0))  # ran out: the group went on
+        put_all(buf, TP("tx", 0), [6])
+        got += stamps(await buf.take(10, 0.0))  # the same wait, still out: not counted again
+        put_all(buf, TP("clicks", 0), [7])  # the partition delivered: that wait is over
+        got += stamps(await buf.take(10, 0.0))
+        put_all(buf, TP("tx", 0), [8])
+        got += stamps(await buf.take(10, 0.0))  # a new wait, which runs out too
+        return got
+
+    assert asyncio.run(asyncio.wait_for(go(), 5)) == [5, 6, 7, 8]
+    assert expired == ["group", "group"]
+
+
+def test_time_spent_outside_take_does_not_run_the_idle_bound() -> None:
+    """The fetcher shares the event loop with the scoring: while the worker scores the batch it
+    took, a lagging partition cannot be filled, so that time must not expire its group's wait."""
+    skew = [0.0]  # the scoring of each batch, as a jump of the clock between takes
+
+    async def go() -> tuple[list[list[tuple[int, float]]], float]:
+        buf = InputBuffer(
+            100_000,
+            clock=lambda: time.monotonic() + skew[0],
+            align=Alignment(TOPICS, lambda tp: tp == TP("clicks", 0), 0.2),
+        )
+        put_all(buf, TP("tx", 0), [5])  # partition 0's clicks are still to come
+        put_all(buf, TP("tx", 1), [10, 11, 12])
+        got = []
+        for _ in range(3):
+            got.append([(m.tp.partition, m.timestamp) for _, m in await buf.take(1, 0.0)])
+            skew[0] += 1.0  # a second of scoring, five times the bound
+        t0 = time.monotonic()
+        got.append([(m.tp.partition, m.timestamp) for _, m in await buf.take(1, 0.0)])
+        return got, time.monotonic() - t0
+
+    got, waited = asyncio.run(asyncio.wait_for(go(), 5))
+    # partition 0 waits through three seconds of scoring; once nothing else is left, the buffer
+    # waits the bound itself and then lets it go on
+    assert got == [[(1, 10)], [(1, 11)], [(1, 12)], [(0, 5)]]
+    assert 0.18 <= waited < 2.0
+
+
 def test_groups_do_not_wait_for_each_other() -> None:
     async def go() -> tuple[list[Any], int]:
         buf = aligned({TP("clicks", 0)})  # partition 0's clicks still to come

@@ -254,6 +254,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="pin the process under test to the last CPU and this harness (feeder, reader) and the "
         "broker to the others, as when the load generator and the broker run on other hosts",
     )
+    ap.add_argument(
+        "--broker-dir",
+        type=Path,
+        help="keep the local broker's data in a folder under this one (default: the run's temporary "
+        "folder); /dev/shm keeps it in memory, where this VM's disk cannot stall the broker's writes "
+        "to its memory-mapped index files (benchmarks/README.md, session 16)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, broker data)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "worker.json")
     args = ap.parse_args(argv)
@@ -315,8 +322,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             lib = load_settings().kafka_home / "lib"
             port, controller_port = free_port_pair()  # distinct: two free_port() calls may repeat
+            kafka_home = work / "kafka"
+            if args.broker_dir is not None:
+                kafka_home = Path(tempfile.mkdtemp(prefix="bench-kafka-", dir=args.broker_dir))
             kafka = LocalKafka(
-                work / "kafka",
+                kafka_home,
                 port=port,
                 controller_port=controller_port,
                 lib_dir=lib,
@@ -330,6 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "own": True,
                 "version": st.version,
                 "heap": kafka.heap,
+                "data_dir": str(kafka_home),
+                "data_filesystem": filesystem_of(kafka_home),
             }
         run_id = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
         backlog = Topics(f"bench-{run_id}-tx", f"bench-{run_id}-clicks", f"bench-{run_id}-labels")
@@ -383,11 +395,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print_table(result["runs"], result["latency"], result["summary"])
         print(f"\nwrote {args.out}")
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        kept = [work] if kafka is None or kafka.home.is_relative_to(work) else [work, kafka.home]
+        for folder in kept:
+            if args.keep:
+                print(f"kept {folder}")
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
     return 0
+
+
+def filesystem_of(path: Path) -> str | None:
+    """The type of the filesystem ``path`` lies on (the longest mount point above it)."""
+    best, kind = "", None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and str(path.resolve()).startswith(parts[1]) and len(parts[1]) > len(best):
+                best, kind = parts[1], parts[2]
+    return kind
 
 
 if __name__ == "__main__":

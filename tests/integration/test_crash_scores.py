@@ -14,8 +14,8 @@ partitions has more to fetch and nothing buffered; that wait's bound counts only
 input buffer itself waits, not the time spent scoring (``streams/input_buffer.py``). With a
 wall-clock bound, groups went on without the labels and clicks before them while the fetcher
 could not run, and 104 to 330 of about 4,300 risk events differed in five runs of five. With
-the bound on the time waited, about 1 run in 10 still differs, in the first worker only, after
-an alignment wait ran out in it (DEVELOPERS.md, "Still open"). The xfail below records it.
+the bound on the time waited, about 1 run in 8 still differs, after alignment waits that still
+ran out (DEVELOPERS.md, "Still open"). The xfail below records it.
 
 The events are all in Kafka before the first worker starts, with their event times as Kafka
 timestamps, so that the input alignment takes them in event-time order: the backtest's order.
@@ -117,8 +117,8 @@ def test_scores_after_sigkill_equal_a_crash_free_run(
         # Known gap, rare now. Before the output gate (session 15) 927 of 4,153 risk events
         # differed, 743 of them repeats; with the gate and a wall-clock idle bound, 104 to 330 of
         # about 4,300 in five runs of five. With the idle bound on the time waited (session 16),
-        # 3 runs of about 30 differed (310, 63 and 47 risk events; the last two all the first
-        # worker's, the same transactions, with an alignment wait run out in it). With a 1-s
+        # 4 runs of 32 differed (310, 63, 47 and 337 risk events; alignment waits that still ran
+        # out, in the first or in the restarted worker: DEVELOPERS.md, "Still open"). With a 1-s
         # bound, 9 runs of 9 matched, but it slowed the drain by a fifth (not kept).
         pytest.xfail(
             f"{len(wrong)} of {len(docs)} risk events ({repeats} repeats, {redelivered} transactions"

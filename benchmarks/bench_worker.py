@@ -395,8 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print_table(result["runs"], result["latency"], result["summary"])
         print(f"\nwrote {args.out}")
-        kept = [work] if kafka is None or kafka.home.is_relative_to(work) else [work, kafka.home]
-        for folder in kept:
+        folders = [work] if kafka is None or kafka.home.is_relative_to(work) else [work, kafka.home]
+        for folder in folders:
             if args.keep:
                 print(f"kept {folder}")
             else:
@@ -406,11 +406,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def filesystem_of(path: Path) -> str | None:
     """The type of the filesystem ``path`` lies on (the longest mount point above it)."""
-    best, kind = "", None
+    best, kind, where = "", None, path.resolve()
     with contextlib.suppress(OSError):
         for line in Path("/proc/mounts").read_text().splitlines():
             parts = line.split()
-            if len(parts) >= 3 and str(path.resolve()).startswith(parts[1]) and len(parts[1]) > len(best):
+            if len(parts) >= 3 and where.is_relative_to(parts[1]) and len(parts[1]) > len(best):
                 best, kind = parts[1], parts[2]
     return kind
 

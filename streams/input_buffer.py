@@ -43,7 +43,14 @@ clock: another worker's progress does not depend on this one's event loop).
 Back-pressure per partition: a partition with ``tp_limit`` messages buffered is held back from
 fetching (``hold``, Faust's ``Consumer.on_buffer_full``) until it drops to half (``release``),
 so that one topic running ahead cannot fill the buffer while its group waits for another. The
-whole buffer's ``high_water`` still stops the fetcher altogether.
+whole buffer's ``high_water`` stops the fetcher altogether, except while everything buffered
+waits for a lagging partition (:meth:`InputBuffer.full`): only a fetch can end that wait, and
+the fetcher then fetches the partitions not held back, which a fetch fills to at most
+``tp_limit`` plus one fetch's records before they are held too. Before that exception, a worker
+starting on a backlog stopped its fetcher with every member of every group but the labels
+partitions at its limit, the labels already fetched inside aiokafka; each group's wait ran out,
+and transactions were scored before the labels and clicks that came first (session 17,
+``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -238,6 +245,9 @@ class InputBuffer:
         self._room.set()
         # seconds spent waiting in take(): the clock of the alignment's idle bound (module doc)
         self._waited = 0.0
+        # Everything buffered waits for a lagging partition: the fetcher goes on past the
+        # high-water mark (full(), module doc).
+        self._starved = False
 
     def __len__(self) -> int:
         return self._n
@@ -251,7 +261,7 @@ class InputBuffer:
         d.append((self._clock(), message, self._seq))
         self._n += 1
         self._arrived.set()
-        if self._n >= self.high_water:
+        if self._n >= self.high_water and not self._starved:
             self._room.clear()
         if self._hold is not None and self._tp_limit is not None and len(d) >= self._tp_limit:
             # every time: Faust resets its active partitions after a rebalance or recovery
@@ -283,8 +293,23 @@ class InputBuffer:
             out[tp.partition] = ts
         return out
 
+    def awaited(self) -> list[Any]:
+        """The partitions an aligned wait is waiting for now: nothing buffered, messages still to
+        fetch. The consumer hands out their fetched records first (streams/intake.py,
+        ``BatchingConsumer._getmany``)."""
+        align = self.align
+        if align is None or not align._idle_since:
+            return []
+        return [
+            tp
+            for tp in align._idle_since
+            if hasattr(tp, "topic") and not self._buffered(tp) and align.lagging(tp)
+        ]
+
     def full(self) -> bool:
-        return self._n >= self.high_water
+        """Whether the fetcher should wait for room: at the high-water mark, unless everything
+        buffered waits for a lagging partition, which only a fetch can fill (module doc)."""
+        return self._n >= self.high_water and not self._starved
 
     async def wait_for_room(self) -> None:
         await self._room.wait()
@@ -333,9 +358,13 @@ class InputBuffer:
                         return []
             out, wake = self._select(max_n)
             if out or wake is None:
+                self._starved = False
                 return out
             # Everything buffered waits for a lagging partition: until it delivers or the
-            # wait expires.
+            # wait expires. Only a fetch can end the wait, so a full buffer must not stop the
+            # fetcher (module doc).
+            self._starved = True
+            self._room.set()
             self._arrived.clear()
             if self._on_wait is not None:
                 self._on_wait()

@@ -122,6 +122,25 @@ class BatchingConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> Any:
         return BatchingConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
+        """Faust's fetch of the records the fetcher holds, the partitions an aligned wait is
+        waiting for first (:meth:`InputBuffer.awaited`).
+
+        aiokafka hands out fetched records in the order it fetched them, up to
+        ``max_poll_records`` a call, partition by partition. Draining a backlog, a partition a
+        whole group waited for had its records fetched, but behind other partitions' thousands:
+        each call took those first, and the group's wait ran out before its turn came (session
+        17: 100 ms of waiting, and 260-760 ms on the wall clock, before it arrived)."""
+        if active_partitions:
+            buffers = {id(b): b for b in getattr(self.app, "input_buffers", {}).values()}.values()
+            wanted = {tp for b in buffers for tp in b.awaited()}
+            wanted = {ensure_TP(tp) for tp in wanted} & active_partitions
+            if wanted:
+                records = await super()._getmany(wanted, 0.0)
+                if records:
+                    return records
+        return await super()._getmany(active_partitions, timeout)
+
     def unfetched(self, tp: Any) -> bool | None:
         """Whether partition ``tp`` has messages in Kafka that this consumer has not handed out
         yet: its high-water mark (from the last fetch) beyond its position, which moves past

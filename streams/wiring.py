@@ -61,7 +61,8 @@ def input_buffer(
         rule = LabelRule(settings.topic_transactions, settings.topic_labels, label_lead_s, mine, **remote)
     return InputBuffer(
         # room for every partition's held batch plus a fetch (the per-partition limit does the
-        # back-pressure; this stops the fetcher altogether)
+        # back-pressure; this stops the fetcher altogether, except while everything buffered
+        # waits for a partition still to be fetched: InputBuffer.full)
         high_water=16 * n,
         align=Alignment(
             topics,

@@ -32,7 +32,12 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    loop.run_until_complete(ensure_project_topics(settings, internal=True))
+    try:
+        loop.run_until_complete(ensure_project_topics(settings, internal=True))
+    except BaseException:  # the CLI reports it (a TopicError: unreachable, partition counts)
+        asyncio.set_event_loop(None)
+        loop.close()
+        raise
     rt = build_app(settings)
     gc_pauses.tune(rt.metrics)
     rt.metrics.serve(settings.metrics_port)

@@ -213,6 +213,13 @@ def scrape_stalls(proc: Proc) -> dict[str, Any] | None:
                 if not smp.name.endswith("_created"):
                     ov[fam.name.removeprefix("riskstream_terminal_overlay_")] = int(smp.value)
             continue
+        if fam.name == "riskstream_input_align_expired":
+            # alignment waits that ran out, by kind: each may have scored events out of order
+            ex = out.setdefault("align_expired", {})
+            for smp in fam.samples:
+                if smp.name.endswith("_total"):
+                    ex[smp.labels["kind"]] = int(smp.value)
+            continue
         if fam.name in ("riskstream_events_in", "riskstream_events_out"):
             # messages per topic so far (the terminal loop's: its internal topic)
             counts = out.setdefault(fam.name.removeprefix("riskstream_"), {})

@@ -4,6 +4,7 @@ and by the worker at startup)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from modeling.errors import CredentialsError, RiskstreamError
@@ -32,10 +33,15 @@ def project_topics(settings: Settings) -> dict[str, int]:
     return dict.fromkeys(names, settings.topic_partitions)
 
 
+def user_state_changelog(settings: Settings) -> str:
+    """The user-state table's changelog, as Faust names it: co-partitioned with the inputs."""
+    return f"{settings.app_id}-user-state-changelog"
+
+
 def changelog_topics(settings: Settings) -> dict[str, int]:
     """The worker's table changelogs (compacted), as Faust names them: name -> partitions."""
     return {
-        f"{settings.app_id}-user-state-changelog": settings.topic_partitions,
+        user_state_changelog(settings): settings.topic_partitions,
         f"{settings.app_id}-terminal-state-changelog": 1,
     }
 
@@ -58,14 +64,16 @@ async def ensure_topics(
     *,
     timeout_ms: int = 30_000,
     configs: dict[str, dict[str, str]] | None = None,
+    exact: Iterable[str] = (),
     **client_kwargs: Any,
 ) -> list[str]:
     """Create each topic of ``names`` (name -> partitions) that does not exist yet.
 
     Returns the names it created; existing topics are left as they are (a topic with fewer
-    partitions than asked for is logged, not altered). ``configs``: topic configurations by name
-    (``cleanup.policy`` …) for the topics it creates. ``client_kwargs`` go to
-    ``AIOKafkaAdminClient`` (``security_protocol``, ``ssl_context``, SASL settings …).
+    partitions than asked for is logged, not altered), except that an existing topic named in
+    ``exact`` with another partition count raises :class:`TopicError`. ``configs``: topic
+    configurations by name (``cleanup.policy`` …) for the topics it creates. ``client_kwargs`` go
+    to ``AIOKafkaAdminClient`` (``security_protocol``, ``ssl_context``, SASL settings …).
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import KafkaError
@@ -98,6 +106,18 @@ async def ensure_topics(
     finally:
         client_log.removeHandler(logged)
     try:
+        wrong = {n: existing[n] for n in exact if n in existing and existing[n] != names[n]}
+        if wrong:
+            listed = ", ".join(f"{n} has {k}" for n, k in sorted(wrong.items()))
+            raise TopicError(
+                f"partition counts differ from the {max(names[n] for n in wrong)} the settings "
+                f"give (topic_partitions): {listed}. A user's transactions, clicks and labels "
+                "must meet in one partition, the one that holds the user's window state: create "
+                "the input topics with the same partition count, or set RISKSTREAM_TOPIC_PARTITIONS "
+                "to theirs (a topic created by a broker's auto-create gets the broker's num.partitions)",
+                bootstrap=bootstrap,
+                topics=wrong,
+            )
         for name, want in names.items():
             if name in existing and existing[name] < want:
                 log.warning(
@@ -136,15 +156,19 @@ async def ensure_project_topics(settings: Settings, *, internal: bool = False) -
     from streams.security import client_kwargs
 
     names = project_topics(settings)
+    # co-partitioned: a user's events meet in the partition that holds the user's state
+    exact = [settings.topic_transactions, settings.topic_clickstream, settings.topic_labels]
     configs: dict[str, dict[str, str]] = {}
     if internal:
         names |= internal_topics(settings)
         configs = {name: {"cleanup.policy": "compact"} for name in changelog_topics(settings)}
+        exact.append(user_state_changelog(settings))
     return await ensure_topics(
         settings.bootstrap_servers,
         names,
         settings.topic_replication,
         configs=configs,
+        exact=exact,
         **client_kwargs(settings),
     )
 

@@ -84,7 +84,11 @@ def _scenario(kafka_broker: str, model_registry: Path, tmp_path: Path) -> tuple[
     shutil.copytree(model_registry, reg)
     sc = Scenario(kafka_broker, reg, tmp_path, partitions=4)
     t = sc.topics
-    run(ensure_topics(sc.bootstrap, {t["transactions"]: 4, t["clickstream"]: 4, t["labels"]: 4}))
+    # no time-based retention: records stamped with 2018 event times would be deleted at the
+    # broker's next retention check (test_catch_up_order.py lost its backlog that way)
+    inputs = (t["transactions"], t["clickstream"], t["labels"])
+    keep = {name: {"retention.ms": "-1"} for name in inputs}
+    run(ensure_topics(sc.bootstrap, dict.fromkeys(inputs, 4), configs=keep))
     return sc, reg, sc.settings()
 
 

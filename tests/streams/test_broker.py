@@ -151,6 +151,40 @@ def test_ensure_topics_creates_missing_topics_once(kafka_broker: str) -> None:
     assert asyncio.run(ensure_topics(kafka_broker, extra)) == sorted(set(extra) - set(names))
 
 
+def test_a_worker_refuses_input_topics_with_another_partition_count(
+    kafka_broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A broker's auto-create gave the input topics its num.partitions (4), the settings say 2:
+    # users of partitions 2 and 3 have no state partition. The worker used to start and crash at
+    # its first state flush ("Unrecognized partition", session 17); it now says why at once.
+    app = _topic("app")
+    tx, clicks, labels = _topic("tx"), _topic("clicks"), _topic("labels")
+    asyncio.run(ensure_topics(kafka_broker, {tx: 4, clicks: 4, labels: 4}))
+    env = {
+        "RISKSTREAM_BOOTSTRAP_SERVERS": kafka_broker,
+        "RISKSTREAM_APP_ID": app,
+        "RISKSTREAM_TOPIC_TRANSACTIONS": tx,
+        "RISKSTREAM_TOPIC_CLICKSTREAM": clicks,
+        "RISKSTREAM_TOPIC_LABELS": labels,
+        "RISKSTREAM_TOPIC_RISK_EVENTS": _topic("risk"),
+        "RISKSTREAM_TOPIC_DEAD_LETTER": _topic("dlq"),
+        "RISKSTREAM_TOPIC_PARTITIONS": "2",
+        "RISKSTREAM_REGISTRY_DIR": str(tmp_path / "registry"),
+        "RISKSTREAM_WORKER_DATA_DIR": str(tmp_path / "worker"),
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("RISKSTREAM_CONFIG", raising=False)
+    assert main(["worker"]) == 2
+    err = capsys.readouterr().err
+    assert "partition counts differ from the 2 the settings give" in err
+    for name in (tx, clicks, labels):
+        assert f"{name} has 4" in err
+    # nothing was created for the worker before it refused
+    changelog = f"{app}-user-state-changelog"
+    assert asyncio.run(_partitions(kafka_broker, [changelog])).get(changelog, 0) == 0
+
+
 def test_cli_status_and_topics(
     local_kafka: LocalKafka, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

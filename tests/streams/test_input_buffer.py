@@ -202,6 +202,55 @@ def test_a_partition_with_a_batch_buffered_is_held_back_until_half_of_it_is_take
     asyncio.run(go())
 
 
+def test_a_full_buffer_waiting_for_a_lagging_partition_lets_the_fetcher_fetch_it() -> None:
+    # The fetcher stops while the buffer is at its high-water mark (streams/intake.py). When all
+    # of it waits for a partition with nothing buffered, only a fetch can end the wait: stopping
+    # the fetcher ran every such wait out (a worker's first seconds on a backlog, session 17).
+    lag = {TP("clicks", 0)}
+
+    async def go() -> tuple[list[float], float]:
+        buf = InputBuffer(4, align=Alignment(TOPICS, lambda tp: tp in lag, 2.0))
+        put_all(buf, TP("tx", 0), [5, 6, 7, 8])
+        assert buf.full()
+
+        async def fetcher() -> None:  # the intake loop: no fetch while the buffer is full
+            while buf.full():
+                await buf.wait_for_room()
+            put_all(buf, TP("clicks", 0), [1, 2])
+            lag.clear()
+
+        t0 = time.monotonic()
+        fetch = asyncio.ensure_future(fetcher())
+        got = await buf.take(10, 0.0)
+        await fetch
+        return stamps(got), time.monotonic() - t0
+
+    got, took = asyncio.run(go())
+    assert got == [1, 2, 5, 6, 7, 8]
+    assert took < 1.0  # the fetch came at once, not after the 2-s bound
+
+
+def test_the_partitions_a_wait_is_for_are_named_until_they_deliver() -> None:
+    # The consumer hands out their fetched records first (BatchingConsumer._getmany).
+    lag = {TP("clicks", 0), TP("labels", 1)}
+
+    async def go() -> None:
+        buf = aligned(lag)
+        assert buf.awaited() == []  # no wait yet
+        put_all(buf, TP("tx", 0), [5])
+        put_all(buf, TP("tx", 1), [6])
+        task = asyncio.ensure_future(buf.take(10, 0.0))
+        await asyncio.sleep(0.05)
+        assert sorted(buf.awaited()) == [TP("clicks", 0), TP("labels", 1)]
+        put_all(buf, TP("clicks", 0), [1])  # delivered: no longer awaited, though lagging
+        assert buf.awaited() == [TP("labels", 1)]
+        lag.clear()  # both ends reached: nothing to fetch
+        assert buf.awaited() == []
+        assert stamps(await task) == [1, 5, 6]
+
+    asyncio.run(asyncio.wait_for(go(), 5))
+
+
 def test_after_a_seek_a_lagging_partition_is_waited_for_again() -> None:
     async def go() -> tuple[list[float], list[float], float]:
         buf = aligned({TP("clicks", 0)}, max_idle_s=0.15)

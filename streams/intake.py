@@ -141,6 +141,26 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                     return records
         return await super()._getmany(active_partitions, timeout)
 
+    def look_again(self) -> None:
+        """Make a ``getmany`` that waits for new records look at what aiokafka holds again: a
+        partition just let go of (``on_buffer_drop``) may have records fetched while it was held.
+
+        aiokafka's ``fetched_records`` looks at the partitions asked for, then sleeps until a
+        fetch brings new records or its timeout (1 s here) passes. Records of a partition
+        released meanwhile waited for that: with batches of 8 (a partition held and released
+        every few batches), groups waited for them up to 1 s (session 17)."""
+        client = getattr(getattr(self, "_thread", None), "_consumer", None)
+        fetcher = getattr(client, "_fetcher", None)
+        if fetcher is None:
+            return
+
+        def wake() -> None:
+            for waiter in list(fetcher._fetch_waiters):
+                fetcher._notify(waiter)
+
+        # the fetcher's own loop: Faust's consumer thread's when the consumer is not in the loop
+        fetcher._loop.call_soon_threadsafe(wake)
+
     def unfetched(self, tp: Any) -> bool | None:
         """Whether partition ``tp`` has messages in Kafka that this consumer has not handed out
         yet: its high-water mark (from the last fetch) beyond its position, which moves past

@@ -44,6 +44,7 @@ def input_buffer(
         consumer, tp = app.consumer, ensure_TP(tp)
         if tp in consumer.assignment():
             consumer.on_buffer_drop(tp)
+            consumer.look_again()  # what was fetched of it while held (BatchingConsumer.look_again)
         else:
             consumer._buffered_partitions.discard(tp)
 

@@ -202,6 +202,11 @@ class Alignment:
                 self._ran_out(("remote", p), "remote")
         return floor, until
 
+    def waiting_for(self) -> list[Any]:
+        """The partitions a wait has begun for (of this worker: not another worker's floors) and
+        not ended yet, run out or not."""
+        return [key for key in self._idle_since if hasattr(key, "topic")]
+
     def forget(self, tps: Iterable[Any] | None = None) -> None:
         if tps is None:
             self._idle_since.clear()
@@ -298,13 +303,9 @@ class InputBuffer:
         fetch. The consumer hands out their fetched records first (streams/intake.py,
         ``BatchingConsumer._getmany``)."""
         align = self.align
-        if align is None or not align._idle_since:
+        if align is None:
             return []
-        return [
-            tp
-            for tp in align._idle_since
-            if hasattr(tp, "topic") and not self._buffered(tp) and align.lagging(tp)
-        ]
+        return [tp for tp in align.waiting_for() if not self._buffered(tp) and align.lagging(tp)]
 
     def full(self) -> bool:
         """Whether the fetcher should wait for room: at the high-water mark, unless everything

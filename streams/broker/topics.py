@@ -106,7 +106,7 @@ async def ensure_topics(
     finally:
         client_log.removeHandler(logged)
     try:
-        wrong = {n: existing[n] for n in exact if n in existing and existing[n] != names[n]}
+        wrong = {n: existing[n] for n in exact if n in existing and existing[n] != names.get(n, existing[n])}
         if wrong:
             listed = ", ".join(f"{n} has {k}" for n, k in sorted(wrong.items()))
             raise TopicError(

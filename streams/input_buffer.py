@@ -47,10 +47,10 @@ whole buffer's ``high_water`` stops the fetcher altogether, except while everyth
 waits for a lagging partition (:meth:`InputBuffer.full`): only a fetch can end that wait, and
 the fetcher then fetches the partitions not held back, which a fetch fills to at most
 ``tp_limit`` plus one fetch's records before they are held too. Before that exception, a worker
-starting on a backlog stopped its fetcher with every member of every group but the labels
-partitions at its limit, the labels already fetched inside aiokafka; each group's wait ran out,
-and transactions were scored before the labels and clicks that came first (session 17,
-``benchmarks/README.md``).
+starting on a backlog stopped its fetcher with most partitions at their limit while the
+partitions its groups waited for had their records already fetched inside aiokafka; each wait
+ran out, and transactions were scored before the labels and clicks that came first (session
+17, DEVELOPERS.md).
 """
 
 from __future__ import annotations

@@ -132,14 +132,17 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         each call took those first, and the group's wait ran out before its turn came (session
         17: 100 ms of waiting, and 260-760 ms on the wall clock, before it arrived)."""
         if active_partitions:
-            buffers = {id(b): b for b in getattr(self.app, "input_buffers", {}).values()}.values()
-            wanted = {tp for b in buffers for tp in b.awaited()}
+            wanted = {tp for b in self._buffers() for tp in b.awaited()}
             wanted = {ensure_TP(tp) for tp in wanted} & active_partitions
             if wanted:
                 records = await super()._getmany(wanted, 0.0)
                 if records:
                     return records
         return await super()._getmany(active_partitions, timeout)
+
+    def _buffers(self) -> list[InputBuffer]:
+        """The app's input buffers, each once (several topics share one)."""
+        return list({id(b): b for b in getattr(self.app, "input_buffers", {}).values()}.values())
 
     def look_again(self) -> None:
         """Make a ``getmany`` that waits for new records look at what aiokafka holds again: a
@@ -178,7 +181,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         return bool(state.highwater > state.position)
 
     def _discard_buffered(self, tps: Any) -> None:
-        for buf in {id(b): b for b in getattr(self.app, "input_buffers", {}).values()}.values():
+        for buf in self._buffers():
             buf.discard(tps)
 
     def _expect(self, tp: Any, offset: int) -> None:

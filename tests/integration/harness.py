@@ -50,6 +50,18 @@ class Scenario:
             "dead_letter": f"dlq-{self.name}",
         }
 
+    def create_kept_inputs(self) -> None:
+        """The input topics, with this scenario's partition count (a broker's auto-create gives
+        its own, which the worker refuses) and no time-based retention: records stamped with
+        2018 event times are deleted at the broker's next retention check, and a worker
+        started after it finds nothing to read (test_catch_up_order.py lost its backlog so)."""
+        from streams.broker.topics import ensure_topics
+
+        t = self.topics
+        inputs = (t["transactions"], t["clickstream"], t["labels"])
+        keep = {name: {"retention.ms": "-1"} for name in inputs}
+        run(ensure_topics(self.bootstrap, dict.fromkeys(inputs, self.partitions), configs=keep))
+
     def env(self, **extra: str) -> dict[str, str]:
         t = self.topics
         env = {

@@ -28,7 +28,6 @@ from harness import Scenario, WorkerProc, consume, run, scores_by_transaction, s
 from modeling.features import Event, FeatureConfig, FeatureEngine
 from modeling.records import ClickEvent, Label, Transaction
 from modeling.scoring import Scorer
-from streams.broker.topics import ensure_topics
 from streams.pipeline import KIND_CLICK, KIND_LABEL, KIND_TXN, BatchProcessor, InMessage
 from streams.replay import replay_events
 
@@ -95,14 +94,7 @@ def test_a_backlog_read_out_of_order_scores_as_in_event_time(
     extra = {} if max_batch is None else {"RISKSTREAM_PIPELINE_MAX_BATCH": str(max_batch)}
     sc = Scenario(kafka_broker, reg, tmp_path, partitions=2, extra_env=extra)
     settings = sc.settings()
-    # The input topics with the worker's partition count (a broker's auto-create gives its own,
-    # which the worker refuses) and no time-based retention: records stamped with 2018 event
-    # times are deleted at the broker's next retention check, and a worker started after it
-    # found nothing to read (session 17, in the variant below, which takes longer).
-    t = sc.topics
-    inputs = (t["transactions"], t["clickstream"], t["labels"])
-    keep = {name: {"retention.ms": "-1"} for name in inputs}
-    run(ensure_topics(sc.bootstrap, dict.fromkeys(inputs, sc.partitions), configs=keep))
+    sc.create_kept_inputs()  # before the backlog: see Scenario.create_kept_inputs
     txns, side = _events()
     # The backlog, in the worst order: every transaction, then the clicks and labels before them.
     run(replay_events(txns, settings, kafka_timestamps="event", progress=False))

@@ -18,8 +18,8 @@ the bound on the time waited, 4 runs of 32 still differed, after alignment waits
 out: a full input buffer stopped the fetch the waiting groups needed, aiokafka handed the
 awaited partition out behind thousands of other records, and records of a partition let go of
 waited for the next fetch (fixed in session 17: ``InputBuffer.full``,
-``BatchingConsumer._getmany``, ``BatchingConsumer.look_again``; DEVELOPERS.md). A difference is still
-recorded as an expected failure, with diagnostics, until many more runs agree.
+``BatchingConsumer._getmany``, ``BatchingConsumer.look_again``; DEVELOPERS.md). A difference
+is still recorded as an expected failure, with diagnostics, until many more runs agree.
 
 The events are all in Kafka before the first worker starts, with their event times as Kafka
 timestamps, so that the input alignment takes them in event-time order: the backtest's order.
@@ -40,7 +40,6 @@ from harness import Scenario, WorkerProc, consume, run, served_scorer, wait_caug
 
 from modeling.features import Event, FeatureConfig, FeatureEngine, FeatureRunner
 from modeling.records import Label, Transaction
-from streams.broker.topics import ensure_topics
 from streams.replay import replay_events
 from training.history import event_stream, load_history
 
@@ -60,6 +59,14 @@ def _time(e: Event) -> int:
     return e.label_time_ms if isinstance(e, Label) else e.event_time_ms
 
 
+def _expired(w: WorkerProc) -> dict[str, int]:
+    """The worker's alignment waits that ran out so far, by kind."""
+    return {
+        kind: int(w.metric("riskstream_input_align_expired_total", kind=kind))
+        for kind in ("group", "labels", "remote")
+    }
+
+
 def test_scores_after_sigkill_equal_a_crash_free_run(
     kafka_broker: str, model_registry: Path, tmp_path: Path, events: list[Event]
 ) -> None:
@@ -67,10 +74,7 @@ def test_scores_after_sigkill_equal_a_crash_free_run(
     shutil.copytree(model_registry, reg)
     sc = Scenario(kafka_broker, reg, tmp_path, partitions=4)
     t = sc.topics
-    # Records stamped with 2018 event times: time-based retention would delete them within minutes.
-    inputs = (t["transactions"], t["clickstream"], t["labels"])
-    keep = {name: {"retention.ms": "-1"} for name in inputs}
-    run(ensure_topics(sc.bootstrap, dict.fromkeys(inputs, 4), configs=keep))
+    sc.create_kept_inputs()  # records stamped with 2018 event times: no time-based retention
     settings = sc.settings()
     txns = [e for e in events if isinstance(e, Transaction)]
     run(replay_events(sorted(events, key=_time), settings, kafka_timestamps="event", progress=False))
@@ -83,7 +87,7 @@ def test_scores_after_sigkill_equal_a_crash_free_run(
         while first.metric("riskstream_events_out_total", topic=t["risk_events"]) < len(txns) // 4:
             assert time.monotonic() < deadline, first.log_tail()
             time.sleep(0.05)
-        first_expired = first.metrics().count("riskstream_input_align_expired_total{")
+        first_expired = _expired(first)
         first.kill()
     finally:
         first.kill()
@@ -93,10 +97,7 @@ def test_scores_after_sigkill_equal_a_crash_free_run(
         second.wait_metrics()
         wait_caught_up(sc, timeout=300, worker=second)
         redelivered = int(second.metric("riskstream_redelivered_total", kind="transaction"))
-        expired = {
-            kind: int(second.metric("riskstream_input_align_expired_total", kind=kind))
-            for kind in ("group", "labels", "remote")
-        }
+        expired = _expired(second)
     finally:
         second.stop()
 
@@ -129,7 +130,7 @@ def test_scores_after_sigkill_equal_a_crash_free_run(
         pytest.xfail(
             f"{len(wrong)} of {len(docs)} risk events ({repeats} repeats, {redelivered} transactions"
             f" already in the written states) differ from the backtest, {sum(w[3] for w in wrong)}"
-            f" of them from the first worker (which sent {by_first}; kinds of alignment waits that"
-            f" ran out in it: {first_expired}); in the second worker: {expired}; (id, score,"
+            f" of them from the first worker (which sent {by_first}; alignment waits that ran out"
+            f" in it: {first_expired}); in the second worker: {expired}; (id, score,"
             f" backtest, first worker): {wrong[:5]}"
         )

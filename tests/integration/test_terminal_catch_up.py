@@ -40,7 +40,6 @@ from harness import Scenario, WorkerProc, consume, run, scores_by_transaction, s
 from modeling.features import Event, FeatureConfig, FeatureEngine, FeatureRunner
 from modeling.records import Label, Transaction
 from modeling.scoring import Scorer
-from streams.broker.topics import ensure_topics
 from streams.replay import replay_events
 
 T = 1_528_588_800_000  # 2018-06-10
@@ -83,12 +82,7 @@ def _scenario(kafka_broker: str, model_registry: Path, tmp_path: Path) -> tuple[
     reg = tmp_path / "registry"
     shutil.copytree(model_registry, reg)
     sc = Scenario(kafka_broker, reg, tmp_path, partitions=4)
-    t = sc.topics
-    # no time-based retention: records stamped with 2018 event times would be deleted at the
-    # broker's next retention check (test_catch_up_order.py lost its backlog that way)
-    inputs = (t["transactions"], t["clickstream"], t["labels"])
-    keep = {name: {"retention.ms": "-1"} for name in inputs}
-    run(ensure_topics(sc.bootstrap, dict.fromkeys(inputs, 4), configs=keep))
+    sc.create_kept_inputs()
     return sc, reg, sc.settings()
 
 

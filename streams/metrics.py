@@ -103,6 +103,12 @@ class Metrics:
             buckets=_LAT,
             registry=r,
         )
+        self.gc_collected = Counter(
+            "riskstream_gc_collected_objects",
+            "Unreachable objects the garbage collector freed (reference cycles), per generation",
+            ["generation"],
+            registry=r,
+        )
         self.event_loop_lag_seconds = Histogram(
             "riskstream_event_loop_lag_seconds",
             "How late the event loop wakes a sleeping task (stalls every waiting message sees)",

@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
         loop.close()
         raise
     rt = build_app(settings)
-    gc_pauses.tune(rt.metrics)
+    collector = gc_pauses.tune(rt.metrics, settings.gc_thresholds, auto_full=settings.gc_auto_full)
+    gc_pauses.schedule(rt.app, collector, settings.gc_sweep_interval_s)
     rt.metrics.serve(settings.metrics_port)
     shadow = rt.watcher.shadow()
     logging.getLogger("riskstream.worker").info(

@@ -220,6 +220,13 @@ def scrape_stalls(proc: Proc) -> dict[str, Any] | None:
                 if smp.name.endswith("_total"):
                     ex[smp.labels["kind"]] = int(smp.value)
             continue
+        if fam.name == "riskstream_gc_collected_objects":
+            # what the cyclic collector freed, by generation (reference cycles)
+            got = out.setdefault("gc_collected", {})
+            for smp in fam.samples:
+                if smp.name.endswith("_total"):
+                    got[smp.labels["generation"]] = int(smp.value)
+            continue
         if fam.name in ("riskstream_events_in", "riskstream_events_out"):
             # messages per topic so far (the terminal loop's: its internal topic)
             counts = out.setdefault(fam.name.removeprefix("riskstream_"), {})

@@ -5,8 +5,8 @@ allocates short-lived ones for every message. Reference counting frees almost al
 a drain of 98,085 messages the cyclic collector freed 206 objects in 34 collections
 (``riskstream_gc_collected_objects_total``, ``benchmarks/README.md``). Yet every collection stops
 the event loop for as long as its scan of the generations involved takes, and a decoded user
-state is about 18 containers the collector tracks: with 96,000 users decoded, one full
-collection took about a second on this machine (``benchmarks/bench_gc.py``).
+state is about 18 containers the collector tracks: with 97,880 users decoded, one full
+collection took 1.2–1.8 s on this machine (``benchmarks/bench_gc.py``).
 
 So:
 
@@ -24,8 +24,8 @@ So:
 
 ``gc_auto_full = true`` brings back automatic full collections (threshold 20: the worker
 before session 18). ``gc_thresholds`` 700 / 10 (CPython's own) made a restart that decodes many
-states faster in ``bench_gc.py`` and a drain of the benchmark's 4,800 users slower in
-``bench_worker.py`` (``benchmarks/README.md``, session 18).
+states faster in ``bench_gc.py``; in drains of ``bench_worker.py``'s 4,800 users it was slower
+in two of three (``benchmarks/README.md``, session 18).
 Pauses are observed in ``riskstream_gc_pause_seconds`` and freed objects in
 ``riskstream_gc_collected_objects_total``, by ``generation``: ``0``, ``1`` and ``2`` for the
 collector's own collections, ``sweep`` for this module's.

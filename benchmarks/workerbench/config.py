@@ -37,6 +37,7 @@ SWEEP: dict[str, dict[str, Any]] = {
     "batch1536-model512": {"pipeline_max_batch": 1536, "model_max_batch": 512},
     "model64": {"model_max_batch": 64},
     "wait5": {"pipeline_max_wait_ms": 5},
+    "wait10": {"pipeline_max_wait_ms": 10},
     "wait50": {"pipeline_max_wait_ms": 50},
     "wait100": {"pipeline_max_wait_ms": 100},
     # oneDNN (on by default) caches primitives per input shape, so the worker pads every model

@@ -179,9 +179,10 @@ async def watch(
 def scrape_stalls(proc: Proc) -> dict[str, Any] | None:
     """The worker's event-loop lag, GC pause and state-flush histograms, and the CPU seconds of
     its event-loop thread, in all and per stage (``cpu_s``), the messages consumed and produced
-    per topic (``events_in``, ``events_out``) and the waits for the terminal table
-    (``terminal_overlay``: transactions scored with forwarded labels on top of the terminal
-    table); all cumulative since start."""
+    per topic (``events_in``, ``events_out``), the alignment waits that ran out by kind
+    (``align_expired``), what the collector freed by generation (``gc_collected``) and the waits
+    for the terminal table (``terminal_overlay``: transactions scored with forwarded labels on
+    top of the terminal table); all cumulative since start."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -198,6 +199,15 @@ def scrape_stalls(proc: Proc) -> dict[str, Any] | None:
         "riskstream_state_flush_users": "state_flush_users",
         "riskstream_input_fetch_records": "fetch_records",
     }
+    counted = {
+        # alignment waits that ran out, by kind: each may have scored events out of order
+        "riskstream_input_align_expired": ("align_expired", "kind"),
+        # what the cyclic collector freed, by generation (reference cycles)
+        "riskstream_gc_collected_objects": ("gc_collected", "generation"),
+        # messages per topic so far (the terminal loop's: its internal topic)
+        "riskstream_events_in": ("events_in", "topic"),
+        "riskstream_events_out": ("events_out", "topic"),
+    }
     out: dict[str, Any] = {}
     for fam in text_string_to_metric_families(text):
         if fam.name in ("riskstream_event_loop_cpu_seconds", "riskstream_stage_cpu_seconds"):
@@ -213,26 +223,14 @@ def scrape_stalls(proc: Proc) -> dict[str, Any] | None:
                 if not smp.name.endswith("_created"):
                     ov[fam.name.removeprefix("riskstream_terminal_overlay_")] = int(smp.value)
             continue
-        if fam.name == "riskstream_input_align_expired":
-            # alignment waits that ran out, by kind: each may have scored events out of order
-            ex = out.setdefault("align_expired", {})
+        by_label = counted.get(fam.name)
+        if by_label is not None:
+            # counter totals by one label, cumulative since start
+            name, label = by_label
+            got = out.setdefault(name, {})
             for smp in fam.samples:
                 if smp.name.endswith("_total"):
-                    ex[smp.labels["kind"]] = int(smp.value)
-            continue
-        if fam.name == "riskstream_gc_collected_objects":
-            # what the cyclic collector freed, by generation (reference cycles)
-            got = out.setdefault("gc_collected", {})
-            for smp in fam.samples:
-                if smp.name.endswith("_total"):
-                    got[smp.labels["generation"]] = int(smp.value)
-            continue
-        if fam.name in ("riskstream_events_in", "riskstream_events_out"):
-            # messages per topic so far (the terminal loop's: its internal topic)
-            counts = out.setdefault(fam.name.removeprefix("riskstream_"), {})
-            for smp in fam.samples:
-                if smp.name.endswith("_total"):
-                    counts[smp.labels["topic"]] = int(smp.value)
+                    got[smp.labels[label]] = int(smp.value)
             continue
         key = wanted.get(fam.name)
         if key is None:

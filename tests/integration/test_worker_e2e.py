@@ -258,6 +258,9 @@ def test_worker_joining_mid_stream_rebalances_without_hang_or_loss(
         for w in (w1, w2):
             w.check_alive()
             assert w.metric("riskstream_events_in_total") > 0, "each worker must own partitions"
+        # A revocation runs a full collection (streams/gc_pauses.py): w1's first assignment and
+        # the rebalance w2's joining made.
+        assert w1.metric("riskstream_gc_pause_seconds_count", generation="sweep") >= 2
         # Consumer lag: each input partition reported by exactly one worker (the one that gave
         # partitions away must stop reporting them), within two 5 s reporting rounds.
         inputs = {sc.topics[k] for k in ("transactions", "clickstream", "labels")}

@@ -6,7 +6,7 @@ A worker that restarts (or takes over partitions) decodes each user's state the 
 user shows up, and keeps it. Each decoded state is about 18 containers the cyclic collector
 tracks, so its collections get slower as states accumulate; bench_worker.py's 4,800 users do
 not show it. Here the user states of handbook_2w's first ``--start-day`` days are copied under
-``--copies`` distinct ids each (20: about 96,000 users), and ``--transactions`` transactions of
+``--copies`` distinct ids each (20: 97,880 users), and ``--transactions`` transactions of
 the following days (with their clicks and labels) are sent once per copy, interleaved by event
 time, through ``BatchProcessor.prepare`` in batches of 512 (featurized, no model calls: the
 pauses are what is measured, and a model call costs the same under every policy), with a state
@@ -118,16 +118,7 @@ def child(policy: str, path: Path) -> dict[str, Any]:
     else:
         gc.collect()
     pauses: list[tuple[str, float, int]] = []
-    started = [0.0]
-
-    def observe(phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            started[0] = time.perf_counter()
-        else:
-            gen = collector.step or str(info["generation"])
-            pauses.append((gen, time.perf_counter() - started[0], info["collected"]))
-
-    gc.callbacks.append(observe)
+    callback = collector.observe(lambda gen, seconds, freed: pauses.append((gen, seconds, freed)))
     t0, c0 = time.monotonic(), time.process_time()
     next_second = t0 + 1.0
     for i in range(0, len(msgs), BATCH):
@@ -141,7 +132,7 @@ def child(policy: str, path: Path) -> dict[str, Any]:
     s0 = time.perf_counter()
     swept = collector.sweep("end of run")
     sweep_s = time.perf_counter() - s0
-    gc.callbacks.remove(observe)
+    gc.callbacks.remove(callback)
     by_gen: dict[str, dict[str, float]] = {}
     for gen, s, got in during:
         g = by_gen.setdefault(gen, {"count": 0, "sum_s": 0.0, "max_ms": 0.0, "collected": 0})

@@ -36,6 +36,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from streams.metrics import Metrics
@@ -53,6 +54,21 @@ class Collector:
     def __init__(self) -> None:
         self.step: str | None = None  # the pause metrics' label while a sweep collects
         self.swept = 0  # objects the sweeps freed, in all
+
+    def observe(self, on_pause: Callable[[str, float, int], None]) -> Callable[[str, dict[str, Any]], None]:
+        """Call ``on_pause(generation, seconds, freed)`` after every collection (``generation``
+        is ``"sweep"`` for this collector's sweeps). Returns the ``gc.callbacks`` entry it added."""
+        started = [0.0]
+
+        def callback(phase: str, info: dict[str, Any]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                seconds = time.perf_counter() - started[0]
+                on_pause(self.step or str(info["generation"]), seconds, info["collected"])
+
+        gc.callbacks.append(callback)
+        return callback
 
     def sweep(self, why: str) -> int:
         """A full collection (the objects frozen at start-up excepted); returns the objects
@@ -80,18 +96,13 @@ def tune(
     collector = Collector()
     if metrics is None:
         return collector
-    started = [0.0]
     hist, collected = metrics.gc_pause_seconds, metrics.gc_collected
 
-    def observe(phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            started[0] = time.perf_counter()
-        else:
-            gen = collector.step or str(info["generation"])
-            hist.labels(gen).observe(time.perf_counter() - started[0])
-            collected.labels(gen).inc(info["collected"])
+    def record(generation: str, seconds: float, freed: int) -> None:
+        hist.labels(generation).observe(seconds)
+        collected.labels(generation).inc(freed)
 
-    gc.callbacks.append(observe)
+    collector.observe(record)
     return collector
 
 

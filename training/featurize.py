@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from modeling.features import FeatureConfig, FeatureEngine, FeatureRunner
+from modeling.features import FeatureConfig, FeatureEngine, FeatureRunner, TxnFeatures, stack
 from training.history import event_stream, load_history
 
 
@@ -67,16 +67,23 @@ def featurize_frame(
     tab = np.zeros((n, config.n_features), np.float32)
     seq = np.zeros((n, config.seq_len, config.seq_dim), np.float32)
     late = np.zeros(n, bool)
-    width = config.seq_len
     it = runner.run(stream.events())
     bar = tqdm(total=n, unit="txn", desc="featurize", disable=not progress, mininterval=1.0)
     # Transactions come out in row order: the frame is time-sorted and ties keep row order.
-    for i, (_, f) in enumerate(it):
-        tab[i] = f.tab
-        seq[i, width - len(f.seq) :] = f.seq
-        late[i] = f.late
-        bar.update()
+    # Rows go into the arrays through the live scorer's own stack(), a chunk at a time.
+    chunk: list[TxnFeatures] = []
+    done = 0
+    for _, f in it:
+        chunk.append(f)
+        if len(chunk) == _CHUNK:
+            done = _put(tab, seq, late, done, chunk, config)
+            bar.update(len(chunk))
+            chunk = []
+    done = _put(tab, seq, late, done, chunk, config)
+    bar.update(len(chunk))
     bar.close()
+    if done != n:
+        raise RuntimeError(f"the engine gave {done} feature rows for {n} transactions")
     keep = np.ones(n, bool) if keep_from_ms is None else txns["time_ms"].to_numpy() >= keep_from_ms
     y = txns["is_fraud"].to_numpy().astype(np.int8) if "is_fraud" in txns.columns else np.zeros(n, np.int8)
     scen = txns["scenario"].to_numpy() if "scenario" in txns.columns else None
@@ -94,6 +101,26 @@ def featurize_frame(
         config.feature_set,
     )
     return m if keep.all() else m.select(keep)
+
+
+_CHUNK = 4096  # rows stacked at a time
+
+
+def _put(
+    tab: np.ndarray,
+    seq: np.ndarray,
+    late: np.ndarray,
+    at: int,
+    chunk: list[TxnFeatures],
+    config: FeatureConfig,
+) -> int:
+    """Rows ``at`` onward from ``chunk``; returns the next free row."""
+    if chunk:
+        end = at + len(chunk)
+        tab[at:end], seq[at:end] = stack(chunk, config)
+        late[at:end] = [f.late for f in chunk]
+        at = end
+    return at
 
 
 def featurize_file(

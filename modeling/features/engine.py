@@ -18,8 +18,10 @@ from the state as of the user's latest time, but leaves the windows untouched (`
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import numpy.typing as npt
@@ -44,18 +46,50 @@ class TxnFeatures:
 
 
 def stack(
-    feats: list[TxnFeatures], config: FeatureConfig
+    feats: Sequence[TxnFeatures], config: FeatureConfig
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """Batch features into the model's inputs: ``tab`` [B, F] and ``seq`` [B, N, S], the
-    sequence zero-padded at the front (a padding step has ``present`` = 0)."""
+    sequence zero-padded at the front (a padding step has ``present`` = 0).
+
+    The live scorer and the trainer both build their arrays here. Each row is packed to float32
+    by ``struct`` (the same rounding as numpy's conversion: tested) and the batch is read with
+    one ``np.frombuffer``: numpy's own conversion of nested tuples took twice as long per
+    transaction in the worker's scoring step (``benchmarks/README.md``, session 19)."""
     n = len(feats)
-    tab = np.array([f.tab for f in feats], dtype=np.float32).reshape(n, config.n_features)
-    seq = np.zeros((n, config.seq_len, config.seq_dim), dtype=np.float32)
-    width = config.seq_len
-    for i, f in enumerate(feats):
-        steps = f.seq
-        seq[i, width - len(steps) :] = steps
-    return tab, seq
+    nf, width, dim = config.n_features, config.seq_len, config.seq_dim
+    pack_tab, pack_step = _packer(nf), _packer(dim)
+    pads = _padding(width, dim)
+    rows: list[bytes] = []
+    try:
+        tab_bytes = b"".join([pack_tab(*f.tab) for f in feats])
+        for f in feats:
+            steps = f.seq
+            pad = width - len(steps)
+            if pad < 0:
+                raise ValueError(f"a sequence of {len(steps)} steps is longer than the config's {width}")
+            rows.append(pads[pad])
+            rows += [pack_step(*s) for s in steps]
+    except struct.error as exc:
+        shape = f"{nf} tabular, {width}x{dim} sequence"
+        raise ValueError(f"features do not match the config ({shape}): {exc}") from None
+    except OverflowError as exc:
+        raise ValueError(f"features out of float32 range: {exc}") from None
+    tab = np.frombuffer(tab_bytes, dtype=np.float32).reshape(n, nf)
+    seq = np.frombuffer(b"".join(rows), dtype=np.float32).reshape(n, width, dim)
+    # frombuffer gives read-only views of immutable bytes; the predictor and the reason codes
+    # only read them, but a caller may write (padding rows, tests): hand out owned arrays.
+    return tab.copy(), seq.copy()
+
+
+@cache
+def _packer(n: int) -> Callable[..., bytes]:
+    return struct.Struct(f"={n}f").pack
+
+
+@cache
+def _padding(width: int, dim: int) -> tuple[bytes, ...]:
+    """Zero steps by count: ``[k]`` pads a sequence that has ``width - k`` steps."""
+    return tuple(bytes(4 * dim * k) for k in range(width + 1))
 
 
 TerminalLookup = Callable[[str], TerminalState | None]

@@ -8,7 +8,11 @@ Writes benchmarks/results/features.json. Three measurements over the same events
   worker does on a cache miss (upper bound of the worker's per-event feature cost);
 * offline: training.featurize over the whole file (event generation + engine + arrays);
 * state sweep: reading the latest-event time from every user's snapshot (what the worker's
-  dormant-state sweep does per stored state, streams/retention.py), next to restoring it.
+  dormant-state sweep does per stored state, streams/retention.py), next to restoring it;
+* hot keys: one terminal taking 10 to 5,000 labelled payments a day, one user sending 100 to
+  20,000 clicks a day or making 100 to 3,000 payments a day: featurizing cost per transaction and
+  snapshot size, with the state bounds of FeatureConfig and without them (``--hot-keys-only``
+  runs just this part, in about a minute).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from modeling.features import (
     UserState,
     snapshot_last_activity_ms,
 )
-from modeling.records import ClickEvent, Transaction
+from modeling.records import ClickEvent, Label, Transaction
 from training.featurize import featurize_frame
 from training.history import event_stream, load_history
 
@@ -81,13 +85,86 @@ def sweep_reads(states: list[UserState], config: FeatureConfig, repeat: int = 5)
     }
 
 
+T0 = 1_527_811_200_000  # 2018-06-01
+DAY = 86_400_000
+
+
+def hot_keys(config: FeatureConfig) -> list[dict[str, object]]:
+    """Featurizing cost and snapshot size of one busy key, by daily volume (synthetic events,
+    36-character ids as a bank's UUIDs would be)."""
+    engine = FeatureEngine(config)
+    out: list[dict[str, object]] = []
+
+    def timed(st: UserState, terminal: TerminalState | None, at: int, reps: int = 30) -> float:
+        t0 = time.perf_counter()
+        for i in range(reps):
+            engine.transaction(st, Transaction(f"probe-{i:030d}", "u-hot", "T-hot", 12.5, at + i), terminal)
+        return 1e6 * (time.perf_counter() - t0) / reps
+
+    for per_day in (10, 100, 1_000, 5_000):
+        ts = TerminalState()
+        n = 0
+        for d in range(40):
+            for k in range(per_day):
+                t = T0 + d * DAY + k * (DAY // per_day)
+                engine.terminal_label(
+                    ts, Label(f"{n:036d}", f"u{n % 997}", "T-hot", n % 100 == 0, t, t + 7 * DAY)
+                )
+                n += 1
+        us = timed(engine.new_user(), ts, T0 + 47 * DAY)
+        out.append(_hot("terminal labels", per_day, len(ts.labels), len(ts.to_bytes()), us))
+    for per_day in (100, 1_000, 20_000):
+        st = engine.new_user()
+        for d in range(2):
+            for k in range(per_day):
+                t = T0 + d * DAY + k * (DAY // per_day)
+                device = f"{k % 5:036d}"
+                engine.click(st, ClickEvent("u-hot", t, "page_view", f"s{k // 50}", device, "10.0.0.1"))
+        us = timed(st, None, T0 + 2 * DAY)
+        out.append(_hot("user clicks", per_day, len(st.clicks), len(st.to_bytes()), us))
+    for per_day in (100, 1_000, 3_000):
+        st = engine.new_user()
+        for d in range(31):
+            for k in range(per_day):
+                t = T0 + d * DAY + k * (DAY // per_day)
+                engine.transaction(st, Transaction(f"{k:036d}", "u-hot", f"{k % 50:036d}", 12.5, t), None)
+        us = timed(st, None, T0 + 31 * DAY)
+        out.append(_hot("user transactions", per_day, len(st.hist), len(st.to_bytes()), us))
+    return out
+
+
+def _hot(kind: str, per_day: int, held: int, size: int, us: float) -> dict[str, object]:
+    row = {"key": kind, "per_day": per_day, "entries_held": held, "snapshot_kb": round(size / 1024, 1)}
+    row["featurize_us_per_txn"] = round(us, 1)
+    line = f"  {kind:18} {per_day:>6}/day: {held:>7} held, {size / 1024:8.1f} KB, {us:9.1f} µs/txn"
+    print(line, flush=True)
+    return row
+
+
+def hot_keys_compared() -> dict[str, list[dict[str, object]]]:
+    """:func:`hot_keys` with FeatureConfig's bounds and without them (set past any volume here)."""
+    unbounded = FeatureConfig(max_user_transactions=10**9, max_user_clicks=10**9, max_terminal_labels=10**9)
+    print("hot keys, bounded (FeatureConfig defaults)", flush=True)
+    bounded = hot_keys(FeatureConfig())
+    print("hot keys, unbounded", flush=True)
+    return {"bounded": bounded, "unbounded": hot_keys(unbounded)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--file", default=str(ROOT.parent / "shared/data/handbook_dev.parquet"))
     ap.add_argument("--live-events", type=int, default=300_000, help="events for the per-event timings")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/features.json"))
+    ap.add_argument("--hot-keys-only", action="store_true", help="only the hot-key measurement")
     args = ap.parse_args()
     config = FeatureConfig()
+    if args.hot_keys_only:
+        out = Path(args.out)
+        res = json.loads(out.read_text()) if out.exists() else {}
+        res["hot_keys"] = hot_keys_compared()
+        res["hot_keys_machine"] = {"python": platform.python_version(), "load_average": os.getloadavg()}
+        out.write_text(json.dumps(res, indent=2) + "\n")
+        return
     df = load_history(args.file)
     t0 = time.perf_counter()
     stream = event_stream(df, config)
@@ -124,6 +201,7 @@ def main() -> None:
             "us_per_event": 1e6 * t_live / len(events),
         },
         "state_sweep": sweep,
+        "hot_keys": hot_keys_compared(),
         "offline_featurize": {
             "transactions": len(m),
             "events": len(stream),

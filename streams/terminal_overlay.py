@@ -212,10 +212,7 @@ class TerminalOverlay:
         fed = self._fed_by_terminal.get(terminal_id) if self._fed_by_terminal else None
         if not pending and not fed:
             return table_state
-        st = TerminalState()
-        if table_state is not None:
-            st.labels = dict(table_state.labels)
-            st.latest_label_ms = table_state.latest_label_ms
+        st = TerminalState() if table_state is None else table_state.copy()
         apply = self.engine.terminal_label
         for q in (fed, pending):
             if q:

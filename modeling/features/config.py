@@ -74,6 +74,16 @@ class FeatureConfig:
     # grow with every user ever seen, data minimization) and lets the live worker delete dormant
     # states from its table (streams/retention.py) with the same vectors as keeping them.
     user_retention_ms: int = 365 * DAY_MS
+    # Bounds on one key's state, whatever its volume (a bot's clickstream, a merchant taking
+    # thousands of payments a day): its snapshot must fit one changelog record and its features
+    # must not cost more per event as it grows (benchmarks/README.md, "Hot keys"). Past a bound
+    # the oldest entries go first: a user's oldest transactions leave every window early, its
+    # oldest-arrived clicks are forgotten, and a terminal keeps the labels of its latest
+    # transactions (the least (transaction time, id) goes: the same set whatever order the
+    # labels came in). Vectors of keys within the bounds are unchanged.
+    max_user_transactions: int = 5_000
+    max_user_clicks: int = 5_000
+    max_terminal_labels: int = 10_000
     use_clicks: bool = True
     version: int = field(default=FEATURE_ENGINE_VERSION)
 
@@ -86,6 +96,8 @@ class FeatureConfig:
             raise ValueError("click_windows_ms is fixed at (1h, 24h) in this engine version")
         if self.seq_len < 1:
             raise ValueError("seq_len must be >= 1")
+        if min(self.max_user_transactions, self.max_user_clicks, self.max_terminal_labels) < 1:
+            raise ValueError("max_user_transactions, max_user_clicks and max_terminal_labels must be >= 1")
         if self.user_retention_ms < max(self.txn_windows_ms[-1], self.known_fraud_window_ms):
             raise ValueError("user_retention_ms must cover the longest transaction and known-fraud windows")
 

@@ -17,6 +17,7 @@ from the state as of the user's latest time, but leaves the windows untouched (`
 
 from __future__ import annotations
 
+import heapq
 import math
 import struct
 from collections.abc import Callable, Sequence
@@ -218,6 +219,20 @@ class FeatureEngine:
             agg.update(idx, cents)
         st.terms.update(terminal)
         st.n_seen = idx + 1
+        if len(st.hist) > self.config.max_user_transactions:
+            self._forget_oldest(st)
+
+    def _forget_oldest(self, st: UserState) -> None:
+        """The user's oldest transaction leaves every window it is still in, and the history
+        (``max_user_transactions``): as if its time had come."""
+        oldest = st.base
+        _, cents, term = st.hist.popleft()
+        for j, agg in enumerate(st.aggs):
+            if st.heads[j] == oldest:
+                agg.revert(oldest, cents)
+                st.heads[j] = oldest + 1
+        st.terms.revert(term)
+        st.base = oldest + 1
 
     # ------------------------------------------------------------------------------- clicks
 
@@ -232,6 +247,8 @@ class FeatureEngine:
         keep_from = st.click_last_ms - DAY_MS - self.config.allowed_lateness_ms
         while st.clicks and st.clicks[0][0] <= keep_from:
             st.clicks.popleft()
+        if len(st.clicks) > self.config.max_user_clicks:
+            st.clicks.popleft()  # the oldest-arrived (max_user_clicks)
         first = st.devices.get(ev.device_id)
         if first is None or t < first:
             st.devices[ev.device_id] = t
@@ -342,6 +359,26 @@ class FeatureEngine:
             if labels[k][0] > keep_from:
                 break
             del labels[k]
+        order = ts.order
+        if order is not None:
+            heapq.heappush(order, (label.transaction_time_ms, label.transaction_id))
+        if len(labels) > c.max_terminal_labels:
+            self._forget_least(ts)
+
+    def _forget_least(self, ts: TerminalState) -> None:
+        """Drop the label of the least ``(tx time, tx id)`` (``max_terminal_labels``): a full
+        terminal holds the labels of its latest transactions, whatever order they came in."""
+        labels = ts.labels
+        order = ts.order
+        if order is None or len(order) > 2 * len(labels):  # first time, or mostly stale entries
+            order = ts.order = [(v[0], k) for k, v in labels.items()]
+            heapq.heapify(order)
+        while True:
+            tx, k = heapq.heappop(order)
+            held = labels.get(k)
+            if held is not None and held[0] == tx:
+                del labels[k]
+                return
 
     def _terminal_features(self, ts: TerminalState | None, te: int) -> tuple[float, ...]:
         c = self.config

@@ -194,13 +194,26 @@ _USER_FIELDS = 13  # elements of a user snapshot's body (UserState.to_bytes)
 
 class TerminalState:
     """Labelled transactions seen at one terminal: tx id -> ``(tx time, label time, is_fraud)``.
-    A later label for the same transaction replaces the earlier one (corrections, redelivery)."""
+    A later label for the same transaction replaces the earlier one (corrections, redelivery).
 
-    __slots__ = ("labels", "latest_label_ms")
+    ``order`` is a min-heap of ``(tx time, tx id)`` over the labels (it may also hold entries of
+    labels since replaced or dropped: skipped when popped), built the first time the terminal
+    reaches ``max_terminal_labels`` and never serialized: it finds the label a full terminal
+    forgets (``FeatureEngine.terminal_label``)."""
+
+    __slots__ = ("labels", "latest_label_ms", "order")
 
     def __init__(self) -> None:
         self.labels: dict[str, tuple[int, int, int]] = {}
         self.latest_label_ms = -1
+        self.order: list[tuple[int, str]] | None = None
+
+    def copy(self) -> TerminalState:
+        """An independent copy (the heap is rebuilt when the copy needs it)."""
+        st = TerminalState()
+        st.labels = dict(self.labels)
+        st.latest_label_ms = self.latest_label_ms
+        return st
 
     def to_bytes(self) -> bytes:
         body = [STATE_FORMAT_VERSION, self.latest_label_ms, self.labels]

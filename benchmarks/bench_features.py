@@ -22,7 +22,8 @@ import json
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 from modeling.features import (
@@ -34,6 +35,7 @@ from modeling.features import (
     snapshot_last_activity_ms,
 )
 from modeling.records import ClickEvent, Label, Transaction
+from streams.terminal_overlay import TerminalOverlay
 from training.featurize import featurize_frame
 from training.history import event_stream, load_history
 
@@ -95,10 +97,12 @@ def hot_keys(config: FeatureConfig) -> list[dict[str, object]]:
     engine = FeatureEngine(config)
     out: list[dict[str, object]] = []
 
-    def timed(st: UserState, terminal: TerminalState | None, at: int, reps: int = 30) -> float:
+    def timed(st: UserState, terminal: Callable[[], TerminalState | None], at: int, reps: int = 100) -> float:
+        """µs per transaction after a first one (which builds what the state derives lazily)."""
+        engine.transaction(st, Transaction("probe-first", "u-hot", "T-hot", 12.5, at - 1), terminal())
         t0 = time.perf_counter()
         for i in range(reps):
-            engine.transaction(st, Transaction(f"probe-{i:030d}", "u-hot", "T-hot", 12.5, at + i), terminal)
+            engine.transaction(st, Transaction(f"probe-{i:030d}", "u-hot", "T-hot", 12.5, at + i), terminal())
         return 1e6 * (time.perf_counter() - t0) / reps
 
     for per_day in (10, 100, 1_000, 5_000):
@@ -111,8 +115,23 @@ def hot_keys(config: FeatureConfig) -> list[dict[str, object]]:
                     ts, Label(f"{n:036d}", f"u{n % 997}", "T-hot", n % 100 == 0, t, t + 7 * DAY)
                 )
                 n += 1
-        us = timed(engine.new_user(), ts, T0 + 47 * DAY)
-        out.append(_hot("terminal labels", per_day, len(ts.labels), len(ts.to_bytes()), us))
+        at = T0 + 47 * DAY
+        us = timed(engine.new_user(), partial(_same_state, ts), at)
+        row = _hot("terminal labels", per_day, len(ts.labels), len(ts.to_bytes()), us)
+        # the worker decodes a terminal's state again whenever the terminal loop rewrote it
+        raw = ts.to_bytes()
+        first = Transaction("probe-decoded", "u-hot", "T-hot", 1.0, at)
+        t0 = time.perf_counter()
+        engine.transaction(engine.new_user(), first, TerminalState.from_bytes(raw))
+        row["decode_and_first_txn_us"] = round(1e6 * (time.perf_counter() - t0), 1)
+        # with a label of this worker's on top (streams/terminal_overlay.py)
+        overlay = TerminalOverlay(engine, lambda: None)
+        overlay.add(Label(f"{n:036d}", "u1", "T-hot", False, at - 8 * DAY, at - DAY))
+        merged = partial(overlay.merged, "T-hot", ts)
+        row["overlay_us_per_txn"] = round(timed(engine.new_user(), merged, at), 1)
+        decode_us, overlay_us = row["decode_and_first_txn_us"], row["overlay_us_per_txn"]
+        print(f"    decode + first: {decode_us} µs, overlay: {overlay_us} µs/txn", flush=True)
+        out.append(row)
     for per_day in (100, 1_000, 20_000):
         st = engine.new_user()
         for d in range(2):
@@ -120,7 +139,7 @@ def hot_keys(config: FeatureConfig) -> list[dict[str, object]]:
                 t = T0 + d * DAY + k * (DAY // per_day)
                 device = f"{k % 5:036d}"
                 engine.click(st, ClickEvent("u-hot", t, "page_view", f"s{k // 50}", device, "10.0.0.1"))
-        us = timed(st, None, T0 + 2 * DAY)
+        us = timed(st, partial(_same_state, None), T0 + 2 * DAY)
         out.append(_hot("user clicks", per_day, len(st.clicks), len(st.to_bytes()), us))
     for per_day in (100, 1_000, 3_000):
         st = engine.new_user()
@@ -128,9 +147,13 @@ def hot_keys(config: FeatureConfig) -> list[dict[str, object]]:
             for k in range(per_day):
                 t = T0 + d * DAY + k * (DAY // per_day)
                 engine.transaction(st, Transaction(f"{k:036d}", "u-hot", f"{k % 50:036d}", 12.5, t), None)
-        us = timed(st, None, T0 + 31 * DAY)
+        us = timed(st, partial(_same_state, None), T0 + 31 * DAY)
         out.append(_hot("user transactions", per_day, len(st.hist), len(st.to_bytes()), us))
     return out
+
+
+def _same_state(ts: TerminalState | None) -> TerminalState | None:
+    return ts
 
 
 def _hot(kind: str, per_day: int, held: int, size: int, us: float) -> dict[str, object]:

@@ -39,11 +39,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from modeling.features import FeatureEngine, TerminalState
+from modeling.features.engine import INDEX_FROM
 from modeling.records import Label
 
 log = logging.getLogger("riskstream.worker")
 
 APPLIED_KEY = ""  # terminal ids are never empty (modeling/records.py)
+MERGED_KEPT = 64  # busy terminals' merged states kept for reuse (TerminalOverlay.merged)
 
 
 def encode_position(next_offset: int) -> bytes:
@@ -116,6 +118,8 @@ class TerminalOverlay:
         self._fed_by_terminal: dict[str, deque[Label]] = {}
         self.n_labels = 0
         self.dropped = 0  # labels dropped unapplied by the bound
+        # terminal id -> (what it was merged from, the merged state): busy terminals only
+        self._merged: dict[str, tuple[tuple[Any, ...], TerminalState]] = {}
 
     def add(self, label: Label) -> None:
         """A label the batch being prepared forwards: from now on its terminal state has it."""
@@ -212,10 +216,30 @@ class TerminalOverlay:
         fed = self._fed_by_terminal.get(terminal_id) if self._fed_by_terminal else None
         if not pending and not fed:
             return table_state
+        # The queues only grow at the back and shrink at the front: their first label and their
+        # length say whether they changed. A busy terminal's merged state is reused while neither
+        # they nor the table's state did (a copy of 10,000 labels costs more than its features).
+        key = (table_state, _head(fed), len(fed or ()), _head(pending), len(pending or ()))
+        hit = self._merged.get(terminal_id)
+        if hit is not None and _same(hit[0], key):
+            return hit[1]
         st = TerminalState() if table_state is None else table_state.copy()
         apply = self.engine.terminal_label
         for q in (fed, pending):
             if q:
                 for lb in q:
                     apply(st, lb)
+        if len(st.labels) >= INDEX_FROM:
+            if len(self._merged) >= MERGED_KEPT:
+                self._merged.clear()
+            self._merged[terminal_id] = (key, st)
         return st
+
+
+def _head(q: deque[Label] | None) -> Label | None:
+    return q[0] if q else None
+
+
+def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Merged from the same table state, the same first labels and the same queue lengths."""
+    return a[0] is b[0] and a[1] is b[1] and a[2] == b[2] and a[3] is b[3] and a[4] == b[4]

@@ -27,11 +27,15 @@ from functools import cache
 import numpy as np
 import numpy.typing as npt
 
+from modeling.features.aggregators import LabelIndex
 from modeling.features.config import DAY_MS, HOUR_MS, FeatureConfig
 from modeling.features.state import TerminalState, UserState
 from modeling.records import ClickEvent, Label, Transaction
 
 _LOG_30D_S = math.log1p(30 * 86400.0)
+# A terminal with at least this many labels gets its features from a LabelIndex (O(log n) per
+# transaction) instead of a scan of every label; below it the scan is cheaper.
+INDEX_FROM = 64
 MAX_LOGINS = 8
 _TWO_PI = 2.0 * math.pi
 _log1p = math.log1p
@@ -342,11 +346,14 @@ class FeatureEngine:
     def terminal_label(self, ts: TerminalState, label: Label) -> None:
         """Record a label (fraud or genuine) at its terminal; a repeated label for the same
         transaction replaces the earlier one, so redelivery is harmless."""
-        ts.labels[label.transaction_id] = (
-            label.transaction_time_ms,
-            label.label_time_ms,
-            1 if label.is_fraud else 0,
-        )
+        value = (label.transaction_time_ms, label.label_time_ms, 1 if label.is_fraud else 0)
+        old = ts.labels.get(label.transaction_id)
+        ts.labels[label.transaction_id] = value
+        index = ts.index
+        if index is not None:
+            if old is not None:
+                index.revert(*old)
+            index.update(*value)
         if label.label_time_ms > ts.latest_label_ms:
             ts.latest_label_ms = label.label_time_ms
         c = self.config
@@ -358,7 +365,9 @@ class FeatureEngine:
             k = next(iter(labels))
             if labels[k][0] > keep_from:
                 break
-            del labels[k]
+            gone = labels.pop(k)
+            if index is not None:
+                index.revert(*gone)
         order = ts.order
         if order is not None:
             heapq.heappush(order, (label.transaction_time_ms, label.transaction_id))
@@ -378,6 +387,8 @@ class FeatureEngine:
             held = labels.get(k)
             if held is not None and held[0] == tx:
                 del labels[k]
+                if ts.index is not None:
+                    ts.index.revert(*held)
                 return
 
     def _terminal_features(self, ts: TerminalState | None, te: int) -> tuple[float, ...]:
@@ -387,17 +398,31 @@ class FeatureEngine:
             return (0.0, 0.0) * len(wins)
         end = te - c.label_delay_ms
         known_by = te - c.label_allowance_ms
-        counts = [0] * len(wins)
-        frauds = [0] * len(wins)
-        for tx, lt, fr in ts.labels.values():
-            if tx > end or lt > known_by:
-                continue
-            age = end - tx
-            for k, w in enumerate(wins):
-                if age < w:
-                    counts[k] += 1
-                    frauds[k] += fr
+        if len(ts.labels) >= INDEX_FROM:
+            index = ts.index
+            if index is None:
+                index = ts.index = LabelIndex(ts.labels.values())
+            counts, frauds = index.result(end, known_by, wins)
+        else:
+            counts, frauds = _scan_labels(ts, end, known_by, wins)
         out: list[float] = []
         for n, f in zip(counts, frauds, strict=True):
             out += (_log1p(n), f / n if n else 0.0)
         return tuple(out)
+
+
+def _scan_labels(
+    ts: TerminalState, end: int, known_by: int, wins: tuple[int, ...]
+) -> tuple[list[int], list[int]]:
+    """:meth:`LabelIndex.result` by a scan of every label (cheaper below :data:`INDEX_FROM`)."""
+    counts = [0] * len(wins)
+    frauds = [0] * len(wins)
+    for tx, lt, fr in ts.labels.values():
+        if tx > end or lt > known_by:
+            continue
+        age = end - tx
+        for k, w in enumerate(wins):
+            if age < w:
+                counts[k] += 1
+                frauds[k] += fr
+    return counts, frauds

@@ -18,7 +18,7 @@ import msgpack
 import msgspec
 
 from modeling.errors import StateError
-from modeling.features.aggregators import DistinctAgg, WindowAgg
+from modeling.features.aggregators import DistinctAgg, LabelIndex, WindowAgg
 from modeling.features.config import FeatureConfig
 
 USER_STATE_MAGIC = b"RSU"
@@ -196,23 +196,31 @@ class TerminalState:
     """Labelled transactions seen at one terminal: tx id -> ``(tx time, label time, is_fraud)``.
     A later label for the same transaction replaces the earlier one (corrections, redelivery).
 
-    ``order`` is a min-heap of ``(tx time, tx id)`` over the labels (it may also hold entries of
-    labels since replaced or dropped: skipped when popped), built the first time the terminal
-    reaches ``max_terminal_labels`` and never serialized: it finds the label a full terminal
-    forgets (``FeatureEngine.terminal_label``)."""
+    Two derived structures, never serialized, kept in step by ``FeatureEngine.terminal_label``:
 
-    __slots__ = ("labels", "latest_label_ms", "order")
+    * ``index``: the labels sorted for the terminal features (:class:`LabelIndex`), built the
+      first time a terminal with many labels is featurized;
+    * ``order``: a min-heap of ``(tx time, tx id)`` over the labels (it may also hold entries of
+      labels since replaced or dropped: skipped when popped), built the first time the terminal
+      reaches ``max_terminal_labels``: it finds the label a full terminal forgets."""
+
+    __slots__ = ("index", "labels", "latest_label_ms", "order")
 
     def __init__(self) -> None:
         self.labels: dict[str, tuple[int, int, int]] = {}
         self.latest_label_ms = -1
+        self.index: LabelIndex | None = None
         self.order: list[tuple[int, str]] | None = None
 
     def copy(self) -> TerminalState:
-        """An independent copy (the heap is rebuilt when the copy needs it)."""
+        """An independent copy, derived structures included."""
         st = TerminalState()
         st.labels = dict(self.labels)
         st.latest_label_ms = self.latest_label_ms
+        if self.index is not None:
+            st.index = self.index.copy()
+        if self.order is not None:
+            st.order = self.order[:]
         return st
 
     def to_bytes(self) -> bytes:

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modeling.features import FeatureConfig, FeatureEngine, TerminalState
+from modeling.features.engine import INDEX_FROM
 from modeling.records import Label, Transaction
 from streams.terminal_overlay import APPLIED_KEY, TerminalOverlay, decode_position, encode_position
 
@@ -152,6 +153,48 @@ def test_the_table_and_the_overlay_together_give_the_features_of_all_labels(
         if own:
             ov.add(lb)
     assert terminal_features(ov.merged("t1", table)) == terminal_features(replay)
+
+
+def test_a_busy_terminals_merged_state_is_reused_until_its_inputs_change() -> None:
+    """Above INDEX_FROM labels the merged state is kept: the same object while the table's state
+    and the terminal's queued labels are the same, a new one (with the right features) once
+    either changed: a label added, one pruned, another table state, another worker's label."""
+    table = TerminalState()
+    for n in range(INDEX_FROM + 5):
+        ENGINE.terminal_label(table, label(n, fraud=n % 4 == 0))
+    pos: list[int | None] = [None]
+    ov = TerminalOverlay(ENGINE, lambda: pos[0])
+    own = [label(1000 + n) for n in range(3)]
+    ov.add(own[0])
+    first = ov.merged("t1", table)
+    assert first is not None and first is not table and ov.merged("t1", table) is first
+
+    def expect(merged: TerminalState | None, extra: list[Label], base: TerminalState = table) -> None:
+        want = base.copy()
+        for lb in extra:
+            ENGINE.terminal_label(want, lb)
+        assert terminal_features(merged) == terminal_features(want)
+
+    ov.add(own[1])  # another label queued
+    second = ov.merged("t1", table)
+    assert second is not first
+    expect(second, own[:2])
+    group = ov.seal()
+    assert group is not None
+    ov.add(own[2])
+    ov.seal()
+    group.batches = [(Fut(10), 2)]
+    pos[0] = 12
+    ov.prune()  # the first group is in the table now: the queue's front moved
+    third = ov.merged("t1", table)
+    assert third is not second
+    expect(third, own[2:])
+    newer = table.copy()  # the table changed (same contents, another object)
+    assert ov.merged("t1", newer) is not third
+    ov.add_fed(label(2000, fraud=True), 50)  # another worker's label
+    fourth = ov.merged("t1", newer)
+    expect(fourth, [label(2000, fraud=True), own[2]], newer)
+    assert ov.merged("t1", newer) is fourth
 
 
 def test_a_real_asyncio_future_is_a_delivery() -> None:

@@ -13,6 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modeling.features import FeatureConfig, FeatureEngine, TerminalState, UserState
+from modeling.features.aggregators import LabelIndex
+from modeling.features.engine import INDEX_FROM, _scan_labels
 from modeling.records import ClickEvent, Label, Transaction
 
 MIN = 60_000
@@ -134,8 +136,77 @@ def test_a_terminal_copy_is_independent_and_bounded() -> None:
         engine.terminal_label(ts, lb)
     assert ts.order is not None
     cp = ts.copy()
-    assert cp.labels == ts.labels and cp.order is None
+    assert cp.labels == ts.labels and cp.order == ts.order and cp.order is not ts.order
     for lb in _labels(30, 4):
         engine.terminal_label(cp, msgspec.structs.replace(lb, transaction_id="y" + lb.transaction_id))
     assert len(cp.labels) == 10 and len(ts.labels) == 10
     assert TerminalState.from_bytes(cp.to_bytes()).labels == cp.labels
+
+
+HOUR = 3_600_000
+# Times in whole hours, so that window edges and "known by" times often fall exactly on a label
+label_events = st.lists(
+    st.tuples(
+        st.integers(0, 39),  # transaction id (repeats: corrections and redeliveries)
+        st.integers(0, 40 * 24).map(lambda h: h * HOUR),  # transaction time after T0
+        st.integers(0, 10 * 24).map(lambda h: h * HOUR),  # label delay after the transaction
+        st.booleans(),
+    ),
+    max_size=120,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    label_events,
+    st.lists(st.integers(0, 60 * 24).map(lambda h: h * HOUR), min_size=1, max_size=8),
+    st.integers(1, 30),
+)
+def test_the_label_index_counts_as_a_scan_of_every_label(
+    events: list[tuple[int, int, int, bool]], probes: list[int], cap: int
+) -> None:
+    """A terminal's index, kept in step through replacements, expiry, the bound and copies,
+    gives the counts a scan of every label gives, at any time."""
+    config = FeatureConfig(max_terminal_labels=cap)
+    engine = FeatureEngine(config)
+    ts = TerminalState()
+    ts.index = LabelIndex()  # from the start, whatever the number of labels
+    wins = config.terminal_windows_ms
+    for i, (tid, tx, delay, fraud) in enumerate(events):
+        engine.terminal_label(ts, Label(f"x{tid}", "u", "T", fraud, T0 + tx, T0 + tx + delay))
+        if i % 17 == 16:
+            ts = ts.copy()
+        assert len(ts.index) == len(ts.labels)
+        # the given times, and every edge this label makes: known from, in each window from/to
+        lt, txt = T0 + tx + delay, T0 + tx
+        edges = [lt + config.label_allowance_ms, txt + config.label_delay_ms]
+        edges += [txt + config.label_delay_ms + w for w in wins]
+        for te in [T0 + p for p in probes] + [e + d for e in edges for d in (-1, 0, 1)]:
+            end, known_by = te - config.label_delay_ms, te - config.label_allowance_ms
+            assert ts.index.result(end, known_by, wins) == _scan_labels(ts, end, known_by, wins)
+    rebuilt = LabelIndex(ts.labels.values())
+    assert (rebuilt.tx, rebuilt.fraud_tx, rebuilt.by_label_time) == (
+        ts.index.tx,
+        ts.index.fraud_tx,
+        ts.index.by_label_time,
+    )
+
+
+def test_a_big_terminal_gets_its_features_from_the_index() -> None:
+    config = FeatureConfig()
+    engine = FeatureEngine(config)
+    ts = TerminalState()
+    for lb in _labels(INDEX_FROM + 10, 5):
+        engine.terminal_label(ts, lb)
+    assert ts.index is None
+    te = T0 + 45 * DAY
+    f = engine._terminal_features(ts, te)
+    assert ts.index is not None and len(ts.index) == len(ts.labels)
+    counts, frauds = _scan_labels(
+        ts, te - config.label_delay_ms, te - config.label_allowance_ms, config.terminal_windows_ms
+    )
+    assert counts[-1] > 0 and sum(frauds) > 0
+    want: list[float] = []
+    for n, k in zip(counts, frauds, strict=True):
+        want += (math.log1p(n), k / n if n else 0.0)
+    assert f == tuple(want)

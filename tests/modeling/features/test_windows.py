@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -64,11 +65,14 @@ def test_distinct_agg_revert_equals_recompute(keys: list[str], span: int) -> Non
         assert agg.result() == len(set(keys[max(0, i - span + 1) : i + 1]))
 
 
-@settings(max_examples=150, deadline=None)
-@given(events)
-def test_engine_windows_equal_brute_force(evs: list[tuple[int, int, int]]) -> None:
-    engine = FeatureEngine(CONFIG)
-    names = CONFIG.feature_names
+@settings(max_examples=200, deadline=None)
+@given(events, st.one_of(st.none(), st.integers(1, 8)))
+def test_engine_windows_equal_brute_force(evs: list[tuple[int, int, int]], cap: int | None) -> None:
+    """Every window holds the user's transactions inside it; with a bound of ``cap``
+    transactions (``max_user_transactions``), those of its latest ``cap`` that are inside it."""
+    config = CONFIG if cap is None else replace(CONFIG, max_user_transactions=cap)
+    engine = FeatureEngine(config)
+    names = config.feature_names
     state = engine.new_user()
     t = T0
     past: list[tuple[int, int, str]] = []
@@ -76,22 +80,24 @@ def test_engine_windows_equal_brute_force(evs: list[tuple[int, int, int]]) -> No
         t += gap * MIN
         txn = Transaction(f"t{len(past)}", "u", f"term{term}", cents / 100.0, t)
         f = engine.transaction(state, txn, None)
-        for w in CONFIG.txn_windows_ms:
+        kept = past if cap is None else past[-cap:]
+        for w in config.txn_windows_ms:
             lab = _label(w)
-            inside = [c for (tm, c, _) in past if tm > t - w]
+            inside = [c for (tm, c, _) in kept if tm > t - w]
             assert math.isclose(f.tab[names.index(f"u_count_{lab}")], math.log1p(len(inside)), abs_tol=1e-12)
             assert math.isclose(
                 f.tab[names.index(f"u_sum_{lab}")], math.log1p(sum(inside) / 100.0), abs_tol=1e-9
             )
             mx = max(inside) / 100.0 if inside else 0.0
             assert math.isclose(f.tab[names.index(f"u_max_{lab}")], math.log1p(mx), abs_tol=1e-9)
-        longest = CONFIG.txn_windows_ms[-1]
-        terms = {term_ for (tm, _, term_) in past if tm > t - longest}
+        longest = config.txn_windows_ms[-1]
+        terms = {term_ for (tm, _, term_) in kept if tm > t - longest}
         assert f.tab[names.index("u_new_terminal")] == (0.0 if f"term{term}" in terms else 1.0)
         assert math.isclose(f.tab[names.index("u_distinct_terminals_7d")], math.log1p(len(terms)))
         past.append((t, cents, f"term{term}"))
+        assert cap is None or len(state.hist) <= cap
         # A snapshot restores to an identical state at every step.
-        restored = UserState.from_bytes(state.to_bytes(), CONFIG)
+        restored = UserState.from_bytes(state.to_bytes(), config)
         assert restored.to_bytes() == state.to_bytes()
         assert [a.result() for a in restored.aggs] == [a.result() for a in state.aggs]
         assert restored.heads == state.heads

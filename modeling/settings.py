@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     topic_replication: int = Field(default=1, ge=1)
     app_id: str = "riskstream"
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+    # The largest state snapshot the changelog takes: the changelog topics' max.message.bytes
+    # (set when they are created) and the producers' request limit. A key's state is bounded
+    # (FeatureConfig's max_user_* and max_terminal_labels); with the wire format's longest ids a
+    # user can still pass 2 MB, over Kafka's 1 MB default, and a snapshot the changelog
+    # refuses stops the worker (DEVELOPERS.md, "Bounds on one key's state").
+    state_max_record_bytes: int = Field(default=8 * 1024 * 1024, ge=1 << 20)
 
     # --- local broker ------------------------------------------------------------------------
     kafka_home: Path = Field(default_factory=lambda: default_home() / "kafka")

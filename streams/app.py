@@ -106,7 +106,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         key_serializer="raw",
         value_serializer="raw",
         broker_commit_interval=settings.commit_interval_s,
-        producer_max_request_size=max(settings.max_message_bytes * 4, 1 << 20),
+        producer_max_request_size=max(settings.max_message_bytes * 4, settings.state_max_record_bytes),
         # Batch produce requests: risk events, changelog writes and forwarded labels are many
         # small records; without linger every send is its own request.
         producer_linger=0.02,

@@ -33,7 +33,11 @@ class WarmupReport:
 
 
 async def write_snapshots(
-    bootstrap: str, logs: dict[str, tuple[Mapping[str, bytes], int]], **client_kw: Any
+    bootstrap: str,
+    logs: dict[str, tuple[Mapping[str, bytes], int]],
+    *,
+    max_request_size: int = 1 << 20,
+    **client_kw: Any,
 ) -> None:
     """Write state snapshots into changelog topics: ``{topic: (key -> snapshot, partitions)}``.
     With several partitions a key goes where the input topics put it (Kafka's default murmur2
@@ -44,7 +48,12 @@ async def write_snapshots(
 
     partitioner = DefaultPartitioner()
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=10, max_batch_size=512 * 1024, acks="all", **client_kw
+        bootstrap_servers=bootstrap,
+        linger_ms=10,
+        max_batch_size=512 * 1024,
+        max_request_size=max_request_size,
+        acks="all",
+        **client_kw,
     )
     await producer.start()
     try:
@@ -75,6 +84,7 @@ async def seed_state(runner: FeatureRunner, settings: Settings) -> tuple[int, in
     await write_snapshots(
         settings.bootstrap_servers,
         {user_topic: (users, settings.topic_partitions), term_topic: (terminals, 1)},
+        max_request_size=settings.state_max_record_bytes,
         **client_kwargs(settings),
     )
     return len(users), len(terminals)

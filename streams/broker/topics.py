@@ -161,7 +161,11 @@ async def ensure_project_topics(settings: Settings, *, internal: bool = False) -
     configs: dict[str, dict[str, str]] = {}
     if internal:
         names |= internal_topics(settings)
-        configs = {name: {"cleanup.policy": "compact"} for name in changelog_topics(settings)}
+        big = str(settings.state_max_record_bytes)
+        configs = {
+            name: {"cleanup.policy": "compact", "max.message.bytes": big}
+            for name in changelog_topics(settings)
+        }
         exact.append(user_state_changelog(settings))
     return await ensure_topics(
         settings.bootstrap_servers,

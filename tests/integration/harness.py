@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -100,6 +101,16 @@ class Scenario:
             registry_dir=self.registry_dir,
             **overrides,
         )
+
+
+def isolated_scenario(
+    bootstrap: str, model_registry: Path, home: Path, partitions: int = 4, **kw: Any
+) -> Scenario:
+    """A :class:`Scenario` with its own copy of ``model_registry`` (``home / "registry"``), so
+    that what a test publishes or refuses stays in it."""
+    registry = home / "registry"
+    shutil.copytree(model_registry, registry)
+    return Scenario(bootstrap, registry, home, partitions=partitions, **kw)
 
 
 class WorkerProc:

@@ -4,13 +4,12 @@ SIGKILL restores it and scores the user's next transaction as a from-scratch rep
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import orjson
 import pytest
-from harness import Scenario, WorkerProc, consume, run, served_scorer, topic_configs
+from harness import WorkerProc, consume, isolated_scenario, run, served_scorer, topic_configs
 
 from modeling.features import FeatureConfig, FeatureEngine, FeatureRunner, UserState
 from modeling.records import ClickEvent, Transaction
@@ -38,9 +37,8 @@ def _clicks() -> list[ClickEvent]:
 def test_a_state_over_one_megabyte_is_written_kept_and_restored(
     kafka_broker: str, model_registry: Path, tmp_path: Path
 ) -> None:
-    reg = tmp_path / "registry"
-    shutil.copytree(model_registry, reg)
-    sc = Scenario(kafka_broker, reg, tmp_path, partitions=2)
+    sc = isolated_scenario(kafka_broker, model_registry, tmp_path, partitions=2)
+    reg = sc.registry_dir
     settings = sc.settings()
     clicks = _clicks()
     first = Transaction("big-1", "u-big", "t1", 25.0, T + N_CLICKS * 1000, device_id=_long("dev", 1))

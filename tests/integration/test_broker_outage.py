@@ -4,14 +4,13 @@ comes back, losing nothing. On its own broker (the session's one cannot be stopp
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
-from harness import Scenario, WorkerProc, consume, run
+from harness import WorkerProc, consume, isolated_scenario, run
 
 from modeling.features import FeatureConfig
 from modeling.records import Transaction
@@ -51,9 +50,7 @@ def own_broker(local_kafka: LocalKafka, tmp_path: Path) -> Iterator[LocalKafka]:
 def test_worker_idles_through_a_broker_outage_and_resumes(
     own_broker: LocalKafka, model_registry: Path, tmp_path: Path
 ) -> None:
-    reg = tmp_path / "registry"
-    shutil.copytree(model_registry, reg)
-    sc = Scenario(own_broker.bootstrap, reg, tmp_path, partitions=2)
+    sc = isolated_scenario(own_broker.bootstrap, model_registry, tmp_path, partitions=2)
     df = load_history(DATA)
     users = sorted(df["user_id"].unique())[:40]
     events = list(

@@ -17,13 +17,19 @@ days old) does not count them. That path goes through the terminal loop's own to
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
-from harness import Scenario, WorkerProc, consume, run, scores_by_transaction, served_scorer
+from harness import (
+    WorkerProc,
+    consume,
+    isolated_scenario,
+    run,
+    scores_by_transaction,
+    served_scorer,
+)
 
 from modeling.features import Event, FeatureConfig, FeatureEngine
 from modeling.records import ClickEvent, Label, Transaction
@@ -89,10 +95,9 @@ def _pure_scores(events: list[Event], scorer: Scorer) -> dict[str, float]:
 def test_a_backlog_read_out_of_order_scores_as_in_event_time(
     kafka_broker: str, model_registry: Path, tmp_path: Path, max_batch: int | None
 ) -> None:
-    reg = tmp_path / "registry"
-    shutil.copytree(model_registry, reg)
     extra = {} if max_batch is None else {"RISKSTREAM_PIPELINE_MAX_BATCH": str(max_batch)}
-    sc = Scenario(kafka_broker, reg, tmp_path, partitions=2, extra_env=extra)
+    sc = isolated_scenario(kafka_broker, model_registry, tmp_path, partitions=2, extra_env=extra)
+    reg = sc.registry_dir
     settings = sc.settings()
     sc.create_kept_inputs()  # before the backlog: see Scenario.create_kept_inputs
     txns, side = _events()

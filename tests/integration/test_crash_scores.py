@@ -30,14 +30,13 @@ records between the two workers, and the second one waited for input that was go
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import orjson
 import pandas as pd
 import pytest
-from harness import Scenario, WorkerProc, consume, run, served_scorer, wait_caught_up
+from harness import WorkerProc, consume, isolated_scenario, run, served_scorer, wait_caught_up
 
 from modeling.features import Event, FeatureConfig, FeatureEngine, FeatureRunner
 from modeling.records import Label, Transaction
@@ -71,9 +70,8 @@ def _expired(w: WorkerProc) -> dict[str, int]:
 def test_scores_after_sigkill_equal_a_crash_free_run(
     kafka_broker: str, model_registry: Path, tmp_path: Path, events: list[Event]
 ) -> None:
-    reg = tmp_path / "registry"
-    shutil.copytree(model_registry, reg)
-    sc = Scenario(kafka_broker, reg, tmp_path, partitions=4)
+    sc = isolated_scenario(kafka_broker, model_registry, tmp_path, partitions=4)
+    reg = sc.registry_dir
     t = sc.topics
     sc.create_kept_inputs()  # records stamped with 2018 event times: no time-based retention
     settings = sc.settings()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import orjson
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from harness import Scenario, WorkerProc, consume, run
+from harness import Scenario, WorkerProc, consume, isolated_scenario, run
 
 from modeling.errors import CredentialsError
 from modeling.features import FeatureConfig
@@ -176,10 +175,12 @@ def _settings(sc: Scenario, url: str, secret: str = SECRET) -> Settings:
 def test_worker_and_clients_over_oauthbearer(
     oauth_broker: OAuthBroker, model_registry: Path, tmp_path: Path
 ) -> None:
-    reg = tmp_path / "registry"
-    shutil.copytree(model_registry, reg)
-    sc = Scenario(
-        oauth_broker.bootstrap, reg, tmp_path, partitions=2, extra_env=_oauth_env(oauth_broker.tokens.url)
+    sc = isolated_scenario(
+        oauth_broker.bootstrap,
+        model_registry,
+        tmp_path,
+        partitions=2,
+        extra_env=_oauth_env(oauth_broker.tokens.url),
     )
     settings = _settings(sc, oauth_broker.tokens.url)
     before = oauth_broker.tokens.requests

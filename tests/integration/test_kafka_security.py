@@ -9,7 +9,6 @@ one it needs for itself.
 from __future__ import annotations
 
 import gc
-import shutil
 import subprocess
 import warnings
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import orjson
 import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
-from harness import RISKSTREAM, Scenario, WorkerProc, consume, produce, run
+from harness import RISKSTREAM, Scenario, WorkerProc, consume, isolated_scenario, produce, run
 
 from modeling.features import FeatureConfig
 from modeling.records import Transaction
@@ -127,9 +126,7 @@ def _settings(sc: Scenario, cafile: Path, password: str = PASSWORD, mechanism: s
 
 def test_worker_scores_over_sasl_ssl(secure_broker: Secure, model_registry: Path, tmp_path: Path) -> None:
     bootstrap, cafile = secure_broker.bootstrap, secure_broker.cafile
-    reg = tmp_path / "registry"
-    shutil.copytree(model_registry, reg)
-    sc = Scenario(bootstrap, reg, tmp_path, partitions=2, extra_env=_security(cafile))
+    sc = isolated_scenario(bootstrap, model_registry, tmp_path, partitions=2, extra_env=_security(cafile))
     settings = _settings(sc, cafile)
     df = load_history(DATA)
     users = sorted(df["user_id"].unique())[:20]

@@ -14,13 +14,12 @@ backtest counts from the second week on while building its state from the first 
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from harness import Scenario, WorkerProc, consume, run, scores_by_transaction
+from harness import Scenario, WorkerProc, consume, isolated_scenario, run, scores_by_transaction
 
 from modeling.features import Event, FeatureConfig, FeatureEngine
 from modeling.predictor import Predictor, PredictorOptions
@@ -75,9 +74,8 @@ def test_replayed_live_scores_equal_backtest(kafka_broker: str, model_registry: 
     sample = tmp_path / "sample.parquet"
     df.assign(event_time=df["time_ms"]).drop(columns=["time_ms"]).to_parquet(sample)
 
-    reg = tmp_path / "registry"
-    shutil.copytree(model_registry, reg)
-    sc = Scenario(kafka_broker, reg, tmp_path, partitions=2)
+    sc = isolated_scenario(kafka_broker, model_registry, tmp_path, partitions=2)
+    reg = sc.registry_dir
     config = FeatureConfig()
     split = "2018-06-08"
     split_ms = int(pd.Timestamp(split).value // 1_000_000)

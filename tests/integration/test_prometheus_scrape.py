@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Scenario, WorkerProc, free_port, run
+from harness import WorkerProc, free_port, isolated_scenario, run
 
 from modeling.features import FeatureConfig
 from streams.replay import replay_events
@@ -34,9 +34,7 @@ def test_prometheus_scrapes_the_worker(kafka_broker: str, model_registry: Path, 
     prometheus = shutil.which("prometheus")
     if prometheus is None:
         pytest.fail("Debian's prometheus package is required (make setup installs it)", pytrace=False)
-    reg = tmp_path / "registry"
-    shutil.copytree(model_registry, reg)
-    sc = Scenario(kafka_broker, reg, tmp_path, partitions=2)
+    sc = isolated_scenario(kafka_broker, model_registry, tmp_path, partitions=2)
     w = WorkerProc(sc, "prom").start()
     prom_port = free_port()
     cfg = tmp_path / "prometheus.yml"

@@ -5,12 +5,11 @@ builds from the same events."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import orjson
-from harness import Scenario, WorkerProc, consume, run, wait_caught_up
+from harness import Scenario, WorkerProc, consume, isolated_scenario, run, wait_caught_up
 
 from modeling.features import FeatureConfig, FeatureEngine, FeatureRunner, UserState
 from modeling.features.config import DAY_MS, HOUR_MS, MINUTE_MS
@@ -45,9 +44,7 @@ def _wait_metric(w: WorkerProc, name: str, want: float, timeout: float = 60.0, *
 def test_dormant_states_are_deleted_and_stay_deleted(
     kafka_broker: str, model_registry: Path, tmp_path: Path
 ) -> None:
-    reg = tmp_path / "registry"
-    shutil.copytree(model_registry, reg)
-    sc = Scenario(kafka_broker, reg, tmp_path, partitions=2)
+    sc = isolated_scenario(kafka_broker, model_registry, tmp_path, partitions=2)
     env = {"RISKSTREAM_STATE_SWEEP_INTERVAL_S": "1", "RISKSTREAM_STATE_FLUSH_INTERVAL_MS": "200"}
     dormant = [f"d{k}" for k in range(6)]
     active = [f"a{k}" for k in range(30)]  # on both partitions: both move the watermark

@@ -29,13 +29,20 @@ differed), and with the rule it passed 8 of 8.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from harness import Scenario, WorkerProc, consume, run, scores_by_transaction, served_scorer
+from harness import (
+    Scenario,
+    WorkerProc,
+    consume,
+    isolated_scenario,
+    run,
+    scores_by_transaction,
+    served_scorer,
+)
 
 from modeling.features import Event, FeatureConfig, FeatureEngine, FeatureRunner
 from modeling.records import Label, Transaction
@@ -79,9 +86,8 @@ def _backtest_scores(events: list[Event], scorer: Scorer) -> dict[str, float]:
 
 def _scenario(kafka_broker: str, model_registry: Path, tmp_path: Path) -> tuple[Scenario, Path, Any]:
     """Its own registry copy, and input topics of four partitions."""
-    reg = tmp_path / "registry"
-    shutil.copytree(model_registry, reg)
-    sc = Scenario(kafka_broker, reg, tmp_path, partitions=4)
+    sc = isolated_scenario(kafka_broker, model_registry, tmp_path, partitions=4)
+    reg = sc.registry_dir
     sc.create_kept_inputs()
     return sc, reg, sc.settings()
 

@@ -11,7 +11,16 @@ from pathlib import Path
 import orjson
 import pandas as pd
 import pytest
-from harness import Scenario, WorkerProc, consume, produce, run, topic_configs, wait_caught_up
+from harness import (
+    Scenario,
+    WorkerProc,
+    consume,
+    isolated_scenario,
+    produce,
+    run,
+    topic_configs,
+    wait_caught_up,
+)
 
 from modeling.features import FeatureConfig, FeatureEngine, FeatureRunner, TerminalState, UserState
 from modeling.records import ClickEvent, Label, Transaction, parse_risk_event
@@ -29,12 +38,6 @@ def sample() -> pd.DataFrame:
     df = load_history(DATA)
     users = sorted(df["user_id"].unique())[:250]
     return df[df["user_id"].isin(users)].reset_index(drop=True)
-
-
-def _scenario(kafka_broker: str, model_registry: Path, tmp_path: Path, partitions: int = 4) -> Scenario:
-    reg = tmp_path / "registry"
-    shutil.copytree(model_registry, reg)
-    return Scenario(kafka_broker, reg, tmp_path, partitions=partitions)
 
 
 def _events(df: pd.DataFrame) -> list[Transaction | ClickEvent | Label]:
@@ -58,7 +61,7 @@ def test_n_in_n_out_and_dead_letters(
 ) -> None:
     """Also with Faust's own consumer thread (``RISKSTREAM_CONSUMER_IN_LOOP=false``), the way
     back from streams/in_loop.py."""
-    sc = _scenario(kafka_broker, model_registry, tmp_path)
+    sc = isolated_scenario(kafka_broker, model_registry, tmp_path)
     df = sample.iloc[:1500]
     w = WorkerProc(sc, "a", env={"RISKSTREAM_CONSUMER_IN_LOOP": consumer_in_loop}).start()
     try:
@@ -174,7 +177,7 @@ def _assert_tables_equal_replay(sc: Scenario, events: list[Transaction | ClickEv
 def test_sigkill_mid_stream_loses_nothing_and_restores_state(
     kafka_broker: str, model_registry: Path, tmp_path: Path, sample: pd.DataFrame
 ) -> None:
-    sc = _scenario(kafka_broker, model_registry, tmp_path, partitions=2)
+    sc = isolated_scenario(kafka_broker, model_registry, tmp_path, partitions=2)
     events = _events(sample)
     n_tx = sum(isinstance(e, Transaction) for e in events)
     half = len(events) // 2
@@ -215,7 +218,7 @@ def test_worker_joining_mid_stream_rebalances_without_hang_or_loss(
     their state from the changelog while their input waits (faust-streaming #74: recovery hung
     with a full stream buffer), and the group still scores every transaction and ends with the
     state of a from-scratch replay."""
-    sc = _scenario(kafka_broker, model_registry, tmp_path, partitions=4)
+    sc = isolated_scenario(kafka_broker, model_registry, tmp_path, partitions=4)
     events = _events(sample)
     n_tx = sum(isinstance(e, Transaction) for e in events)
     step = len(events) // 16 + 1
@@ -291,7 +294,7 @@ INFERENCE_CHILD = "modeling.inference_process"
 def test_two_workers_share_partitions_and_swap_models_under_load(
     kafka_broker: str, model_registry: Path, tmp_path: Path, sample: pd.DataFrame
 ) -> None:
-    sc = _scenario(kafka_broker, model_registry, tmp_path, partitions=4)
+    sc = isolated_scenario(kafka_broker, model_registry, tmp_path, partitions=4)
     registry = ModelRegistry(sc.registry_dir)
     first = registry.current("behaviour")
     assert first is not None

@@ -76,7 +76,7 @@ class FeatureConfig:
     user_retention_ms: int = 365 * DAY_MS
     # Bounds on one key's state, whatever its volume (a bot's clickstream, a merchant taking
     # thousands of payments a day): its snapshot must fit one changelog record and its features
-    # must not cost more per event as it grows (benchmarks/README.md, "Hot keys"). Past a bound
+    # must not cost more per event as it grows (DEVELOPERS.md, "Bounds on one key's state"). Past a bound
     # the oldest entries go first: a user's oldest transactions leave every window early, its
     # oldest-arrived clicks are forgotten, and a terminal keeps the labels of its latest
     # transactions (the least (transaction time, id) goes: the same set whatever order the

@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     # 0 writes them after every batch.
     state_flush_interval_ms: float = Field(default=1000.0, ge=0)
     state_flush_max_users: int = Field(default=50_000, ge=1)
+    # Decoded states the scorer keeps between batches, bounded by their estimated memory (a
+    # typical user ~16 KB, a terminal at its label bound ~4 MB; streams/pipeline.py, StateCache):
+    # past the bound the least recently used go and are decoded again from the table when next
+    # needed (~15 µs a typical user). The tables' serialized states are not counted here.
+    user_state_cache_mb: int = Field(default=1024, ge=0)
+    terminal_state_cache_mb: int = Field(default=1024, ge=0)
     # Dormant users' states are deleted from the state table (and, by tombstone, its changelog)
     # every interval, once their latest event is a retention (a feature setting, below) behind
     # the inputs' event time (streams/retention.py). 0: never.

@@ -147,6 +147,8 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         )
         if settings.terminal_overlay
         else None,
+        user_cache_bytes=settings.user_state_cache_mb << 20,
+        terminal_cache_bytes=settings.terminal_state_cache_mb << 20,
     )
 
     # Other workers' labels and label floors, read from the terminal-labels topic; this worker's
@@ -461,6 +463,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         metrics.states.labels("user").set(len(store_dict(users)))
         term_store = store_dict(terminals)
         metrics.states.labels("terminal").set(len(term_store) - (APPLIED_KEY in term_store))
+        metrics.set_state_caches({"user": processor.users, "terminal": processor.terminals})
         if processor.overlay is not None:
             processor.overlay.prune()
             metrics.set_terminal_overlay(processor.overlay.n_labels, processor.overlay.dropped)

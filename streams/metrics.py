@@ -7,8 +7,8 @@ defined here; tests compare their queries with what a live worker serves on its 
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from prometheus_client import (
@@ -23,6 +23,17 @@ from prometheus_client import (
 
 _LAT = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 _SIZE = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+class CacheStats(Protocol):
+    """What the metrics read of a decoded-state cache (streams/pipeline.py, StateCache)."""
+
+    bytes: int
+    evictions: int
+
+    def __len__(self) -> int: ...
+
+
 _SCORE = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
@@ -194,6 +205,24 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.state_cache_bytes = Gauge(
+            "riskstream_state_cache_bytes",
+            "Estimated memory of the decoded states the scorer keeps between batches, by kind "
+            "(user, terminal); bounded by user_state_cache_mb and terminal_state_cache_mb",
+            ["kind"],
+            registry=r,
+        )
+        self.state_cache_entries = Gauge(
+            "riskstream_state_cache_entries", "Decoded states the scorer keeps, by kind", ["kind"], registry=r
+        )
+        self.state_cache_evictions = Counter(
+            "riskstream_state_cache_evictions",
+            "Decoded states dropped by the cache's memory bound (decoded again when next needed): "
+            "a steady rate means the bound is below the working set",
+            ["kind"],
+            registry=r,
+        )
+        self._cache_evictions: dict[str, int] = {}
         self.states_expired = Counter(
             "riskstream_states_expired",
             "States deleted by the state sweep: dormant users, terminals whose labels no longer count",
@@ -253,6 +282,16 @@ class Metrics:
         if dropped > self._overlay_dropped:
             self.terminal_overlay_dropped.inc(dropped - self._overlay_dropped)
             self._overlay_dropped = dropped
+
+    def set_state_caches(self, caches: Mapping[str, CacheStats]) -> None:
+        """The decoded-state caches' size now and their evictions since start, by kind."""
+        for kind, cache in caches.items():
+            self.state_cache_bytes.labels(kind).set(cache.bytes)
+            self.state_cache_entries.labels(kind).set(len(cache))
+            before = self._cache_evictions.get(kind, 0)
+            if cache.evictions > before:
+                self.state_cache_evictions.labels(kind).inc(cache.evictions - before)
+                self._cache_evictions[kind] = cache.evictions
 
     def set_terminal_feed(self, counts: dict[str, int]) -> None:
         """The terminal feed's record counts since start (``FeedState.counts``)."""

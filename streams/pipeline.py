@@ -22,6 +22,7 @@ import numpy as np
 
 from modeling.errors import ValidationError
 from modeling.features import FeatureEngine, TerminalState, TxnFeatures, UserState, Watermark
+from modeling.features.state import terminal_decoded_bytes, user_decoded_bytes
 from modeling.records import (
     ClickEvent,
     Label,
@@ -100,28 +101,54 @@ class Prepared:
 
 
 class StateCache:
-    """Decoded states keyed by id, valid while the table still holds the same bytes object."""
+    """Decoded states keyed by id, valid while the table still holds the same bytes object.
 
-    def __init__(self, limit: int = 200_000) -> None:
-        self._d: dict[str, tuple[bytes, object]] = {}
-        self._limit = limit
+    Bounded by memory, not by count: each entry weighs ``weigh(len(raw))``, the estimated size of
+    the decoded state (``modeling/features/state.py``: a typical user ~16 KB, a terminal at its
+    label bound ~4 MB), and the least recently used entries go once the total passes
+    ``max_bytes``. An entry heavier than the whole budget is not kept. An evicted state is
+    decoded again from the table's bytes when next needed: correct, only slower.
+    """
+
+    def __init__(self, max_bytes: int, weigh: Callable[[int], int]) -> None:
+        self._d: dict[str, tuple[bytes, object, int]] = {}  # least recently used first
+        self.max_bytes = max_bytes
+        self._weigh = weigh
+        self.bytes = 0  # estimated decoded bytes held
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._d)
 
     def get(self, key: str, raw: bytes | None) -> object | None:
         hit = self._d.get(key)
-        if hit is not None and raw is not None and hit[0] is raw:
-            return hit[1]
-        return None
+        if hit is None or raw is None or hit[0] is not raw:
+            return None
+        del self._d[key]  # most recently used: to the end
+        self._d[key] = hit
+        return hit[1]
 
     def put(self, key: str, raw: bytes, obj: object) -> None:
-        if len(self._d) >= self._limit:
-            self._d.clear()
-        self._d[key] = (raw, obj)
+        self.drop(key)
+        w = self._weigh(len(raw))
+        if w > self.max_bytes:
+            return
+        d = self._d
+        d[key] = (raw, obj, w)
+        self.bytes += w
+        while self.bytes > self.max_bytes:
+            oldest = next(iter(d))
+            self.bytes -= d.pop(oldest)[2]
+            self.evictions += 1
 
     def drop(self, key: str) -> None:
-        self._d.pop(key, None)
+        hit = self._d.pop(key, None)
+        if hit is not None:
+            self.bytes -= hit[2]
 
     def clear(self) -> None:
         self._d.clear()
+        self.bytes = 0
 
 
 class BatchProcessor:
@@ -138,6 +165,8 @@ class BatchProcessor:
         max_message_bytes: int = 64 * 1024,
         now_ms: Callable[[], float] = lambda: time.time() * 1000.0,
         terminal_overlay: TerminalOverlay | None = None,
+        user_cache_bytes: int = 1 << 30,
+        terminal_cache_bytes: int = 1 << 30,
     ) -> None:
         self.engine = engine
         # Labels this worker forwarded, on top of the terminal table until it holds them
@@ -149,8 +178,9 @@ class BatchProcessor:
         self.terminal_get = terminal_get
         self.max_bytes = max_message_bytes
         self.now_ms = now_ms
-        self.users = StateCache()
-        self.terminals = StateCache(limit=1_000_000)
+        # Decoded states, bounded by their estimated memory (StateCache)
+        self.users = StateCache(user_cache_bytes, user_decoded_bytes)
+        self.terminals = StateCache(terminal_cache_bytes, terminal_decoded_bytes)
         # States changed since the last flush began, and the input partition each came from
         # (its changelog partition). A dirty state is newer than the table's bytes.
         self.dirty: dict[str, UserState] = {}

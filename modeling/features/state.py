@@ -162,6 +162,29 @@ class UserState:
             self.terms.update(term)
 
 
+# Memory a decoded state takes, estimated from its snapshot's length: ``fixed + per_byte · len``.
+# Measured with tracemalloc (Python 3.11): a user decodes to ~8 KB with no history (its window
+# aggregators and deques) plus 4.4–7.5× its snapshot (a typical warm user: 1.4 KB → 16.6 KB;
+# 5,000 clicks: 335 KB → 1.57 MB; 1,000 payments a day: 256 KB → 1.12 MB); a terminal to
+# 5.4–7.1× (10,000 labels: 580 KB → 4.1 MB with its LabelIndex). The worker's decoded-state
+# caches are bounded by these estimates (streams/pipeline.py, StateCache); a test holds them
+# within 1.5× of tracemalloc over those shapes, in a fresh interpreter (the same decode counted
+# 3.2 MB with Paddle imported and 7.0 MB after other tests: an estimate, not an accounting).
+USER_DECODED_FIXED, USER_DECODED_PER_BYTE = 8192, 5
+TERMINAL_DECODED_FIXED, TERMINAL_DECODED_PER_BYTE = 1024, 7
+
+
+def user_decoded_bytes(snapshot_len: int) -> int:
+    """Estimated memory of a user state decoded from a snapshot of ``snapshot_len`` bytes."""
+    return USER_DECODED_FIXED + USER_DECODED_PER_BYTE * snapshot_len
+
+
+def terminal_decoded_bytes(snapshot_len: int) -> int:
+    """Estimated memory of a terminal state (its label index built) decoded from a snapshot of
+    ``snapshot_len`` bytes."""
+    return TERMINAL_DECODED_FIXED + TERMINAL_DECODED_PER_BYTE * snapshot_len
+
+
 def snapshot_last_activity_ms(data: bytes) -> int:
     """:meth:`UserState.last_activity_ms` read from a snapshot without restoring it: the
     history, sequence and clicks are skipped, not decoded (a state sweep reads every stored

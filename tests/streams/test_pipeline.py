@@ -1,5 +1,7 @@
 """BatchProcessor: the worker's overlapped path (prepare now, await the model in its child
-process, finish) gives the same risk events and states as one synchronous ``process`` call."""
+process, finish) gives the same risk events and states as one synchronous ``process`` call;
+labels forwarded earlier in a batch count; redelivered input is not applied twice; the
+decoded-state caches stay within their memory bound without changing a feature."""
 
 from __future__ import annotations
 
@@ -16,7 +18,15 @@ from modeling.predictor import Predictor, PredictorOptions
 from modeling.records import ClickEvent, Label, Transaction
 from modeling.registry import ModelRegistry
 from modeling.scoring import Scorer
-from streams.pipeline import KIND_CLICK, KIND_LABEL, KIND_TXN, BatchProcessor, BatchResult, InMessage
+from streams.pipeline import (
+    KIND_CLICK,
+    KIND_LABEL,
+    KIND_TXN,
+    BatchProcessor,
+    BatchResult,
+    InMessage,
+    StateCache,
+)
 
 CONFIG = FeatureConfig()
 T0 = 1_530_000_000_000
@@ -184,3 +194,67 @@ def test_a_redelivered_batch_is_neither_applied_nor_scored_again() -> None:
     for uid, raw in states.items():
         if uid not in touched_again:
             assert proc.dirty[uid].to_bytes() == raw
+
+
+def test_the_state_cache_keeps_the_most_recently_used_within_its_budget() -> None:
+    cache = StateCache(max_bytes=25, weigh=lambda n: n)
+    raws = {k: k.encode() * 10 for k in "abcdef"}  # 10 bytes each
+    for k in "abc":
+        cache.put(k, raws[k], k.upper())
+    assert cache.get("a", raws["a"]) is None and cache.evictions == 1  # a went for c
+    assert cache.get("b", raws["b"]) == "B"  # b is now the most recently used
+    cache.put("d", raws["d"], "D")
+    assert cache.get("c", raws["c"]) is None and cache.get("b", raws["b"]) == "B"
+    assert (len(cache), cache.bytes, cache.evictions) == (2, 20, 2)
+    assert cache.get("b", b"b" * 10) is None  # other bytes than the table's: stale
+    cache.put("b", raws["b"][:5], "B5")  # a new state replaces the old one's weight
+    assert (len(cache), cache.bytes) == (2, 15)
+    cache.put("e", raws["e"] * 3, "E")  # heavier than the whole budget: not kept
+    assert cache.get("e", raws["e"] * 3) is None and cache.bytes == 15
+    cache.drop("d")
+    assert (len(cache), cache.bytes) == (1, 5)
+
+
+@pytest.mark.parametrize(("users", "terminals"), [(0, 0), (20_000, 8_000)])
+def test_features_do_not_depend_on_the_decoded_state_cache(users: int, terminals: int) -> None:
+    """Evicted states are decoded again from the table's bytes: the same features and states
+    with caches too small to hold one state (0), holding two or three, and the default."""
+    from modeling.features import FeatureRunner
+
+    labels = [
+        Label(f"old{n}", f"lu{n}", f"term{n % 5}", n % 3 == 0, T0 - 9 * 86_400_000 + n, T0 - 86_400_000 + n)
+        for n in range(60)
+    ]
+    runner = FeatureRunner(FeatureEngine(CONFIG))
+    for _ in runner.run(labels):
+        pass
+    terminal_store = {tid: ts.to_bytes() for tid, ts in runner.terminals.items()}
+    batches = [_messages(120, seed) for seed in range(5)]
+    for b, batch in enumerate(batches):
+        for m in batch:
+            m.offset += 1000 * b
+
+    def run(**caches: int) -> tuple[list[tuple[float, ...]], dict[str, bytes], BatchProcessor]:
+        store: dict[str, bytes] = {}
+        proc = BatchProcessor(
+            FeatureEngine(CONFIG),
+            lambda: None,
+            store.get,
+            terminal_store.get,
+            **caches,  # type: ignore[arg-type,return-value]
+        )
+        tabs = []
+        for batch in batches:
+            tabs += [f.tab + tuple(x for step in f.seq for x in step) for f in proc.prepare(batch).feats]
+            store.update((uid, raw) for uid, _, raw in proc.take_dirty())
+        return tabs, store, proc
+
+    want, want_states, default = run()
+    assert default.users.evictions == default.terminals.evictions == 0 and len(default.terminals) == 5
+    got, got_states, small = run(user_cache_bytes=users, terminal_cache_bytes=terminals)
+    assert got == want and got_states == want_states and len(want) > 100
+    assert small.users.bytes <= users and small.terminals.bytes <= terminals
+    if users:
+        assert small.users.evictions > 0 and small.terminals.evictions > 0
+    else:
+        assert len(small.users) == len(small.terminals) == 0

@@ -1,11 +1,16 @@
 """Bounds on one key's state (``max_user_clicks``, ``max_terminal_labels``; the bounded user
 windows are in test_windows.py's brute-force test) and the terminal label index: a terminal
-keeps the same labels whatever order they came in, and its index counts as a scan does."""
+keeps the same labels whatever order they came in, and its index counts as a scan does; the
+estimates of a decoded state's memory that bound the worker's caches."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import msgspec
 from hypothesis import given, settings
@@ -14,6 +19,7 @@ from hypothesis import strategies as st
 from modeling.features import FeatureConfig, FeatureEngine, TerminalState
 from modeling.features.aggregators import LabelIndex
 from modeling.features.engine import INDEX_FROM, _scan_labels
+from modeling.features.state import terminal_decoded_bytes, user_decoded_bytes
 from modeling.records import ClickEvent, Label, Transaction
 
 MIN = 60_000
@@ -167,3 +173,68 @@ def test_a_big_terminal_gets_its_features_from_the_index() -> None:
     for n, k in zip(counts, frauds, strict=True):
         want += (math.log1p(n), k / n if n else 0.0)
     assert f == tuple(want)
+
+
+# Run in a fresh interpreter: tracemalloc's count for the same decode moved from 4.1 to 7.0 MB
+# (a full terminal) after other tests had run in the process (msgpack's allocations differ).
+_MEASURE = r"""
+import gc, json, sys, tracemalloc
+from modeling.features import FeatureConfig, FeatureEngine, TerminalState, UserState
+from modeling.records import ClickEvent, Label, Transaction
+DAY, T0 = 86_400_000, 1_527_811_200_000
+config = FeatureConfig()
+engine = FeatureEngine(config)
+probe = Transaction("p", "u", "T", 1.0, T0 + 47 * DAY)
+
+def measured(decode):
+    gc.collect()
+    tracemalloc.start()
+    kept = decode()
+    size = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return size
+
+def terminal(raw):
+    ts = TerminalState.from_bytes(raw)
+    engine.transaction(engine.new_user(), probe, ts)  # builds the label index, if any
+    return ts
+
+out = []
+users = [engine.new_user()]
+for per_day in (10, 1_000, 5_000):  # clicks, 36-character device ids
+    st = engine.new_user()
+    for k in range(2 * per_day):
+        t = T0 + k * (DAY // per_day)
+        engine.click(st, ClickEvent("u", t, "page_view", "s", f"{k % 5:036d}", "10.0.0.1"))
+    users.append(st)
+for per_day in (1, 10, 300):  # payments over 31 days
+    st = engine.new_user()
+    for k in range(31 * per_day):
+        t = T0 + k * (DAY // per_day)
+        engine.transaction(st, Transaction(f"{k:036d}", "u", f"{k % 50:036d}", 12.5, t), None)
+    users.append(st)
+for st in users:
+    raw = st.to_bytes()
+    out.append(("user", len(raw), measured(lambda: UserState.from_bytes(raw, config))))
+for per_day in (1, 10, 100, 1_000):
+    ts = TerminalState()
+    for n in range(40 * per_day):
+        t = T0 + n * (DAY // per_day)
+        engine.terminal_label(ts, Label(f"{n:036d}", f"u{n % 997}", "T", n % 100 == 0, t, t + 7 * DAY))
+    raw = ts.to_bytes()
+    out.append(("terminal", len(raw), measured(lambda: terminal(raw))))
+json.dump(out, sys.stdout)
+"""
+
+
+def test_decoded_state_estimates_stay_within_half_again_of_the_memory_measured() -> None:
+    """The worker's decoded-state caches are bounded by these estimates (streams/pipeline.py):
+    users with no history, thousands of clicks or of payments; terminals up to the label bound."""
+    root = Path(__file__).resolve().parents[3]
+    run = subprocess.run([sys.executable, "-c", _MEASURE], cwd=root, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    shapes = json.loads(run.stdout)
+    assert len(shapes) == 11
+    for kind, snapshot, size in shapes:
+        estimate = (user_decoded_bytes if kind == "user" else terminal_decoded_bytes)(snapshot)
+        assert 1 / 1.5 <= estimate / size <= 1.5, (kind, snapshot, size)

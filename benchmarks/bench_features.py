@@ -12,7 +12,9 @@ Writes benchmarks/results/features.json. Three measurements over the same events
 * hot keys: one terminal taking 10 to 5,000 labelled payments a day, one user sending 100 to
   20,000 clicks a day or making 100 to 3,000 payments a day: featurizing cost per transaction and
   snapshot size, with the state bounds of FeatureConfig and without them (``--hot-keys-only``
-  runs just this part, in about a minute).
+  runs just this part, in about a minute); the busy clickstreams also with their click features
+  from a scan of every click, as before ClickWindows, alone and in mixed streams of clicks and
+  transactions (``click_streams``, µs per event, best of two).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from modeling.features import (
     UserState,
     snapshot_last_activity_ms,
 )
+from modeling.features import engine as engine_module
+from modeling.features.engine import CLICK_INDEX_FROM
 from modeling.records import ClickEvent, Label, Transaction
 from streams.terminal_overlay import TerminalOverlay
 from training.featurize import featurize_frame
@@ -139,8 +143,19 @@ def hot_keys(config: FeatureConfig) -> list[dict[str, object]]:
                 t = T0 + d * DAY + k * (DAY // per_day)
                 device = f"{k % 5:036d}"
                 engine.click(st, ClickEvent("u-hot", t, "page_view", f"s{k // 50}", device, "10.0.0.1"))
+        raw = st.to_bytes()
         us = timed(st, partial(_same_state, None), T0 + 2 * DAY)
-        out.append(_hot("user clicks", per_day, len(st.clicks), len(st.to_bytes()), us))
+        row = _hot("user clicks", per_day, len(st.clicks), len(raw), us)
+        # the same user with its click features from a scan of every click (before session 20)
+        engine_module.CLICK_INDEX_FROM = 1 << 62
+        try:
+            row["scan_us_per_txn"] = round(
+                timed(UserState.from_bytes(raw, config), partial(_same_state, None), T0 + 2 * DAY), 1
+            )
+        finally:
+            engine_module.CLICK_INDEX_FROM = CLICK_INDEX_FROM
+        print(f"    clicks scanned: {row['scan_us_per_txn']} µs/txn", flush=True)
+        out.append(row)
     for per_day in (100, 1_000, 3_000):
         st = engine.new_user()
         for d in range(31):
@@ -149,6 +164,41 @@ def hot_keys(config: FeatureConfig) -> list[dict[str, object]]:
                 engine.transaction(st, Transaction(f"{k:036d}", "u-hot", f"{k % 50:036d}", 12.5, t), None)
         us = timed(st, partial(_same_state, None), T0 + 31 * DAY)
         out.append(_hot("user transactions", per_day, len(st.hist), len(st.to_bytes()), us))
+    return out
+
+
+def click_streams(config: FeatureConfig) -> list[dict[str, object]]:
+    """µs per event of one user's mixed stream (three days of clicks in time order, a transaction
+    every few clicks), click features from ClickWindows against a scan of every click."""
+    engine = FeatureEngine(config)
+    kinds = ["page_view"] * 5 + ["login", "login_failed"]
+    out: list[dict[str, object]] = []
+    for per_day, every in ((20_000, 50), (20_000, 5), (200, 5), (50, 5)):
+        events: list[ClickEvent | Transaction] = []
+        for k in range(3 * per_day):
+            t = T0 + k * (DAY // per_day)
+            events.append(ClickEvent("u", t, kinds[k % 7], "s", f"{k % 5:036d}", f"10.0.{k % 4}.1"))
+            if k % every == every - 1:
+                events.append(Transaction(f"{k:036d}", "u", "T", 10.0, t + 1))
+        row: dict[str, object] = {"clicks_per_day": per_day, "transaction_every_clicks": every}
+        for label, index_from in (("index", CLICK_INDEX_FROM), ("scan", 1 << 62)):
+            engine_module.CLICK_INDEX_FROM = index_from
+            try:
+                best = float("inf")
+                for _ in range(2):
+                    st = engine.new_user()
+                    t0 = time.perf_counter()
+                    for ev in events:
+                        if isinstance(ev, ClickEvent):
+                            engine.click(st, ev)
+                        else:
+                            engine.transaction(st, ev, None)
+                    best = min(best, time.perf_counter() - t0)
+            finally:
+                engine_module.CLICK_INDEX_FROM = CLICK_INDEX_FROM
+            row[f"{label}_us_per_event"] = round(1e6 * best / len(events), 2)
+        print(f"  click stream {row}", flush=True)
+        out.append(row)
     return out
 
 
@@ -185,6 +235,7 @@ def main() -> None:
         out = Path(args.out)
         res = json.loads(out.read_text()) if out.exists() else {}
         res["hot_keys"] = hot_keys_compared()
+        res["click_streams"] = click_streams(config)
         res["hot_keys_machine"] = {"python": platform.python_version(), "load_average": os.getloadavg()}
         out.write_text(json.dumps(res, indent=2) + "\n")
         return

@@ -10,6 +10,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from collections.abc import Iterable, Sequence
+from itertools import pairwise
 from typing import Any
 
 
@@ -145,3 +146,139 @@ def _remove(items: list[Any], x: Any) -> None:
     if i == len(items) or items[i] != x:
         raise ValueError(f"label index out of step with its labels: {x!r} is not held")
     del items[i]
+
+
+Click = tuple[int, str, str, str]  # (time ms, type, device, ip), as UserState.clicks holds them
+
+
+class ClickWindows:
+    """The click features' two windows, the hour and the day up to a transaction's time ``q``
+    (``(q - w, q]``), kept up to date as clicks arrive and transactions move forward: O(1)
+    amortized per click, where a scan of the day's clicks cost every transaction up to 456 µs
+    (a user at the 5,000-click bound).
+
+    It holds the user's clicks in arrival order, which must also be time order: the engine drops
+    it (and scans, or builds a new one) when a click arrives out of order or when the clicks it
+    forgets are not its first. Transactions ask in time order (a late one is featurized at the
+    user's latest time); the engine also drops it if one did not.
+    Derived from ``UserState.clicks``, never serialized.
+    """
+
+    __slots__ = ("base", "clicks", "day", "hi", "hour", "lo", "q", "widths")
+
+    def __init__(self, clicks: Iterable[Click], hour_ms: int, day_ms: int) -> None:
+        self.clicks: deque[Click] = deque(clicks)
+        self.base = 0  # absolute index of clicks[0]
+        self.q = -(1 << 62)  # the time the windows hold: clicks in (q - width, q]
+        self.widths = (hour_ms, day_ms)
+        self.lo = [0, 0]  # per window, absolute index of its first click
+        self.hi = [0, 0]  # ... and one past its last (lo == hi: empty)
+        # hour: logins, failed logins, page views
+        self.hour = [0, 0, 0]
+        # day: logins, failed logins, password changes, payees added, devices, ips, login times
+        self.day: tuple[list[int], dict[str, int], dict[str, int], deque[int]]
+        self.day = ([0, 0, 0, 0], {}, {}, deque())
+
+    @staticmethod
+    def in_order(clicks: Iterable[Click]) -> bool:
+        return all(a[0] <= b[0] for a, b in pairwise(clicks))
+
+    @property
+    def last_ms(self) -> int:
+        return self.clicks[-1][0] if self.clicks else -(1 << 62)
+
+    def _add(self, w: int, c: Click) -> None:
+        kind = c[1]
+        if w == 0:
+            h = self.hour
+            if kind == "login":
+                h[0] += 1
+            elif kind == "login_failed":
+                h[1] += 1
+            elif kind == "page_view":
+                h[2] += 1
+            return
+        counts, devs, ips, logins = self.day
+        devs[c[2]] = devs.get(c[2], 0) + 1
+        ips[c[3]] = ips.get(c[3], 0) + 1
+        if kind == "login":
+            counts[0] += 1
+            logins.append(c[0])
+        elif kind == "login_failed":
+            counts[1] += 1
+        elif kind == "change_password":
+            counts[2] += 1
+        elif kind == "add_payee":
+            counts[3] += 1
+
+    def _remove(self, w: int, c: Click) -> None:
+        kind = c[1]
+        if w == 0:
+            h = self.hour
+            if kind == "login":
+                h[0] -= 1
+            elif kind == "login_failed":
+                h[1] -= 1
+            elif kind == "page_view":
+                h[2] -= 1
+            return
+        counts, devs, ips, logins = self.day
+        for seen, key in ((devs, c[2]), (ips, c[3])):
+            n = seen[key] - 1
+            if n:
+                seen[key] = n
+            else:
+                del seen[key]
+        if kind == "login":
+            counts[0] -= 1
+            logins.popleft()  # the window's logins leave in time order
+        elif kind == "login_failed":
+            counts[1] -= 1
+        elif kind == "change_password":
+            counts[2] -= 1
+        elif kind == "add_payee":
+            counts[3] -= 1
+
+    def advance(self, q: int) -> None:
+        """Move both windows to end at ``q`` (not earlier than the last ``q``)."""
+        clicks, base, end = self.clicks, self.base, self.base + len(self.clicks)
+        for w, width in enumerate(self.widths):
+            lo, hi, start = self.lo[w], self.hi[w], q - width
+            while lo < hi and clicks[lo - base][0] <= start:
+                self._remove(w, clicks[lo - base])
+                lo += 1
+            if lo == hi:
+                while hi < end and clicks[hi - base][0] <= start:
+                    hi += 1
+                lo = hi
+            while hi < end and clicks[hi - base][0] <= q:
+                self._add(w, clicks[hi - base])
+                hi += 1
+            self.lo[w], self.hi[w] = lo, hi
+        self.q = q
+
+    def append(self, c: Click) -> None:
+        """A click at least as late as every click held: the next :meth:`advance` counts it if
+        it is in the windows (``result`` is read only after an ``advance``)."""
+        self.clicks.append(c)
+
+    def popleft(self) -> Click:
+        """Forget the first click held."""
+        c = self.clicks.popleft()
+        idx = self.base
+        self.base += 1
+        for w in (0, 1):
+            if self.lo[w] <= idx < self.hi[w]:
+                self._remove(w, c)
+            self.lo[w] = max(self.lo[w], self.base)
+            self.hi[w] = max(self.hi[w], self.base)
+        return c
+
+    def result(self) -> tuple[int, int, int, int, int, int, int, int, int, int]:
+        """For the windows' ``q``: logins, failed logins and page views in the hour; logins,
+        failed logins, password changes, payees added, devices and ips in the day; the day's
+        latest login (-1: none)."""
+        counts, devs, ips, logins = self.day
+        h = self.hour
+        last = logins[-1] if logins else -1
+        return h[0], h[1], h[2], counts[0], counts[1], counts[2], counts[3], len(devs), len(ips), last

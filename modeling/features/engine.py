@@ -27,7 +27,7 @@ from functools import cache
 import numpy as np
 import numpy.typing as npt
 
-from modeling.features.aggregators import LabelIndex
+from modeling.features.aggregators import ClickWindows, LabelIndex
 from modeling.features.config import DAY_MS, HOUR_MS, FeatureConfig
 from modeling.features.state import TerminalState, UserState
 from modeling.records import ClickEvent, Label, Transaction
@@ -36,6 +36,9 @@ _LOG_30D_S = math.log1p(30 * 86400.0)
 # A terminal with at least this many labels gets its features from a LabelIndex (O(log n) per
 # transaction) instead of a scan of every label; below it the scan is cheaper.
 INDEX_FROM = 64
+# A user with at least this many clicks held gets its click features from ClickWindows (O(1)
+# amortized per click) while its clicks arrive in time order; below it, or out of order, a scan.
+CLICK_INDEX_FROM = 64
 MAX_LOGINS = 8
 _TWO_PI = 2.0 * math.pi
 _log1p = math.log1p
@@ -245,14 +248,29 @@ class FeatureEngine:
         t = ev.event_time_ms
         if self.dormant(st, t):
             st.reset(self.config)
-        st.clicks.append((t, ev.type, ev.device_id, ev.ip))
+        click = (t, ev.type, ev.device_id, ev.ip)
+        clicks, index = st.clicks, st.click_index
+        clicks.append(click)
+        if index is not None:
+            if t >= index.last_ms:
+                index.append(click)
+            else:  # out of order: scanned, or indexed again once in order
+                index = st.click_index = None
         if t > st.click_last_ms:
             st.click_last_ms = t
         keep_from = st.click_last_ms - DAY_MS - self.config.allowed_lateness_ms
-        while st.clicks and st.clicks[0][0] <= keep_from:
-            st.clicks.popleft()
-        if len(st.clicks) > self.config.max_user_clicks:
-            st.clicks.popleft()  # the oldest-arrived (max_user_clicks)
+        n_gone = 0
+        while n_gone < len(clicks) and clicks[n_gone][0] <= keep_from:
+            n_gone += 1
+        if len(clicks) - n_gone > self.config.max_user_clicks:
+            n_gone += 1  # the oldest-arrived (max_user_clicks)
+        for _ in range(n_gone):
+            gone = clicks.popleft()
+            if index is not None:
+                if index.clicks[0] is gone:
+                    index.popleft()
+                else:
+                    index = st.click_index = None
         first = st.devices.get(ev.device_id)
         if first is None or t < first:
             st.devices[ev.device_id] = t
@@ -271,35 +289,25 @@ class FeatureEngine:
     def _click_features(self, st: UserState, te: int, device: str | None) -> tuple[float, ...]:
         if not self.config.use_clicks:
             return (0.0,) * 11 + (0.0,)
-        h_from, d_from = te - HOUR_MS, te - DAY_MS
-        logins_h = logins_d = failed_h = failed_d = pwd = payees = views_h = 0
-        devs: set[str] = set()
-        ips: set[str] = set()
+        d_from = te - DAY_MS
         last_login = -1
         for lt in reversed(st.logins):
             if lt <= te:
                 last_login = lt
                 break
-        for tc, kind, dev, ip in st.clicks:
-            if tc > te or tc <= d_from:
-                continue
-            in_h = tc > h_from
-            devs.add(dev)
-            ips.add(ip)
-            if kind == "login":
-                logins_d += 1
-                logins_h += in_h
-                if tc > last_login:
-                    last_login = tc
-            elif kind == "login_failed":
-                failed_d += 1
-                failed_h += in_h
-            elif kind == "page_view":
-                views_h += in_h
-            elif kind == "change_password":
-                pwd += 1
-            elif kind == "add_payee":
-                payees += 1
+        index = st.click_index
+        if index is not None and te < index.q:  # not reached: te never goes back (see above)
+            index = st.click_index = None
+        if index is None and len(st.clicks) >= CLICK_INDEX_FROM and ClickWindows.in_order(st.clicks):
+            index = st.click_index = ClickWindows(st.clicks, HOUR_MS, DAY_MS)
+        if index is not None:
+            index.advance(te)
+            counts = index.result()
+        else:
+            counts = _scan_clicks(st, te)
+        logins_h, failed_h, views_h, logins_d, failed_d, pwd, payees, n_devs, n_ips, last = counts
+        if last > last_login:
+            last_login = last
         new_devs = sum(1 for first in st.devices.values() if d_from < first <= te)
         since_login = _log1p((te - last_login) / 1000.0) if last_login >= 0 else _LOG_30D_S
         if device is None:
@@ -312,8 +320,8 @@ class FeatureEngine:
             _log1p(logins_d),
             _log1p(failed_h),
             _log1p(failed_d),
-            _log1p(len(devs)),
-            _log1p(len(ips)),
+            _log1p(n_devs),
+            _log1p(n_ips),
             _log1p(new_devs),
             _log1p(pwd),
             _log1p(payees),
@@ -426,3 +434,33 @@ def _scan_labels(
                 counts[k] += 1
                 frauds[k] += fr
     return counts, frauds
+
+
+def _scan_clicks(st: UserState, te: int) -> tuple[int, int, int, int, int, int, int, int, int, int]:
+    """:meth:`ClickWindows.result` at ``te`` by a scan of every click held."""
+    h_from, d_from = te - HOUR_MS, te - DAY_MS
+    logins_h = logins_d = failed_h = failed_d = pwd = payees = views_h = 0
+    devs: set[str] = set()
+    ips: set[str] = set()
+    last_login = -1
+    for tc, kind, dev, ip in st.clicks:
+        if tc > te or tc <= d_from:
+            continue
+        in_h = tc > h_from
+        devs.add(dev)
+        ips.add(ip)
+        if kind == "login":
+            logins_d += 1
+            logins_h += in_h
+            if tc > last_login:
+                last_login = tc
+        elif kind == "login_failed":
+            failed_d += 1
+            failed_h += in_h
+        elif kind == "page_view":
+            views_h += in_h
+        elif kind == "change_password":
+            pwd += 1
+        elif kind == "add_payee":
+            payees += 1
+    return logins_h, failed_h, views_h, logins_d, failed_d, pwd, payees, len(devs), len(ips), last_login

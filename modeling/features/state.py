@@ -18,7 +18,7 @@ import msgpack
 import msgspec
 
 from modeling.errors import StateError
-from modeling.features.aggregators import DistinctAgg, LabelIndex, WindowAgg
+from modeling.features.aggregators import ClickWindows, DistinctAgg, LabelIndex, WindowAgg
 from modeling.features.config import FeatureConfig
 
 USER_STATE_MAGIC = b"RSU"
@@ -33,6 +33,7 @@ class UserState:
         "aggs",
         "applied",
         "base",
+        "click_index",
         "click_last_ms",
         "clicks",
         "devices",
@@ -60,6 +61,8 @@ class UserState:
         self.seq: deque[tuple[float, ...]] = deque(maxlen=max(config.seq_len - 1, 0))
         self.clicks: deque[tuple[int, str, str, str]] = deque()  # (time_ms, type, device, ip)
         self.click_last_ms = -1
+        # the click features' windows over ``clicks`` (derived, never serialized: ClickWindows)
+        self.click_index: ClickWindows | None = None
         self.devices: dict[str, int] = {}  # device -> first seen (ms)
         self.logins: list[int] = []  # recent login times, ascending
         self.frauds: dict[str, tuple[int, int]] = {}  # confirmed frauds: tx id -> (tx time, label time)

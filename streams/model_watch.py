@@ -2,10 +2,12 @@
 loop, then swap it in between batches. A bundle that fails verification is refused, logged and
 counted; the old model keeps serving.
 
-The registry's shadow version (a challenger, ``modeling/registry.py``) is loaded the same way
-and scored on every batch after the current model, sharing its text model; its verdicts go into
-the risk events and metrics, never into the decision. A shadow bundle that fails verification is
-refused and counted (``kind="shadow"``) without touching the current model.
+The registry's shadow versions (challengers, ``modeling/registry.py``), a behaviour model, a
+text model or both, are loaded the same way and scored on every batch after the current models:
+one shadow scorer made of the challengers and the served model of a kind with none in shadow
+(shared, so that model runs once for both). Its verdicts go into the risk events and metrics,
+never into the decision. A shadow bundle that fails verification is refused and counted
+(``kind="shadow"``) without touching the current models.
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ from streams.metrics import Metrics
 log = logging.getLogger("riskstream.models")
 
 BEHAVIOUR, TEXT, SHADOW = "behaviour", "text", "shadow"
+# What the shadow scorer was built from: (behaviour challenger, text challenger, served behaviour,
+# served text); a challenger is None for a kind with none in shadow
+ShadowKey = tuple[str | None, str | None, str | None, str | None]
+
+
+def _challengers(key: ShadowKey) -> str:
+    return " and ".join(v for v in key[:2] if v is not None) or "none"
 
 
 class ModelWatcher:
@@ -38,7 +47,7 @@ class ModelWatcher:
         self._versions: tuple[str | None, str | None] = (None, None)
         self._scorer: Scorer | None = None
         self._shadow: Scorer | None = None
-        self._shadow_key: tuple[str | None, str | None] = (None, None)  # (shadow, text version)
+        self._shadow_key: ShadowKey = (None, None, None, None)
         self._lock = asyncio.Lock()
         wanted = self._wanted()
         if wanted[0] is None:
@@ -61,34 +70,46 @@ class ModelWatcher:
     def _wanted(self) -> tuple[str | None, str | None]:
         return self.registry.current(BEHAVIOUR), self.registry.current(TEXT)
 
-    def _wanted_shadow(self) -> tuple[str | None, str | None]:
-        shadow = self.registry.shadow(BEHAVIOUR)
-        if shadow == self._versions[0]:
-            shadow = None  # promoted: the current version, not a challenger
-        return shadow, self._versions[1]
-
-    def _load_shadow(self, version: str) -> Scorer:
-        fs = self.config.feature_set
-        predictor = Predictor.load(
-            self.registry, BEHAVIOUR, self.options, version=version, expected_feature_set=fs
+    def _wanted_shadow(self) -> ShadowKey:
+        """(behaviour challenger, text challenger, served behaviour, served text): a kind's
+        challenger is None when none is in shadow or it is the served version (promoted)."""
+        behaviour, text = self.registry.shadow(BEHAVIOUR), self.registry.shadow(TEXT)
+        served_b, served_t = self._versions
+        return (
+            None if behaviour == served_b else behaviour,
+            None if text == served_t else text,
+            served_b,
+            served_t,
         )
+
+    def _load_shadow(self, key: ShadowKey) -> Scorer:
+        """The challengers with the served models of the other kind: the shadow scorer shares the
+        served behaviour predictor or text model (the batch then runs it once for both)."""
+        behaviour, text, _, _ = key
         current = self.scorer()
-        return Scorer(predictor, self.config, current.text, text_weight=self.settings.text_weight)
+        predictor = current.behaviour
+        if behaviour is not None:
+            fs = self.config.feature_set
+            predictor = Predictor.load(
+                self.registry, BEHAVIOUR, self.options, version=behaviour, expected_feature_set=fs
+            )
+        text_model = current.text if text is None else self._load_text(text)
+        return Scorer(predictor, self.config, text_model, text_weight=self.settings.text_weight)
 
     def _refresh_shadow_now(self) -> None:
         """At start: load the shadow synchronously (a refused one is counted, not fatal)."""
         key = self._wanted_shadow()
-        if key[0] is not None:
+        if key[0] is not None or key[1] is not None:
             try:
-                self._shadow = self._load_shadow(key[0])
+                self._shadow = self._load_shadow(key)
             except RiskstreamError as exc:
                 self._refuse_shadow(key, exc)
         self._shadow_key = key
 
-    def _refuse_shadow(self, key: tuple[str | None, str | None], exc: Exception) -> None:
-        self._refused.add(f"shadow|{key[0]}|{key[1]}")
+    def _refuse_shadow(self, key: ShadowKey, exc: Exception) -> None:
+        self._refused.add("shadow|" + "|".join(map(str, key)))
         self.metrics.model_rejections.labels(SHADOW).inc()
-        log.error("refused shadow model %s: %s; scoring without a shadow", key[0], exc)
+        log.error("refused shadow model %s: %s; scoring without a shadow", _challengers(key), exc)
 
     def _load(self, versions: tuple[str | None, str | None]) -> Scorer:
         b, t = versions
@@ -96,16 +117,17 @@ class ModelWatcher:
         predictor = Predictor.load(
             self.registry, BEHAVIOUR, self.options, version=b, expected_feature_set=self.config.feature_set
         )
-        text = None
-        if t is not None:
-            text = TextScorer.from_registry(
-                self.settings.registry_dir,
-                t,
-                device=self.options.device,
-                cpu_threads=self.settings.cpu_threads,
-                use_onednn=self.settings.use_onednn,
-            )
+        text = None if t is None else self._load_text(t)
         return Scorer(predictor, self.config, text, text_weight=self.settings.text_weight)
+
+    def _load_text(self, version: str) -> TextScorer:
+        return TextScorer.from_registry(
+            self.settings.registry_dir,
+            version,
+            device=self.options.device,
+            cpu_threads=self.settings.cpu_threads,
+            use_onednn=self.settings.use_onednn,
+        )
 
     async def poll(self) -> bool:
         """Swap to the registry's current (and shadow) versions if they changed; True if a swap
@@ -116,13 +138,13 @@ class ModelWatcher:
 
     async def _poll_shadow(self) -> bool:
         key = self._wanted_shadow()
-        if key == self._shadow_key or f"shadow|{key[0]}|{key[1]}" in self._refused:
+        if key == self._shadow_key or "shadow|" + "|".join(map(str, key)) in self._refused:
             return False
         old = self._shadow.version if self._shadow is not None else None
         shadow = None
-        if key[0] is not None:
+        if key[0] is not None or key[1] is not None:
             try:
-                shadow = await asyncio.get_running_loop().run_in_executor(None, self._load_shadow, key[0])
+                shadow = await asyncio.get_running_loop().run_in_executor(None, self._load_shadow, key)
             except RiskstreamError as exc:
                 self._refuse_shadow(key, exc)
                 return False
@@ -164,7 +186,8 @@ class ModelWatcher:
             {
                 "behaviour": self._versions[0] or "",
                 "text": self._versions[1] or "",
-                "shadow": self._shadow.behaviour.version if self._shadow is not None else "",
+                "shadow": (self._shadow_key[0] or "") if self._shadow is not None else "",
+                "text_shadow": (self._shadow_key[1] or "") if self._shadow is not None else "",
                 "feature_set": s.feature_set,
             }
         )

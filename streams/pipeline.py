@@ -230,7 +230,13 @@ class BatchProcessor:
         t0 = time.monotonic()
         p = scorer.behaviour.predict({"tab": tab, "seq": seq})
         t1 = time.monotonic()
-        sp = None if shadow is None else shadow.behaviour.predict({"tab": tab, "seq": seq})
+        sp = None
+        if shadow is not None:  # a text-only challenger shares the served behaviour model
+            sp = (
+                p
+                if shadow.behaviour is scorer.behaviour
+                else shadow.behaviour.predict({"tab": tab, "seq": seq})
+            )
         return self.finish(prep, scorer, shadow, tab, p, sp, (t0, t1, time.monotonic()))
 
     async def process_async(self, prep: Prepared) -> BatchResult:
@@ -247,7 +253,10 @@ class BatchProcessor:
         t0 = time.monotonic()
         p = await scorer.behaviour.predict_async({"tab": tab, "seq": seq})
         t1 = time.monotonic()
-        sp = None if shadow is None else await shadow.behaviour.predict_async({"tab": tab, "seq": seq})
+        sp = None
+        if shadow is not None:
+            same = shadow.behaviour is scorer.behaviour
+            sp = p if same else await shadow.behaviour.predict_async({"tab": tab, "seq": seq})
         c0 = time.thread_time()
         res = self.finish(prep, scorer, shadow, tab, p, sp, (t0, t1, time.monotonic()))
         res.cpu_s = cpu + time.thread_time() - c0
@@ -350,8 +359,10 @@ class BatchProcessor:
         verdicts = scorer.verdicts(txns, feats, tab, p)
         shadows: list[ShadowVerdict | None] = [None] * len(txns)
         if shadow is not None and sp is not None:
-            # the text model's scores are the served verdicts': it does not run twice
-            sv = shadow.verdicts(txns, feats, tab, sp, [v.text_score for v in verdicts])
+            # sharing the served text model, the shadow takes its scores: it does not run twice;
+            # a text challenger scores the texts itself
+            shared = [v.text_score for v in verdicts] if shadow.text is scorer.text else None
+            sv = shadow.verdicts(txns, feats, tab, sp, shared)
             out.shadow_inference_s = t2 - t1
             shadows = [ShadowVerdict(shadow.version, x.score, x.decision) for x in sv]
             out.shadow_scores = [x.score for x in sv]

@@ -17,6 +17,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, help="UTF-8 CSV with columns text,label (label 0 or 1)")
     parser.add_argument("--registry", type=Path, help="model registry directory (default: settings)")
     parser.add_argument("--no-publish", action="store_true", help="train and evaluate only")
+    parser.add_argument(
+        "--shadow",
+        action="store_true",
+        help="publish as the shadow text model: scored beside the served one until "
+        "`models promote --kind text`",
+    )
     parser.add_argument("--pretrained", type=Path, help="local directory with ERNIE weights and tokenizer")
     parser.add_argument("--limit", type=int, help="use only the first N rows (quick runs)")
     parser.add_argument("--seed", type=int, default=7)
@@ -125,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
             registry,
             work / "staging",
             {"file": args.file.name, "sha256": file_sha256(args.file)},
+            shadow=args.shadow,
         )
-    print(f"published text model {version} into {registry}")
+    print(f"published text model {version}{' in shadow' if args.shadow else ''} into {registry}")
     return 0

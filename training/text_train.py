@@ -372,8 +372,14 @@ def export_bundle(
 
 
 def publish_text_model(
-    result: TextTrainResult, registry_root: Path, staging: Path, source: dict[str, Any] | None = None
+    result: TextTrainResult,
+    registry_root: Path,
+    staging: Path,
+    source: dict[str, Any] | None = None,
+    *,
+    shadow: bool = False,
 ) -> str:
-    """Export into ``staging`` and publish it into the registry at ``registry_root``; the version."""
+    """Export into ``staging`` and publish it into the registry at ``registry_root`` (with
+    ``shadow``: as the text model in shadow, scored beside the served one); the version."""
     manifest = export_bundle(result, staging, source)
-    return ModelRegistry(registry_root).publish(TEXT_KIND, staging, manifest)
+    return ModelRegistry(registry_root).publish(TEXT_KIND, staging, manifest, shadow=shadow)

@@ -154,7 +154,7 @@ Click = tuple[int, str, str, str]  # (time ms, type, device, ip), as UserState.c
 class ClickWindows:
     """The click features' two windows, the hour and the day up to a transaction's time ``q``
     (``(q - w, q]``), kept up to date as clicks arrive and transactions move forward: O(1)
-    amortized per click, where a scan of the day's clicks cost every transaction up to 456 µs
+    amortized per click, where a scan of the day's clicks cost every transaction up to 460 µs
     (a user at the 5,000-click bound).
 
     It holds the user's clicks in arrival order, which must also be time order: the engine drops

@@ -1,12 +1,13 @@
 """BatchProcessor: the worker's overlapped path (prepare now, await the model in its child
 process, finish) gives the same risk events and states as one synchronous ``process`` call;
 labels forwarded earlier in a batch count; redelivered input is not applied twice; the
-decoded-state caches stay within their memory bound without changing a feature."""
+decoded-state caches stay within their memory bound without changing a feature; a text model in
+shadow scores the texts beside the served models."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -258,3 +259,71 @@ def test_features_do_not_depend_on_the_decoded_state_cache(users: int, terminals
         assert small.users.evictions > 0 and small.terminals.evictions > 0
     else:
         assert len(small.users) == len(small.terminals) == 0
+
+
+class KeywordText:
+    """A text model scoring by keyword; counts the texts it was asked to score."""
+
+    def __init__(self, version: str, keyword: str) -> None:
+        self.version, self.keyword, self.scored = version, keyword, 0
+
+    def score(self, texts: Sequence[str | None]) -> list[float | None]:
+        self.scored += len(texts)
+        return [None if t is None else (0.9 if self.keyword in t else 0.1) for t in texts]
+
+
+def test_a_text_challenger_scores_the_texts_beside_the_served_models(
+    registry: tuple[ModelRegistry, list[str]],
+) -> None:
+    """A text model in shadow shares the served behaviour model (run once for both) and scores the
+    texts itself; a behaviour challenger shares the served text model's scores instead."""
+    reg, (served, challenger) = registry
+    opts = PredictorOptions(device="cpu", use_onednn=False, model_max_batch=32)
+    behaviour = Predictor.load(reg, "behaviour", opts, version=served)
+    texts = ["请转账到安全账户", None, "订外卖", "您的快递到了"]
+    msgs = [
+        InMessage(
+            KIND_TXN,
+            "transactions",
+            0,
+            i,
+            f"u{i % 5}".encode(),
+            orjson.dumps(
+                Transaction(f"t{i}", f"u{i % 5}", "term1", 20.0 + i, T0 + i, text=texts[i % 4]).to_dict()
+            ),
+            T0 + i,
+            0.0,
+        )
+        for i in range(40)
+    ]
+    n_texts = sum(texts[i % 4] is not None for i in range(40))
+
+    def run(shadow: Scorer | None, served_text: KeywordText) -> list[dict[str, object]]:
+        scorer = Scorer(behaviour, CONFIG, served_text)
+        proc = BatchProcessor(
+            FeatureEngine(CONFIG), lambda: scorer, {}.get, lambda t: None, shadow=lambda: shadow
+        )
+        return [orjson.loads(v) for _, v in proc.process(msgs).risk_events]
+
+    alone = run(None, KeywordText("text-0001", "转账"))
+    served_text, text_challenger = KeywordText("text-0001", "转账"), KeywordText("text-0002", "快递")
+    events = run(Scorer(behaviour, CONFIG, text_challenger), served_text)
+    assert served_text.scored == text_challenger.scored == n_texts  # each text once per model
+    differ = set()
+    for ev, before in zip(events, alone, strict=True):
+        shadow = ev.pop("shadow")
+        differ.add(shadow["score"] != ev["score"])
+        assert _comparable(orjson.dumps(ev)) == _comparable(orjson.dumps(before))  # served verdicts unchanged
+        assert shadow["model_version"] == f"{served}+text-0002"
+        b, text = ev.get("behaviour_score", ev["score"]), texts[int(str(ev["transaction_id"])[1:]) % 4]
+        want = b if text is None else 1 - (1 - b) * (1 - 0.5 * (0.9 if "快递" in text else 0.1))
+        assert shadow["score"] == pytest.approx(want, abs=1e-6)
+    assert differ == {True, False}  # where the two text models disagree, and only there
+
+    served_text = KeywordText("text-0001", "转账")
+    challenger_scorer = Scorer(
+        Predictor.load(reg, "behaviour", opts, version=challenger), CONFIG, served_text
+    )
+    events = run(challenger_scorer, served_text)
+    assert served_text.scored == n_texts  # shared: not run again for the shadow
+    assert {e["shadow"]["model_version"] for e in events} == {f"{challenger}+text-0001"}

@@ -6,6 +6,7 @@
     ├── ValidationError          an input record is malformed (names the field and the reason)
     ├── FeatureSetMismatch       a model was trained on another feature set than the engine computes
     ├── StateError               a serialized state blob cannot be restored
+    │   └── StateVersionError    ... because another format version wrote it (not corruption)
     ├── ModelLoadError           a model bundle is missing, corrupt or fails verification
     ├── RegistryError            the model registry cannot satisfy a request
     ├── PredictorError           inference failed (retriable: the batch can be tried again)
@@ -52,6 +53,12 @@ class FeatureSetMismatch(RiskstreamError):
 
 class StateError(RiskstreamError):
     """A serialized window state cannot be restored (wrong version, truncated, corrupt)."""
+
+
+class StateVersionError(StateError):
+    """A state snapshot in a format version this build does not read: written by another
+    riskstream release (a worker rolled back after a newer one wrote states). Not corruption:
+    the worker stops rather than overwrite it (roll forward, or migrate the states)."""
 
 
 class ModelLoadError(RiskstreamError):

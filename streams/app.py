@@ -72,6 +72,7 @@ from streams.security import faust_credentials
 from streams.state_flush import StateFlusher, fail
 from streams.terminal_feed import PROGRESS_KEY, WORKER_HEADER, FeedState, encode_progress
 from streams.terminal_overlay import APPLIED_KEY, TerminalOverlay, decode_position, encode_position
+from streams.unreadable import KIND_TERMINAL_STATE, terminal_or_new
 from streams.wiring import input_buffer, key_partitions, other_labels_partitions, store_dict, terminal_feed
 
 log = logging.getLogger("riskstream.worker")
@@ -354,6 +355,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         t0 = thread_time()
         touched: dict[str, TerminalState] = {}
         store = store_dict(terminals)
+        records: list[Any] = []
         for _, m in taken:
             if m.key == PROGRESS_KEY:
                 continue  # another worker's label floors, for the terminal feeds
@@ -363,11 +365,10 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
                 ts = term_own.get(lb.terminal_id)
                 if ts is None:
                     raw = store.get(lb.terminal_id)  # recovered from the changelog
-                    ts = TerminalState.from_bytes(raw) if raw is not None else TerminalState()
+                    ts = TerminalState() if raw is None else decode_terminal(lb.terminal_id, raw, records)
                     term_own[lb.terminal_id] = ts
                 touched[lb.terminal_id] = ts
             engine.terminal_label(ts, lb)
-        records: list[Any] = []
         for tid, ts in touched.items():
             raw = ts.to_bytes()
             records.append((terminal_log, 0, terminal_keys(tid), raw, None))  # one partition
@@ -382,6 +383,15 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         metrics.events_in.labels(term_name).inc(len(taken))
         cpu_terminal.inc(thread_time() - t0)
         return await out.send(records)
+
+    def decode_terminal(tid: str, raw: bytes, records: list[Any]) -> TerminalState:
+        """A stored terminal state; an unreadable one is dead-lettered into ``records`` and the
+        terminal starts over, as in the scorer (streams/unreadable.py)."""
+        ts, dead = terminal_or_new(tid, raw)
+        if dead is not None:
+            records.append((dead_name, None, dead.key, dead.value, dead.headers))
+            metrics.record_unreadable(KIND_TERMINAL_STATE, settings.topic_dead_letter)
+        return ts
 
     async def send_terminal_tombstones(gone: list[str]) -> list[Any]:
         return await out.send([(terminal_log, 0, terminal_keys(tid), None, None) for tid in gone])

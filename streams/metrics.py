@@ -54,7 +54,9 @@ class Metrics:
         )
         self.dead_letters = Counter(
             "riskstream_dead_letters",
-            "Input messages sent to the dead-letter topic",
+            "Records sent to the dead-letter topic, by source topic and failed field: input messages, "
+            "and stored states that could not be read (topic user-state or terminal-state, field "
+            "snapshot)",
             ["topic", "field"],
             registry=r,
         )
@@ -231,7 +233,8 @@ class Metrics:
         )
         self.states_unreadable = Counter(
             "riskstream_states_unreadable",
-            "Stored states a state sweep could not read (kept, logged)",
+            "Stored states the worker could not read: a state sweep keeps them (logged); scoring "
+            "dead-letters them and starts the key over",
             ["kind"],
             registry=r,
         )
@@ -269,6 +272,8 @@ class Metrics:
             self.events_out.labels(dead_topic).inc(len(res.dead_letters))
             for topic, field in res.dead_fields:
                 self.dead_letters.labels(topic, field).inc()
+            for kind in res.unreadable_states:  # their dead letters are counted above
+                self.record_unreadable(kind, None)
         if res.n_late:
             self.late_events.inc(res.n_late)
         for kind, n in res.redelivered.items():
@@ -282,6 +287,14 @@ class Metrics:
         if dropped > self._overlay_dropped:
             self.terminal_overlay_dropped.inc(dropped - self._overlay_dropped)
             self._overlay_dropped = dropped
+
+    def record_unreadable(self, kind: str, dead_topic: str | None) -> None:
+        """A stored state of ``kind`` ("user-state", "terminal-state") dead-lettered
+        (streams/unreadable.py); with ``dead_topic``, its dead letter is counted here too."""
+        self.states_unreadable.labels(kind.removesuffix("-state")).inc()
+        if dead_topic is not None:
+            self.dead_letters.labels(kind, "snapshot").inc()
+            self.events_out.labels(dead_topic).inc()
 
     def set_state_caches(self, caches: Mapping[str, CacheStats]) -> None:
         """The decoded-state caches' size now and their evictions since start, by kind."""

@@ -35,6 +35,7 @@ from modeling.records import (
 )
 from modeling.scoring import Scorer
 from streams.terminal_overlay import Group, TerminalOverlay
+from streams.unreadable import DeadLetter, terminal_or_new, user_or_new
 
 KIND_TXN, KIND_CLICK, KIND_LABEL = "transaction", "click", "label"
 Record = Transaction | ClickEvent | Label
@@ -59,13 +60,6 @@ class InMessage:
     received: float  # time.monotonic() when the worker got it
 
 
-@dataclass(slots=True)
-class DeadLetter:
-    key: bytes | None
-    value: bytes  # the original bytes, untouched
-    headers: list[tuple[str, bytes]]
-
-
 @dataclass
 class BatchResult:
     risk_events: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key, json)
@@ -88,6 +82,7 @@ class BatchResult:
     redelivered: dict[str, int] = field(default_factory=dict)
     cpu_s: float = 0.0  # process_async: the loop thread's CPU outside its awaits
     dead_fields: list[tuple[str, str]] = field(default_factory=list)  # (topic, field)
+    unreadable_states: list[str] = field(default_factory=list)  # kinds, one per dead-lettered state
 
 
 @dataclass(slots=True)
@@ -189,6 +184,8 @@ class BatchProcessor:
         self._sources: dict[tuple[str, int], str] = {}  # (kind, partition) -> "kind:partition"
         # Event time per input partition: when stored states are dormant (streams/retention.py)
         self.watermark = Watermark()
+        # Stored states that could not be read, for the batch's dead letters (streams/unreadable.py)
+        self._unreadable_letters: list[DeadLetter] = []
 
     def _user(self, uid: str, touched: dict[str, UserState]) -> UserState:
         st = touched.get(uid)
@@ -203,7 +200,9 @@ class BatchProcessor:
         if isinstance(cached, UserState):
             st = cached
         elif raw is not None:
-            st = UserState.from_bytes(raw, self.engine.config)
+            st, dead = user_or_new(uid, raw, self.engine)
+            if dead is not None:
+                self._unreadable_letters.append(dead)
         else:
             st = self.engine.new_user()
         touched[uid] = st
@@ -216,7 +215,11 @@ class BatchProcessor:
         cached = self.terminals.get(tid, raw)
         if isinstance(cached, TerminalState):
             return cached
-        ts = TerminalState.from_bytes(raw)
+        ts, dead = terminal_or_new(tid, raw)
+        if dead is not None:
+            # dead-lettered once per stored value (cached below); the terminal loop writes a
+            # new state with the terminal's next label
+            self._unreadable_letters.append(dead)
         self.terminals.put(tid, raw, ts)
         return ts
 
@@ -337,6 +340,13 @@ class BatchProcessor:
                     overlay.add(rec)
         if overlay is not None:
             out.forwarded = overlay.seal()
+        if self._unreadable_letters:
+            for dl in self._unreadable_letters:
+                kind = dict(dl.headers)["riskstream-state-kind"].decode()
+                out.dead_fields.append((kind, "snapshot"))
+                out.unreadable_states.append(kind)
+            out.dead_letters += self._unreadable_letters
+            self._unreadable_letters = []
         self.dirty.update(touched)
         return Prepared(out, txns, feats, msgs)
 

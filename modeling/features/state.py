@@ -17,7 +17,7 @@ from typing import Any
 import msgpack
 import msgspec
 
-from modeling.errors import StateError
+from modeling.errors import StateError, StateVersionError
 from modeling.features.aggregators import ClickWindows, DistinctAgg, LabelIndex, WindowAgg
 from modeling.features.config import FeatureConfig
 
@@ -279,7 +279,10 @@ def _unpack(data: bytes, magic: bytes, what: str) -> tuple[Any, ...]:
         raise StateError(f"{what} state snapshot is corrupt: {exc}") from None
     if not isinstance(body, tuple) or not body or body[0] != STATE_FORMAT_VERSION:
         version = body[0] if isinstance(body, tuple) and body else None
-        raise StateError(
+        message = (
             f"{what} state snapshot has format version {version!r}; this build reads {STATE_FORMAT_VERSION}"
         )
+        if isinstance(version, int) and not isinstance(version, bool):
+            raise StateVersionError(message, format_version=version)
+        raise StateError(message)
     return body

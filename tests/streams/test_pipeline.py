@@ -2,7 +2,8 @@
 process, finish) gives the same risk events and states as one synchronous ``process`` call;
 labels forwarded earlier in a batch count; redelivered input is not applied twice; the
 decoded-state caches stay within their memory bound without changing a feature; a text model in
-shadow scores the texts beside the served models."""
+shadow scores the texts beside the served models; an unreadable stored state is dead-lettered
+and its key starts over, unless another format version wrote it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import numpy as np
 import orjson
 import pytest
 
-from modeling.features import FeatureConfig, FeatureEngine
+from modeling.errors import StateVersionError
+from modeling.features import FeatureConfig, FeatureEngine, FeatureRunner
 from modeling.predictor import Predictor, PredictorOptions
 from modeling.records import ClickEvent, Label, Transaction
 from modeling.registry import ModelRegistry
@@ -26,6 +28,7 @@ from streams.pipeline import (
     BatchProcessor,
     BatchResult,
     InMessage,
+    Prepared,
     StateCache,
 )
 
@@ -136,7 +139,6 @@ def test_overlapped_path_equals_the_synchronous_one(registry: tuple[ModelRegistr
 def test_labels_forwarded_earlier_in_the_batch_count_for_its_transactions() -> None:
     """With the terminal overlay (streams/terminal_overlay.py) a transaction's terminal features
     hold the labels forwarded before it, this batch's included, as the backtest's runner does."""
-    from modeling.features import FeatureRunner
     from streams.terminal_overlay import TerminalOverlay
 
     events: list[Label | Transaction] = []
@@ -220,7 +222,6 @@ def test_the_state_cache_keeps_the_most_recently_used_within_its_budget() -> Non
 def test_features_do_not_depend_on_the_decoded_state_cache(users: int, terminals: int) -> None:
     """Evicted states are decoded again from the table's bytes: the same features and states
     with caches too small to hold one state (0), holding two or three, and the default."""
-    from modeling.features import FeatureRunner
 
     labels = [
         Label(f"old{n}", f"lu{n}", f"term{n % 5}", n % 3 == 0, T0 - 9 * 86_400_000 + n, T0 - 86_400_000 + n)
@@ -327,3 +328,58 @@ def test_a_text_challenger_scores_the_texts_beside_the_served_models(
     events = run(challenger_scorer, served_text)
     assert served_text.scored == n_texts  # shared: not run again for the shadow
     assert {e["shadow"]["model_version"] for e in events} == {f"{challenger}+text-0001"}
+
+
+def test_an_unreadable_stored_state_is_dead_lettered_and_its_key_starts_over() -> None:
+    """A corrupt user or terminal state in the tables: its bytes go to the dead-letter topic with
+    the reason, the key is featurized as new, and the batch goes on (it stopped the worker)."""
+    good = FeatureRunner(FeatureEngine(CONFIG))
+    for _ in good.run([Label("old", "u0", "term1", True, T0 - 9 * 86_400_000, T0 - 86_400_000)]):
+        pass
+    corrupt_user, corrupt_terminal = b"RSU\x93\x01\xc1 not msgpack", b"RST\x93"
+    users = {"u1": corrupt_user}
+    terminals = {"term1": corrupt_terminal, "term2": good.terminals["term1"].to_bytes()}
+    txns = [Transaction(f"t{i}", f"u{i % 3}", f"term{1 + i % 2}", 20.0 + i, T0 + i * 1000) for i in range(12)]
+    msgs = [
+        InMessage(KIND_TXN, "transactions", 0, i, t.user_id.encode(), orjson.dumps(t.to_dict()), T0, 0.0)
+        for i, t in enumerate(txns)
+    ]
+
+    def prepared(
+        user_store: dict[str, bytes], terminal_store: dict[str, bytes]
+    ) -> tuple[Prepared, BatchProcessor]:
+        proc = BatchProcessor(FeatureEngine(CONFIG), lambda: None, user_store.get, terminal_store.get)  # type: ignore[arg-type,return-value]
+        return proc.prepare(msgs), proc
+
+    prep, proc = prepared(users, terminals)
+    out = prep.out
+    assert [(dl.key, dl.value) for dl in out.dead_letters] == [
+        (b"u1", corrupt_user),
+        (b"term1", corrupt_terminal),
+    ]
+    headers = [dict(dl.headers) for dl in out.dead_letters]
+    assert [h["riskstream-state-kind"] for h in headers] == [b"user-state", b"terminal-state"]
+    assert all(b"snapshot" in h["riskstream-error"] for h in headers)
+    assert out.dead_fields == [("user-state", "snapshot"), ("terminal-state", "snapshot")]
+    assert out.unreadable_states == ["user-state", "terminal-state"]
+    # as if neither had been stored: a new user, a terminal without labels (term2 keeps its own)
+    fresh, _ = prepared({}, {"term2": terminals["term2"]})
+    assert [f.tab for f in prep.feats] == [f.tab for f in fresh.feats] and len(prep.feats) == 12
+    assert "u1" in proc.dirty  # written at the next flush, over the unreadable state
+    # the terminal is dead-lettered once, not once per transaction or batch
+    again = proc.prepare(
+        [InMessage(m.kind, m.topic, 0, m.offset + 100, m.key, m.value, T0, 0.0) for m in msgs]
+    )
+    assert again.out.dead_letters == []
+
+
+def test_a_state_in_another_format_version_stops_the_batch() -> None:
+    """Not corruption: another release wrote it. Starting the key over would overwrite it."""
+    import msgpack
+
+    newer = b"RSU" + msgpack.packb([2, 1, 2, 3])
+    proc = BatchProcessor(FeatureEngine(CONFIG), lambda: None, {"u1": newer}.get, lambda t: None)  # type: ignore[arg-type,return-value]
+    t = Transaction("t1", "u1", "term1", 20.0, T0)
+    msg = InMessage(KIND_TXN, "transactions", 0, 0, b"u1", orjson.dumps(t.to_dict()), T0, 0.0)
+    with pytest.raises(StateVersionError, match="format version 2; this build reads 1"):
+        proc.prepare([msg])

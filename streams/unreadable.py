@@ -1,0 +1,77 @@
+"""Stored states that cannot be read: dead-lettered, and the key starts over.
+
+A user's or terminal's state in a table may be unreadable: truncated or corrupt bytes, or a
+record some other producer wrote to a changelog. Before session 20 the decode error escaped the
+batch and stopped the worker; restarted, it met the same state again. Now such a state goes to
+the dead-letter topic (its bytes untouched, keyed by its id, with the reason and
+``riskstream-state-kind``), is counted (``riskstream_dead_letters_total{topic="user-state"|
+"terminal-state", field="snapshot"}``, ``riskstream_states_unreadable_total{kind}``) and the key
+starts over as if new; the next flush overwrites the stored state, so the dead-letter topic keeps
+the only copy of the old one.
+
+A snapshot in another format version (:class:`~modeling.errors.StateVersionError`) is not
+corruption: another riskstream release wrote it (workers rolled back after a newer one wrote
+states). Starting those keys over would overwrite every state the newer release wrote, so the
+error stops the worker instead, with the versions in the message: roll forward, or migrate.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from modeling.errors import StateError, StateVersionError
+from modeling.features import FeatureEngine, TerminalState, UserState
+
+log = logging.getLogger("riskstream.worker")
+
+KIND_USER_STATE, KIND_TERMINAL_STATE = "user-state", "terminal-state"
+S = TypeVar("S")
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    key: bytes | None
+    value: bytes  # the original bytes, untouched
+    headers: list[tuple[str, bytes]]
+
+
+def state_dead_letter(kind: str, key: str, raw: bytes, exc: StateError) -> DeadLetter:
+    """A stored state that cannot be read, as a dead letter."""
+    return DeadLetter(
+        key=key.encode(),
+        value=raw,
+        headers=[
+            ("riskstream-state-kind", kind.encode()),
+            ("riskstream-error-field", b"snapshot"),
+            ("riskstream-error", str(exc).encode()[:1000]),
+        ],
+    )
+
+
+def decode_or_start_over(
+    kind: str, key: str, raw: bytes, decode: Callable[[bytes], S], new: Callable[[], S]
+) -> tuple[S, DeadLetter | None]:
+    """``decode(raw)``; an unreadable state gives ``new()`` and its dead letter. A
+    :class:`StateVersionError` propagates (module doc)."""
+    try:
+        return decode(raw), None
+    except StateVersionError:
+        raise
+    except StateError as exc:
+        log.error("%s %s has an unreadable stored state (dead-lettered, starting over): %s", kind, key, exc)
+        return new(), state_dead_letter(kind, key, raw, exc)
+
+
+def user_or_new(uid: str, raw: bytes, engine: FeatureEngine) -> tuple[UserState, DeadLetter | None]:
+    """A stored user state, or a new one and the stored state's dead letter."""
+    return decode_or_start_over(
+        KIND_USER_STATE, uid, raw, lambda b: UserState.from_bytes(b, engine.config), engine.new_user
+    )
+
+
+def terminal_or_new(tid: str, raw: bytes) -> tuple[TerminalState, DeadLetter | None]:
+    """A stored terminal state, or a new one and the stored state's dead letter."""
+    return decode_or_start_over(KIND_TERMINAL_STATE, tid, raw, TerminalState.from_bytes, TerminalState)

@@ -19,12 +19,12 @@ per-event streams: the consumer hands them to an :class:`streams.intake.InputBuf
 
 Terminal risk is built from labels of many users, so it cannot live in the user's partition:
 the scoring loop forwards each label, re-keyed by terminal, to an internal one-partition topic
-whose single consumer is the only writer of the global table; every worker reads that table's
-changelog into a local replica. Features use a label only once it is ``label_allowance_ms`` old,
-which covers this propagation live. Catching up on a backlog it does not, so the scorer also
-applies the labels it forwarded on top of the replica until the replica holds them
-(``streams/terminal_overlay.py``), and reads the labels other workers forwarded, and how far each
-got, straight from the internal topic (``streams/terminal_feed.py``).
+whose single consumer is the only writer of the global table (``streams/terminal_loop.py``);
+every worker reads that table's changelog into a local replica. Features use a label only once
+it is ``label_allowance_ms`` old, which covers this propagation live. Catching up on a backlog
+it does not, so the scorer also applies the labels it forwarded on top of the replica until the
+replica holds them (``streams/terminal_overlay.py``), and reads the labels other workers
+forwarded, and how far each got, straight from the internal topic (``streams/terminal_feed.py``).
 
 At-least-once: a batch is acked once the broker acknowledged every record it produced and the
 state flush holding its state changes (``streams/state_flush.py``), batches in order, and Faust
@@ -45,8 +45,7 @@ from typing import Any
 
 import faust
 
-from modeling.features import FeatureEngine, TerminalState
-from modeling.records import parse_label
+from modeling.features import FeatureEngine
 from modeling.settings import Settings, feature_config
 from streams.batch_loop import BatchLoop, Taken
 from streams.broker.topics import terminal_labels_topic
@@ -71,8 +70,8 @@ from streams.retention import StateSweeper, TerminalSweeper
 from streams.security import faust_credentials
 from streams.state_flush import StateFlusher, fail
 from streams.terminal_feed import PROGRESS_KEY, WORKER_HEADER, FeedState, encode_progress
-from streams.terminal_overlay import APPLIED_KEY, TerminalOverlay, decode_position, encode_position
-from streams.unreadable import KIND_TERMINAL_STATE, terminal_or_new
+from streams.terminal_loop import TerminalLoop
+from streams.terminal_overlay import APPLIED_KEY, TerminalOverlay, decode_position
 from streams.wiring import input_buffer, key_partitions, other_labels_partitions, store_dict, terminal_feed
 
 log = logging.getLogger("riskstream.worker")
@@ -178,9 +177,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     app.batch_topics(term_topic, term_buffer)
     out = BatchOutput(app, metrics.stage_cpu_seconds.labels("output"))
     # CPU time of the loop thread per stage (synchronous stretches only: no await inside)
-    cpu_score, cpu_flush, cpu_terminal = (
-        metrics.stage_cpu_seconds.labels(stage) for stage in ("score", "state_flush", "terminal_labels")
-    )
+    cpu_score, cpu_flush = (metrics.stage_cpu_seconds.labels(stage) for stage in ("score", "state_flush"))
     thread_time = time.thread_time
     user_keys, terminal_keys = ChangelogKeys(users), ChangelogKeys(terminals)
     user_log, terminal_log = (
@@ -338,71 +335,17 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         paused=lambda: bool(app.rebalancing or app.in_recovery),
     )
 
-    # The terminal states this worker wrote, authoritative while it owns the terminal-labels
-    # partition: it must not build on the store, because the global table reads every changelog
-    # record back into the store, its own included, and a record read back after a newer write
-    # replaces that write with an older state; building on that lost labels (SIGKILL test's
-    # terminal-state check). The scorer reads the store: a moment stale at worst.
-    term_own: dict[str, TerminalState] = {}
-
-    term_lock = asyncio.Lock()  # label batches and the terminal sweep (streams/retention.py)
-
-    async def handle_terminal_labels(taken: Taken) -> list[Any]:
-        async with term_lock:
-            return await _handle_terminal_labels(taken)
-
-    async def _handle_terminal_labels(taken: Taken) -> list[Any]:
-        t0 = thread_time()
-        touched: dict[str, TerminalState] = {}
-        store = store_dict(terminals)
-        records: list[Any] = []
-        for _, m in taken:
-            if m.key == PROGRESS_KEY:
-                continue  # another worker's label floors, for the terminal feeds
-            lb = parse_label(m.value, settings.max_message_bytes)
-            ts = touched.get(lb.terminal_id)
-            if ts is None:
-                ts = term_own.get(lb.terminal_id)
-                if ts is None:
-                    raw = store.get(lb.terminal_id)  # recovered from the changelog
-                    ts = TerminalState() if raw is None else decode_terminal(lb.terminal_id, raw, records)
-                    term_own[lb.terminal_id] = ts
-                touched[lb.terminal_id] = ts
-            engine.terminal_label(ts, lb)
-        for tid, ts in touched.items():
-            raw = ts.to_bytes()
-            records.append((terminal_log, 0, terminal_keys(tid), raw, None))  # one partition
-            store[tid] = raw
-        # The loop's position after these states, in the same changelog partition: a table
-        # holding it holds every label below it (streams/terminal_overlay.py). Not written to the
-        # store here: the store gets it when the changelog is read back, after these states. A
-        # read-back of an older batch replaces newer states written above with older ones, and
-        # a position written here would then claim labels the store no longer holds.
-        nxt = encode_position(max(m.offset for _, m in taken) + 1)
-        records.append((terminal_log, 0, terminal_keys(APPLIED_KEY), nxt, None))
-        metrics.events_in.labels(term_name).inc(len(taken))
-        cpu_terminal.inc(thread_time() - t0)
-        return await out.send(records)
-
-    def decode_terminal(tid: str, raw: bytes, records: list[Any]) -> TerminalState:
-        """A stored terminal state; an unreadable one is dead-lettered into ``records`` and the
-        terminal starts over, as in the scorer (streams/unreadable.py)."""
-        ts, dead = terminal_or_new(tid, raw)
-        if dead is not None:
-            records.append((dead_name, None, dead.key, dead.value, dead.headers))
-            metrics.record_unreadable(KIND_TERMINAL_STATE, settings.topic_dead_letter)
-        return ts
-
-    async def send_terminal_tombstones(gone: list[str]) -> list[Any]:
-        return await out.send([(terminal_log, 0, terminal_keys(tid), None, None) for tid in gone])
+    terminal_loop = TerminalLoop(
+        engine, settings, metrics, out, lambda: store_dict(terminals), terminal_log, terminal_keys, term_name
+    )
 
     terminal_sweeper = TerminalSweeper(
         processor,
         engine.config,
-        term_own,
+        terminal_loop.own,
         store_dict(terminals),
-        send_terminal_tombstones,
-        lock=term_lock,
+        terminal_loop.send_tombstones,
+        lock=terminal_loop.lock,
         owner=lambda: any(tp.topic == term_name for tp in app.consumer.assignment()),
         paused=lambda: bool(app.rebalancing or app.in_recovery),
     )
@@ -417,7 +360,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
             within,
             handle_inputs_overlapped if settings.inference_process else handle_inputs,
         ),
-        BatchLoop(app, "terminals", term_buffer, settings.pipeline_max_batch, within, handle_terminal_labels),
+        BatchLoop(app, "terminals", term_buffer, settings.pipeline_max_batch, within, terminal_loop.handle),
     )
 
     @app.task  # type: ignore[untyped-decorator]
@@ -515,6 +458,6 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         # Another worker may own these users (and the terminal-labels partition) next: drop
         # decoded states; after the rebalance the recovered tables are the truth.
         processor.forget()
-        term_own.clear()
+        terminal_loop.own.clear()
 
     return Runtime(app, processor, flusher, sweeper, terminal_sweeper, watcher, metrics)

@@ -149,6 +149,21 @@ CASES: list[dict[str, Any]] = [
         ],
     },
     {
+        "name": "a stored state cannot be read",
+        "series": [
+            _s("riskstream_states_unreadable_total", {**W1, "kind": "user"}, "0x20 1x20"),
+            _s("riskstream_states_unreadable_total", {**W2, "kind": "terminal"}, "0x40"),
+        ],
+        "expect": [
+            ("4m", "RiskstreamUnreadableState", []),
+            (
+                "6m",
+                "RiskstreamUnreadableState",
+                [({**W1, "kind": "user"}, "Worker w1:9464 found an unreadable stored user state")],
+            ),
+        ],
+    },
+    {
         "name": "input arrives and one group runs no inference batch",
         "series": [
             _s("riskstream_events_in_total", {**A, "topic": "clicks"}, "0+100x60"),

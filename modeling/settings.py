@@ -82,7 +82,7 @@ class Settings(BaseSettings):
     state_flush_interval_ms: float = Field(default=1000.0, ge=0)
     state_flush_max_users: int = Field(default=50_000, ge=1)
     # Decoded states the scorer keeps between batches, bounded by their estimated memory (a
-    # typical user ~16 KB, a terminal at its label bound ~4 MB; streams/pipeline.py, StateCache):
+    # typical user ~13 KB, a terminal at its label bound ~4 MB; streams/pipeline.py, StateCache):
     # past the bound the least recently used go and are decoded again from the table when next
     # needed (~15 µs a typical user). The tables' serialized states are not counted here.
     user_state_cache_mb: int = Field(default=1024, ge=0)

@@ -99,7 +99,7 @@ class StateCache:
     """Decoded states keyed by id, valid while the table still holds the same bytes object.
 
     Bounded by memory, not by count: each entry weighs ``weigh(len(raw))``, the estimated size of
-    the decoded state (``modeling/features/state.py``: a typical user ~16 KB, a terminal at its
+    the decoded state (``modeling/features/state.py``: a typical user ~13 KB, a terminal at its
     label bound ~4 MB), and the least recently used entries go once the total passes
     ``max_bytes``. An entry heavier than the whole budget is not kept. An evicted state is
     decoded again from the table's bytes when next needed: correct, only slower.

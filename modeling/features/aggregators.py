@@ -17,9 +17,13 @@ from typing import Any
 class WindowAgg:
     """Count, sum, sum of squares and max of the values currently in one sliding window.
 
-    The max uses a monotonic deque of ``(index, value)``, where ``index`` numbers the values in
+    The max uses a monotonic queue of ``(index, value)``, where ``index`` numbers the values in
     the order they entered: ``update`` drops smaller values from its tail, ``revert`` drops the
-    expiring entry from its head, so all four results are O(1) amortized.
+    expiring entry from its head, so all four results are O(1) amortized. The queue is a list:
+    it holds the window's suffix maxima, a handful for real amounts, and an empty list takes 56
+    bytes where an empty deque takes 624 (a user has one per window: 2.8 KB of a typical
+    decoded user's 16.6 KB). Dropping its head moves what is left: at most the window's length,
+    which ``max_user_transactions`` bounds.
     """
 
     __slots__ = ("count", "maxq", "sum", "sumsq")
@@ -31,7 +35,7 @@ class WindowAgg:
         self.count = 0
         self.sum = 0
         self.sumsq = 0
-        self.maxq: deque[tuple[int, int]] = deque()
+        self.maxq: list[tuple[int, int]] = []
 
     def update(self, idx: int, v: int) -> None:
         self.count += 1
@@ -50,7 +54,7 @@ class WindowAgg:
         q = self.maxq
         # Values leave in the order they entered: if the leaving one is still queued, it is the head.
         if q and q[0][0] == idx:
-            q.popleft()
+            del q[0]
 
     def result(self) -> tuple[int, int, int, int]:
         """``(count, sum, sumsq, max)``; max is 0 for an empty window."""

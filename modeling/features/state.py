@@ -152,13 +152,13 @@ class UserState:
             agg.count = n - k
             agg.sum = sum(inside)
             agg.sumsq = sum(c * c for c in inside)
-            # The max deque holds the entries greater than every later one (suffix maxima).
+            # The max queue holds the entries greater than every later one (suffix maxima).
             q: list[tuple[int, int]] = []
             for i in range(n - 1, k - 1, -1):
                 if not q or cents[i] > q[-1][1]:
                     q.append((self.base + i, cents[i]))
             q.reverse()
-            agg.maxq = deque(q)
+            agg.maxq = q
             self.heads[j] = self.base + k
         self.terms.initialize()
         for _, _, term in self.hist:
@@ -166,14 +166,14 @@ class UserState:
 
 
 # Memory a decoded state takes, estimated from its snapshot's length: ``fixed + per_byte · len``.
-# Measured with tracemalloc (Python 3.11): a user decodes to ~8 KB with no history (its window
-# aggregators and deques) plus 4.4–7.5× its snapshot (a typical warm user: 1.4 KB → 16.6 KB;
+# Measured with tracemalloc (Python 3.11): a user decodes to ~4.7 KB with no history (its window
+# aggregators and deques) plus 4.4–7.5× its snapshot (a typical warm user: 1.4 KB → 13.3 KB;
 # 5,000 clicks: 335 KB → 1.57 MB; 1,000 payments a day: 256 KB → 1.12 MB); a terminal to
 # 5.4–7.1× (10,000 labels: 580 KB → 4.1 MB with its LabelIndex). The worker's decoded-state
 # caches are bounded by these estimates (streams/pipeline.py, StateCache); a test holds them
 # within 1.5× of tracemalloc over those shapes, in a fresh interpreter (the same decode counted
 # 3.2 MB with Paddle imported and 7.0 MB after other tests: an estimate, not an accounting).
-USER_DECODED_FIXED, USER_DECODED_PER_BYTE = 8192, 5
+USER_DECODED_FIXED, USER_DECODED_PER_BYTE = 4608, 5
 TERMINAL_DECODED_FIXED, TERMINAL_DECODED_PER_BYTE = 1024, 7
 
 

@@ -153,6 +153,10 @@ def _remove(items: list[Any], x: Any) -> None:
 
 
 Click = tuple[int, str, str, str]  # (time ms, type, device, ip), as UserState.clicks holds them
+# Where each click type is counted: the hour's logins, failed logins, page views; the day's
+# logins, failed logins, password changes, payees added
+_HOUR_SLOTS = {"login": 0, "login_failed": 1, "page_view": 2}
+_DAY_SLOTS = {"login": 0, "login_failed": 1, "change_password": 2, "add_payee": 3}
 
 
 class ClickWindows:
@@ -192,56 +196,32 @@ class ClickWindows:
         return self.clicks[-1][0] if self.clicks else -(1 << 62)
 
     def _add(self, w: int, c: Click) -> None:
-        kind = c[1]
-        if w == 0:
-            h = self.hour
-            if kind == "login":
-                h[0] += 1
-            elif kind == "login_failed":
-                h[1] += 1
-            elif kind == "page_view":
-                h[2] += 1
-            return
-        counts, devs, ips, logins = self.day
-        devs[c[2]] = devs.get(c[2], 0) + 1
-        ips[c[3]] = ips.get(c[3], 0) + 1
-        if kind == "login":
-            counts[0] += 1
-            logins.append(c[0])
-        elif kind == "login_failed":
-            counts[1] += 1
-        elif kind == "change_password":
-            counts[2] += 1
-        elif kind == "add_payee":
-            counts[3] += 1
+        self._count(w, c[1], 1)
+        if w:
+            _, devs, ips, logins = self.day
+            devs[c[2]] = devs.get(c[2], 0) + 1
+            ips[c[3]] = ips.get(c[3], 0) + 1
+            if c[1] == "login":
+                logins.append(c[0])
 
     def _remove(self, w: int, c: Click) -> None:
-        kind = c[1]
-        if w == 0:
-            h = self.hour
-            if kind == "login":
-                h[0] -= 1
-            elif kind == "login_failed":
-                h[1] -= 1
-            elif kind == "page_view":
-                h[2] -= 1
-            return
-        counts, devs, ips, logins = self.day
-        for seen, key in ((devs, c[2]), (ips, c[3])):
-            n = seen[key] - 1
-            if n:
-                seen[key] = n
-            else:
-                del seen[key]
-        if kind == "login":
-            counts[0] -= 1
-            logins.popleft()  # the window's logins leave in time order
-        elif kind == "login_failed":
-            counts[1] -= 1
-        elif kind == "change_password":
-            counts[2] -= 1
-        elif kind == "add_payee":
-            counts[3] -= 1
+        self._count(w, c[1], -1)
+        if w:
+            _, devs, ips, logins = self.day
+            for seen, key in ((devs, c[2]), (ips, c[3])):
+                n = seen[key] - 1
+                if n:
+                    seen[key] = n
+                else:
+                    del seen[key]
+            if c[1] == "login":
+                logins.popleft()  # the window's logins leave in time order
+
+    def _count(self, w: int, kind: str, d: int) -> None:
+        counts, slots = (self.day[0], _DAY_SLOTS) if w else (self.hour, _HOUR_SLOTS)
+        i = slots.get(kind)
+        if i is not None:
+            counts[i] += d
 
     def advance(self, q: int) -> None:
         """Move both windows to end at ``q`` (not earlier than the last ``q``)."""

@@ -223,6 +223,18 @@ class WorkerProc:
             return "(no log)"
 
 
+def wait_model_info(w: WorkerProc, timeout: float = 90.0, **labels: str) -> None:
+    """Wait until the worker's ``riskstream_model_info`` shows ``labels`` (versions served, in
+    shadow)."""
+    deadline = time.monotonic() + timeout
+    while not any(
+        all(s.get(k) == v for k, v in labels.items()) for s in w.label_sets("riskstream_model_info")
+    ):
+        assert time.monotonic() < deadline, f"model info never showed {labels}: {w.log_tail()}"
+        w.check_alive()
+        time.sleep(0.5)
+
+
 async def produce(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, bytes]], **kw: Any) -> int:
     from aiokafka import AIOKafkaProducer
 

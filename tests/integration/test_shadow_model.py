@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pandas as pd
 import pytest
-from harness import Scenario, WorkerProc, consume, run, wait_caught_up
+from harness import Scenario, WorkerProc, consume, run, wait_caught_up, wait_model_info
 
 from modeling.features import FeatureConfig
 from modeling.records import Transaction, parse_risk_event
@@ -41,16 +41,6 @@ def _republish(reg: ModelRegistry, version: str, tmp: Path, *, shadow: bool) -> 
     return reg.publish("behaviour", stage, manifest, shadow=shadow)
 
 
-def _wait_info(w: WorkerProc, timeout: float = 60.0, **labels: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not any(
-        all(s.get(k) == v for k, v in labels.items()) for s in w.label_sets("riskstream_model_info")
-    ):
-        assert time.monotonic() < deadline, f"model info never showed {labels}: {w.log_tail()}"
-        w.check_alive()
-        time.sleep(0.5)
-
-
 def test_shadow_model_scores_beside_the_served_one_and_is_promoted_live(
     kafka_broker: str, model_registry: Path, tmp_path: Path, sample: pd.DataFrame
 ) -> None:
@@ -68,11 +58,11 @@ def test_shadow_model_scores_beside_the_served_one_and_is_promoted_live(
         run(replay_events(thirds[0], sc.settings(), progress=False))
         wait_caught_up(sc, worker=w)
         challenger = _republish(reg, served, tmp_path, shadow=True)
-        _wait_info(w, behaviour=served, shadow=challenger)
+        wait_model_info(w, behaviour=served, shadow=challenger)
         run(replay_events(thirds[1], sc.settings(), progress=False))
         wait_caught_up(sc, worker=w)
         assert reg.promote("behaviour") == challenger
-        _wait_info(w, behaviour=challenger, shadow="")
+        wait_model_info(w, behaviour=challenger, shadow="")
         # A tampered challenger is refused; the promoted model serves on.
         bad = _republish(reg, challenger, tmp_path, shadow=True)
         (reg.path(bad) / "model.pdiparams").write_bytes(b"tampered")

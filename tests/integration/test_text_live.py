@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import csv
 import shutil
-import time
 from pathlib import Path
 
 import orjson
-from harness import Scenario, WorkerProc, consume, produce, run
+from harness import Scenario, WorkerProc, consume, produce, run, wait_model_info
 
 from modeling.records import Transaction
 from modeling.registry import ModelRegistry
@@ -29,16 +28,6 @@ SMALL = ["--layers", "1", "--hidden", "64", "--heads", "2", "--intermediate", "1
 TRAIN = ["--epochs", "1", "--batch-size", "16", *SMALL]
 
 
-def _wait_info(w: WorkerProc, timeout: float = 90.0, **labels: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not any(
-        all(s.get(k) == v for k, v in labels.items()) for s in w.label_sets("riskstream_model_info")
-    ):
-        assert time.monotonic() < deadline, f"model info never showed {labels}: {w.log_tail()}"
-        w.check_alive()
-        time.sleep(0.5)
-
-
 def test_transactions_with_text_get_text_scores(
     kafka_broker: str, model_registry: Path, tmp_path: Path
 ) -> None:
@@ -53,6 +42,11 @@ def test_transactions_with_text_get_text_scores(
     assert main(["train-text", str(small), "--registry", str(reg), *TRAIN]) == 0
 
     sc = Scenario(kafka_broker, reg, tmp_path, partitions=2)
+
+    def send(txns: list[Transaction]) -> None:
+        items = [(t.user_id.encode(), orjson.dumps(t.to_dict())) for t in txns]
+        run(produce(sc.bootstrap, sc.topics["transactions"], items))
+
     worker = WorkerProc(sc, "text").start()
     try:
         worker.wait_metrics()
@@ -69,13 +63,7 @@ def test_transactions_with_text_get_text_scores(
             ),
             Transaction("t-empty", "u3", "term3", 12.0, t0 + 2, text=""),
         ]
-        run(
-            produce(
-                sc.bootstrap,
-                sc.topics["transactions"],
-                [(t.user_id.encode(), orjson.dumps(t.to_dict())) for t in txns],
-            )
-        )
+        send(txns)
         recs = run(consume(sc.bootstrap, sc.topics["risk_events"], until=3, timeout=120))
 
         # A second text model in shadow: scored beside the served models, promoted without a restart
@@ -86,21 +74,15 @@ def test_transactions_with_text_get_text_scores(
         served_text, challenger = registry.current("text"), registry.shadow("text")
         assert served_text is not None and challenger is not None and challenger != served_text
         behaviour = registry.current("behaviour")
-        _wait_info(worker, text=served_text, text_shadow=challenger)
+        wait_model_info(worker, text=served_text, text_shadow=challenger)
         later = [
             Transaction(f"s-{t.transaction_id}", t.user_id, t.terminal_id, t.amount, t0 + 10 + i, text=t.text)
             for i, t in enumerate(txns)
         ]
-        run(
-            produce(
-                sc.bootstrap,
-                sc.topics["transactions"],
-                [(t.user_id.encode(), orjson.dumps(t.to_dict())) for t in later],
-            )
-        )
+        send(later)
         recs2 = run(consume(sc.bootstrap, sc.topics["risk_events"], until=6, timeout=120))
         assert main(["models", "--registry", str(reg), "promote", "--kind", "text"]) == 0
-        _wait_info(worker, text=challenger, text_shadow="")
+        wait_model_info(worker, text=challenger, text_shadow="")
     finally:
         worker.stop()
     shadowed = {e["transaction_id"]: e for e in (orjson.loads(r.value) for r in recs2[3:])}

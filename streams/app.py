@@ -49,6 +49,7 @@ from modeling.features import FeatureEngine
 from modeling.settings import Settings, feature_config
 from streams.batch_loop import BatchLoop, Taken
 from streams.broker.topics import terminal_labels_topic
+from streams.fetch_pacer import FetchPacer, aiokafka_fetcher
 from streams.in_loop import InLoopTransport
 from streams.input_buffer import InputBuffer
 from streams.intake import BatchingApp, BatchingTransport
@@ -118,6 +119,13 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         broker_credentials=faust_credentials(settings),  # TLS / SASL (streams/security.py)
     )
     app.on_fetch = metrics.input_fetch_records.observe
+    if settings.fetch_idle_wait_ms > 0 and app.fetch_settings is not None:
+        app.on_poll = FetchPacer(
+            app.fetch_settings,
+            settings.fetch_idle_wait_ms,
+            lambda: aiokafka_fetcher(app.consumer),
+            on_switch=metrics.fetch_long_poll.set,
+        ).on_poll
     engine = FeatureEngine(feature_config(settings))
     p = settings.topic_partitions
     kinds = {

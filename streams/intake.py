@@ -237,6 +237,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         decide = self.cursors.decide
         deferred: list[tuple[Any, Any]] = []
         on_fetch = getattr(app, "on_fetch", lambda n: None)
+        on_poll = getattr(app, "on_poll", None)  # every poll, empty ones too (streams/fetch_pacer.py)
 
         async def deliver(records: list[tuple[Any, Any]]) -> None:
             # Faust's per-record delivery, in order; a suspension cancels what is left (the
@@ -301,6 +302,8 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                 # race against a flow suspension (Faust races each record: four tasks apiece).
                 if n_fetched:
                     on_fetch(n_fetched)
+                if on_poll is not None:
+                    on_poll(n_fetched)
                 if deferred:
                     await self.wait_first(deliver(deferred), self.suspend_flow.wait())
                     deferred = []
@@ -378,6 +381,7 @@ class BatchingApp(faust.App):
     input_buffers: dict[str, InputBuffer]
     fetch_settings: tuple[int, int] | None  # (fetch_min_bytes, fetch_max_wait_ms); None: Faust's
     on_fetch: Any  # called with the number of records of each fetch (a metric's observe)
+    on_poll: Any  # called after every poll of the fetcher, with its records (0 too), or None
 
     def __init__(
         self,
@@ -391,6 +395,7 @@ class BatchingApp(faust.App):
         self.input_buffers = {}
         self.fetch_settings = fetch_settings
         self.on_fetch = lambda n: None
+        self.on_poll = None
 
     def batch_topics(self, topic: Any, buffer: InputBuffer) -> None:
         """Consume ``topic`` (a ``faust.Topic``) into ``buffer``: subscribed, never streamed."""

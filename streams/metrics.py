@@ -170,6 +170,12 @@ class Metrics:
             registry=r,
         )
         self._feed_counts: dict[str, int] = {}
+        self.fetch_long_poll = Gauge(
+            "riskstream_fetch_long_poll",
+            "1 while the consumer long-polls because nothing was fetched for a second "
+            "(streams/fetch_pacer.py), 0 while records come",
+            registry=r,
+        )
         self.input_fetch_records = Histogram(
             "riskstream_input_fetch_records",
             "Records per fetch the consumer hands the worker (streams/intake.py): each fetch costs "

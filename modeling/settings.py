@@ -105,8 +105,10 @@ class Settings(BaseSettings):
     fetch_min_bytes: int = Field(default=64 * 1024, ge=1)
     fetch_max_wait_ms: int = Field(default=10, ge=0)
     # With no record fetched for a second, the consumer long-polls instead (1 byte, this wait):
-    # an idle worker sent 100 fetch requests a second (streams/fetch_pacer.py). 0: never.
-    fetch_idle_wait_ms: int = Field(default=500, ge=0)
+    # an idle worker sent 100 fetch requests a second (streams/fetch_pacer.py). 0 (the default):
+    # never. Off by default: with 500 ms, tests/integration/test_big_state.py's restarted worker
+    # failed to score its transaction in 2 of 3 runs (cause not found yet; DEVELOPERS.md).
+    fetch_idle_wait_ms: int = Field(default=0, ge=0)
     # Faust runs its Kafka consumer in a thread of its own; here it runs on the worker's event
     # loop, so fetches do not wait for the GIL the scoring holds (streams/in_loop.py). Off: Faust's
     # own consumer thread.

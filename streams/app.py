@@ -16,6 +16,8 @@ Faust runs the consumer group, partition assignment, the changelog-backed tables
 recovery, offset commits, timers and the web server. Input messages do not go through Faust's
 per-event streams: the consumer hands them to an :class:`streams.intake.InputBuffer` and a
 :class:`streams.batch_loop.BatchLoop` takes micro-batches from it (why: ``streams/intake.py``).
+What the scoring loop does with a batch (outputs, then the coalesced user-state writes) is
+:class:`streams.score_stage.ScoreStage`.
 
 Terminal risk is built from labels of many users, so it cannot live in the user's partition:
 the scoring loop forwards each label, re-keyed by terminal, to an internal one-partition topic
@@ -35,11 +37,9 @@ downstream consumers deduplicate on it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +47,7 @@ import faust
 
 from modeling.features import FeatureEngine
 from modeling.settings import Settings, feature_config
-from streams.batch_loop import BatchLoop, Taken
+from streams.batch_loop import BatchLoop
 from streams.broker.topics import terminal_labels_topic
 from streams.fetch_pacer import FetchPacer, aiokafka_fetcher
 from streams.in_loop import InLoopTransport
@@ -57,26 +57,22 @@ from streams.loop_lag import watch_loop_lag
 from streams.metrics import Metrics
 from streams.model_watch import ModelWatcher
 from streams.output import BatchOutput, ChangelogKeys
-from streams.output_gate import OutputGate
 from streams.pipeline import (
     KIND_CLICK,
     KIND_LABEL,
     KIND_TXN,
     BatchProcessor,
-    BatchResult,
-    InMessage,
-    Prepared,
 )
 from streams.retention import StateSweeper, TerminalSweeper
+from streams.score_stage import ScoreStage
 from streams.security import faust_credentials
-from streams.state_flush import StateFlusher, fail
-from streams.terminal_feed import PROGRESS_KEY, WORKER_HEADER, FeedState, encode_progress
+from streams.state_flush import StateFlusher
+from streams.terminal_feed import FeedState
 from streams.terminal_loop import TerminalLoop
 from streams.terminal_overlay import APPLIED_KEY, TerminalOverlay, decode_position
 from streams.wiring import input_buffer, key_partitions, other_labels_partitions, store_dict, terminal_feed
 
 log = logging.getLogger("riskstream.worker")
-FLUSH_CHUNK = 256  # user states serialized between two yields to the event loop
 
 
 @dataclass
@@ -162,13 +158,13 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     # Other workers' labels and label floors, read from the terminal-labels topic; this worker's
     # records carry its id (streams/terminal_feed.py).
     worker_id = os.urandom(8).hex().encode()
-    own_header = [(WORKER_HEADER, worker_id)]
     feed_state = (
         FeedState(worker_id, processor.overlay, max_bytes=settings.max_message_bytes)
         if settings.terminal_feed
         else None
     )
 
+    stage: ScoreStage  # the scoring loop's handler, built once its buffer and feed exist
     # Every input message reaches the scorer through a batch buffer (streams/intake.py), not a
     # per-event Faust stream: the consumer appends, the loop takes micro-batches.
     in_buffer = input_buffer(
@@ -177,157 +173,30 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         list(kinds),
         engine.config.label_allowance_ms / 1000.0,
         feed_state,
-        on_wait=lambda: publish_floors() if feed_state is not None else None,
+        on_wait=lambda: stage.publish_floors() if feed_state is not None else None,
         on_expired=lambda kind: metrics.align_expired.labels(kind).inc(),
     )
     app.batch_topics(inputs, in_buffer)
     term_buffer = InputBuffer(high_water=4 * settings.pipeline_max_batch)
     app.batch_topics(term_topic, term_buffer)
     out = BatchOutput(app, metrics.stage_cpu_seconds.labels("output"))
-    # CPU time of the loop thread per stage (synchronous stretches only: no await inside)
-    cpu_score, cpu_flush = (metrics.stage_cpu_seconds.labels(stage) for stage in ("score", "state_flush"))
-    thread_time = time.thread_time
-    user_keys, terminal_keys = ChangelogKeys(users), ChangelogKeys(terminals)
-    user_log, terminal_log = (
-        users.changelog_topic.get_topic_name(),
-        terminals.changelog_topic.get_topic_name(),
-    )
-    risk_name, dead_name, term_name = (
-        settings.topic_risk_events,
-        settings.topic_dead_letter,
-        term_topic.get_topic_name(),
-    )
-
-    def to_messages(taken: Taken) -> list[InMessage]:
-        batch = []
-        per_topic: Counter[str] = Counter()
-        for received, m in taken:
-            per_topic[m.topic] += 1
-            ts = int(m.timestamp * 1000) if m.timestamp else int(time.time() * 1000)
-            batch.append(
-                InMessage(kinds[m.topic], m.topic, m.partition, m.offset, m.key, m.value, ts, received)
-            )
-        for topic, n in per_topic.items():
-            metrics.events_in.labels(topic).inc(n)
-        return batch
-
+    terminal_keys = ChangelogKeys(terminals)
+    terminal_log = terminals.changelog_topic.get_topic_name()
+    term_name = term_topic.get_topic_name()
     feed = None if feed_state is None else terminal_feed(settings, term_name, feed_state, in_buffer.poke)
-    published: list[dict[int, float]] = [{}]  # the floors last sent
-    progress_sends: set[asyncio.Future[Any]] = set()
-
-    def progress_record(floors: dict[int, float]) -> Any:
-        published[0] = floors
-        return (term_name, 0, PROGRESS_KEY, encode_progress(worker_id, floors), own_header)
-
-    def publish_floors() -> None:
-        # The scoring loop waits for another worker's labels: its own floors may have risen since
-        # its last batch (that worker may be waiting for them). Only with no batch between take
-        # and emit, whose labels a floor would claim as forwarded.
-        if feed is None or feed.paused or any(not task.done() for task in scoring):
-            return
-        floors = in_buffer.label_floors()
-        if floors and floors != published[0]:
-            task = asyncio.ensure_future(out.send([progress_record(floors)]))
-            progress_sends.add(task)  # a progress record lost is superseded by the next
-            task.add_done_callback(progress_sends.discard)
-
-    gates = OutputGate()  # outputs before state (streams/output_gate.py)
-
-    async def emit(res: BatchResult, floors: dict[int, float]) -> list[Any]:
-        records: list[Any] = [(risk_name, None, key, value, None) for key, value in res.risk_events]
-        records += [(dead_name, None, dl.key, dl.value, dl.headers) for dl in res.dead_letters]
-        records += [(term_name, 0, key, value, own_header) for key, value in res.terminal_labels]
-        if floors and floors != published[0]:
-            # after the batch's labels: a reader of this record has read them
-            records.append(progress_record(floors))
-        sent = await out.send_counted(records)
-        futures = [fut for fut, _, _, _ in sent]
-        if res.forwarded is not None:  # where they landed: streams/terminal_overlay.py
-            res.forwarded.batches = [(fut, n) for fut, topic, _, n in sent if topic == term_name]
-        if len(processor.dirty) >= settings.state_flush_max_users:
-            flusher.wake()  # the interval is the flusher task's own timer
-        metrics.record_batch(res, settings.topic_risk_events, settings.topic_dead_letter)
-        return futures
-
-    def floors_now() -> dict[int, float]:
-        # nobody reads them while this worker holds every labels partition (its feed is paused)
-        return in_buffer.label_floors() if feed is not None and not feed.paused else {}
-
-    async def handle_inputs(taken: Taken) -> list[Any]:
-        floors = floors_now()  # what this batch takes is forwarded with it
-        batch = to_messages(taken)
-        t0 = thread_time()
-        res = processor.process(batch)
-        cpu_score.inc(thread_time() - t0)
-        # No await between process() and epoch(): the batch's states are in the epoch's flush,
-        # and none before the gate (the flush waits for this batch's outputs).
-        flushed = flusher.epoch()
-        gate = gates.open()
-        await gates.through(gate, emit(res, floors))
-        return [gate, flushed]  # the gate closes when the batch's outputs are delivered
-
-    # With the model in a child process (settings.inference_process) its call is awaited, and
-    # batches overlap: batch N+1 is featurized while batch N is in the model. At most one batch
-    # is in the model and one being prepared; risk events leave in batch order.
-    scoring: list[asyncio.Future[list[Any]]] = []  # the batch in the model, if any
-
-    async def handle_inputs_overlapped(taken: Taken) -> list[Any]:
-        floors = floors_now()
-        batch = to_messages(taken)
-        t0 = thread_time()
-        prep = processor.prepare(batch)
-        cpu_score.inc(thread_time() - t0)
-        flushed = flusher.epoch()  # no await since prepare(): its states are in this epoch
-        gate = gates.open()
-        try:
-            if scoring:
-                await asyncio.wait(scoring)  # its failure crashes the worker through its acks
-                scoring.clear()
-        except BaseException as exc:
-            fail(gate, exc)
-            raise
-        task = asyncio.ensure_future(gates.through(gate, complete(prep, floors)))
-        scoring.append(task)
-        return [asyncio.ensure_future(delivered(task, flushed))]
-
-    async def complete(prep: Prepared, floors: dict[int, float]) -> list[Any]:
-        res = await processor.process_async(prep)
-        cpu_score.inc(res.cpu_s)
-        return await emit(res, floors)
-
-    async def delivered(task: asyncio.Future[list[Any]], flushed: asyncio.Future[Any]) -> None:
-        await asyncio.gather(*await task, flushed)
-
-    async def flush_user_states() -> list[Any]:
-        # State writes: the table's store, plus a changelog record in the user's input partition
-        # (where Faust's table recovery looks for it). begin_flush() runs before the first await.
-        # Serializing a month of history takes about 0.1 ms per user, so the flush yields to the
-        # event loop between chunks rather than stall it for the whole set.
-        taken = processor.begin_flush()
-        store, key_partition = store_dict(users), key_partitions(users)
-        futures: list[Any] = []
-        snapshot = processor.snapshot
-        for i in range(0, len(taken), FLUSH_CHUNK):
-            if i:
-                await asyncio.sleep(0)
-            t0 = thread_time()
-            records: list[Any] = []
-            for uid, part, st in taken[i : i + FLUSH_CHUNK]:
-                raw = snapshot(uid, st)
-                store[uid] = raw
-                key_partition[uid] = part  # as recovery records it (streams/retention.py)
-                records.append((user_log, part, user_keys(uid), raw, None))
-            cpu_flush.inc(thread_time() - t0)
-            await gates.delivered()  # the outputs of the batches in these snapshots
-            futures += await out.send(records)
-        processor.end_flush()
-        metrics.state_flush_users.observe(len(taken))
-        return futures
-
-    flusher = StateFlusher(flush_user_states, settings.state_flush_interval_ms / 1000.0)
-
-    async def send_tombstones(gone: list[tuple[str, int]]) -> list[Any]:
-        return await out.send([(user_log, part, user_keys(uid), None, None) for uid, part in gone])
+    stage = ScoreStage(
+        settings,
+        metrics,
+        processor,
+        out,
+        kinds=kinds,
+        in_buffer=in_buffer,
+        feed=feed,
+        users=users,
+        term_name=term_name,
+        worker_id=worker_id,
+    )
+    flusher = stage.flusher
 
     def owned_partitions() -> set[int]:
         return {tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic_transactions}
@@ -337,7 +206,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         engine.config,
         store_dict(users),
         key_partitions(users),
-        send_tombstones,
+        stage.send_tombstones,
         lock=flusher.lock,
         owned=owned_partitions,
         paused=lambda: bool(app.rebalancing or app.in_recovery),
@@ -366,7 +235,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
             in_buffer,
             settings.pipeline_max_batch,
             within,
-            handle_inputs_overlapped if settings.inference_process else handle_inputs,
+            stage.handle,
         ),
         BatchLoop(app, "terminals", term_buffer, settings.pipeline_max_batch, within, terminal_loop.handle),
     )

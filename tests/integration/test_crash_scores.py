@@ -5,8 +5,8 @@ receives it again. Some of those events were already folded into the user states
 had written to the changelog. Scoring such a transaction again would use a state that already
 holds it (and whatever came after it in the batch), so its second risk event would disagree with
 the first and with a backtest. The worker therefore writes a user state to the changelog only
-after the risk events of the batches folded into it are delivered (``streams/app.py``,
-``flush_user_states``); a redelivered transaction its state already holds had its risk event
+after the risk events of the batches folded into it are delivered (``streams/score_stage.py``,
+``ScoreStage.flush_user_states``); a redelivered transaction its state already holds had its risk event
 delivered, and is not scored again (``riskstream_redelivered_total``).
 
 The successor drains a backlog. Its input alignment holds a partition group back while one of its

@@ -26,7 +26,7 @@ from modeling.settings import Settings
 from streams.batch_loop import Taken
 from streams.input_buffer import InputBuffer
 from streams.metrics import Metrics
-from streams.output import BatchOutput, ChangelogKeys
+from streams.output import BatchOutput, ChangelogKeys, OutRecord
 from streams.output_gate import OutputGate
 from streams.pipeline import BatchProcessor, BatchResult, InMessage, Prepared
 from streams.state_flush import StateFlusher, fail
@@ -34,8 +34,6 @@ from streams.terminal_feed import PROGRESS_KEY, WORKER_HEADER, TerminalFeed, enc
 from streams.wiring import key_partitions, store_dict
 
 FLUSH_CHUNK = 256  # user states serialized between two yields to the event loop
-
-Record = tuple[str, int | None, Any, Any, Any]  # (topic, partition, key, value, headers)
 
 
 class ScoreStage:
@@ -101,7 +99,7 @@ class ScoreStage:
 
     # -- labels progress (streams/terminal_feed.py) ----------------------------------------
 
-    def progress_record(self, floors: dict[int, float]) -> Record:
+    def progress_record(self, floors: dict[int, float]) -> OutRecord:
         self.published = floors
         return (self.term_name, 0, PROGRESS_KEY, encode_progress(self.worker_id, floors), self.own_header)
 

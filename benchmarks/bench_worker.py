@@ -25,6 +25,15 @@ that same backlog with its own consumer group and writes its own output topic.
   with oneDNN off (its fastest at batch 1, the "default" entry) and on (the settings' default).
 * (c) a raw aiokafka relay (this file's ``relay`` role): a consumer group reading the three input
   topics with ``getmany`` and producing every value to an output topic, doing no work.
+* (d) the work floor (this file's ``floor`` role; ``--no-floor`` skips (d) and (e)): the relay
+  plus the part of (a)'s work that does not depend on features or state: each message decoded and
+  validated by the worker's parsers, the served model (the worker's predictor settings) run on
+  each fetch's transactions with one all-zero feature vector, verdicts and risk events built
+  and produced. No worker with this model and this Kafka client can pass it here; the gap from
+  (a) to (d) is what the feature engine, the window state and the worker's ordering cost.
+* (e) (d) plus the feature engine on in-memory state (``FeatureRunner``, as the trainer runs
+  it), warmed with the window's history first: the ceiling of any worker built on this feature
+  engine. The gap from (a) to (e) is Faust, the state tables, alignment, acks and metrics.
 
 Throughput is read from the output topic after the run: records over the time between the
 first and the last output record (their producer timestamps), so start-up is excluded and the
@@ -99,16 +108,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # workerbench/, howeve
 # train_registry from here
 from workerbench.config import DATA as DATA
 from workerbench.config import DAY_MS, DEFAULT_WORKER, PARTITIONS, PLAIN_SWEEP, QUICK_SWEEP, SWEEP
-from workerbench.kafka import Topics, create_topics, relay, settings_for
+from workerbench.kafka import Topics, create_topics, relay, settings_for, work_floor
 from workerbench.latency import run_latency, run_relay_latency
 from workerbench.messages import build_warm_state
 from workerbench.messages import load_messages as load_messages
 from workerbench.messages import train_registry as train_registry
 from workerbench.procs import Ctx
 from workerbench.report import print_table, summarize
-from workerbench.runs import run_plain, run_profiles, run_relay, run_worker
+from workerbench.runs import run_floor, run_plain, run_profiles, run_relay, run_worker
 from workerbench.system import loadavg
 from workerbench.system import machine_info as machine_info
+
+from modeling.native import why_sources
 
 # ------------------------------------------------------------------------------------ main
 
@@ -145,6 +156,11 @@ async def bench(args: argparse.Namespace, ctx: Ctx, result: dict[str, Any]) -> N
             keep(await run_plain(ctx, label, overrides))
         print("(c) raw aiokafka relay", flush=True)
         keep(await run_relay(ctx))
+        if args.floor:
+            print("(d) work floor: relay + decode + model + risk events, no features or state", flush=True)
+            keep(await run_floor(ctx))
+            print("(e) work floor with the feature engine on in-memory state", flush=True)
+            keep(await run_floor(ctx, (args.file, args.transactions, args.start_day)))
     for label in labels:
         print(f"(a) worker, {label}: {SWEEP[label]}", flush=True)
         keep(await run_worker(ctx, label, SWEEP[label]))
@@ -191,6 +207,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(relay(argv[1], argv[2], argv[3], argv[4:]))
         return 0
+    if argv[:1] == ["floor"]:  # internal: system (d)
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(work_floor(argv[1], argv[2], argv[3], argv[4], argv[5:]))
+        return 0
+    if argv[:1] == ["floor-features"]:  # internal: system (e)
+        history = (argv[1], int(argv[2]), float(argv[3]))
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(work_floor(argv[4], argv[5], argv[6], argv[7], argv[8:], history))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--transactions", type=int, default=30_000, help="transactions in the message window")
     ap.add_argument("--start-day", type=float, default=7.0, help="window start, days into the file")
@@ -200,6 +225,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--sweep", help=f"comma-separated worker settings for (a), of {','.join(SWEEP)}")
     ap.add_argument(
         "--quick", action="store_true", help=f"sweep only {','.join(QUICK_SWEEP)}; (b) default only"
+    )
+    ap.add_argument(
+        "--no-floor",
+        dest="floor",
+        action="store_false",
+        help="skip (d): the relay plus decoding, the model and risk events, without features or state",
     )
     ap.add_argument("--skip-baselines", action="store_true", help="run (a) only")
     ap.add_argument("--timeout", type=float, default=150.0, help="seconds per run before giving up")
@@ -273,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": " ".join(["python", "benchmarks/bench_worker.py", *argv]),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(),
+        # modeling/native.py: null when the compiled hot-path modules ran, else why the sources did
+        "sources_loaded_because": why_sources(),
         "runs": [],
         "latency": [],
     }

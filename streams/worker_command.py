@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import faust
 
+    from modeling.native import status
     from modeling.settings import load_settings
     from streams import gc_pauses
     from streams.app import build_app
@@ -49,6 +50,11 @@ def run(args: argparse.Namespace) -> int:
         rt.watcher.scorer().feature_set,
         f", {shadow.behaviour.version} in shadow" if shadow is not None else "",
         settings.metrics_port,
+    )
+    native = status()
+    logging.getLogger("riskstream.worker").info(
+        "hot-path modules: %s",
+        "compiled (mypyc)" if native["compiled"] else f"Python sources: {native['reason']}",
     )
     worker = faust.Worker(rt.app, loglevel=args.loglevel, loop=loop, redirect_stdouts=False)
     worker.execute_from_commandline()

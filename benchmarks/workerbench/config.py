@@ -36,6 +36,10 @@ SWEEP: dict[str, dict[str, Any]] = {
     # transactions, so 1,536 messages make model calls of about 460 rows.
     "batch1536-model512": {"pipeline_max_batch": 1536, "model_max_batch": 512},
     "model64": {"model_max_batch": 64},
+    # The hot-path modules as Python, not compiled by mypyc (modeling/native.py)
+    "pure-python": {"pure_python": True},
+    # The defaults once more: after another entry, it brackets that entry in time (A B A)
+    "default-again": {},
     "wait5": {"pipeline_max_wait_ms": 5},
     "wait10": {"pipeline_max_wait_ms": 10},
     "wait50": {"pipeline_max_wait_ms": 50},

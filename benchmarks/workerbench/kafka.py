@@ -6,6 +6,7 @@ import asyncio
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from workerbench.config import PARTITIONS
@@ -122,6 +123,139 @@ async def relay(bootstrap: str, group: str, out: str, topics: Sequence[str]) -> 
             for recs in batch.values():
                 for r in recs:
                     await producer.send(out, r.value, key=r.key)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+# ------------------------------------------------------------------------------------ floor roles
+
+
+async def work_floor(
+    bootstrap: str,
+    group: str,
+    out: str,
+    registry: str,
+    topics: Sequence[str],
+    history: tuple[str, int, float] | None = None,
+) -> None:
+    """(d): the relay plus the work issue 5 asks for that does not depend on features or state:
+    decode and validate every message with the worker's parsers, run the served behaviour model
+    (the worker's predictor settings) on each fetch's transactions, build their verdicts and risk
+    events, and produce those. The model's inputs are one all-zero feature vector, built once: no
+    feature engine, no per-user state, no changelog, no labels folded. What this process reaches
+    bounds from above what any worker with these parts could reach on this machine.
+
+    (e), with ``history`` (file, transactions, start day: the benchmark's message window): the
+    same plus the feature engine, on in-memory state (``FeatureRunner``, as the trainer and the
+    backtest run it) warmed with the window's history before consuming. Every message is folded
+    in fetch order; the transactions' real features are stacked for the model. What the worker
+    adds on top of (e): Faust, the state tables and their changelogs, event-time alignment,
+    terminal labels across workers, acks and metrics."""
+    import time
+
+    import numpy as np
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    from modeling.errors import ValidationError
+    from modeling.features import FeatureEngine, FeatureRunner, TxnFeatures
+    from modeling.records import (
+        ClickEvent,
+        Label,
+        RiskEvent,
+        Transaction,
+        parse_click,
+        parse_label,
+        parse_transaction,
+    )
+    from modeling.settings import Settings, feature_config
+    from streams.metrics import Metrics
+    from streams.model_watch import ModelWatcher
+
+    settings = Settings(registry_dir=registry)
+    engine = FeatureEngine(feature_config(settings))
+    config = engine.config
+    scorer = ModelWatcher(settings, config, Metrics()).scorer()
+    zero = TxnFeatures((0.0,) * config.n_features, ((0.0,) * config.seq_dim,) * config.seq_len, False)
+    cap = settings.pipeline_max_batch
+    tab0 = np.zeros((cap, config.n_features), np.float32)
+    seq0 = np.zeros((cap, config.seq_len, config.seq_dim), np.float32)
+    runner: FeatureRunner | None = None
+    if history is not None:
+        from workerbench.messages import load_messages
+
+        runner = FeatureRunner(engine)
+        for _ in runner.run(load_messages(Path(history[0]), history[1], history[2]).history):
+            pass
+    parsers = dict(zip(topics, (parse_transaction, parse_click, parse_label), strict=True))
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=True,
+        auto_commit_interval_ms=1000,
+        fetch_min_bytes=settings.fetch_min_bytes,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=256 * 1024, acks="all"
+    )
+    await consumer.start()
+    await producer.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=100, max_records=cap)
+            txns: list[tuple[Transaction, int]] = []
+            feats: list[TxnFeatures] = []
+            for tp, recs in batch.items():
+                parse = parsers[tp.topic]
+                for r in recs:
+                    try:
+                        rec = parse(r.value, settings.max_message_bytes)
+                    except ValidationError:
+                        continue
+                    if isinstance(rec, Transaction):
+                        txns.append((rec, r.timestamp))
+                        if runner is not None:
+                            feats.append(runner.on_transaction(rec))
+                    elif runner is not None and isinstance(rec, ClickEvent):
+                        runner.on_click(rec)
+                    elif runner is not None and isinstance(rec, Label):
+                        runner.on_label(rec)
+            if not txns:
+                continue
+            n = len(txns)
+            t0 = time.monotonic()
+            if runner is None:
+                tab, seq, feats = tab0[:n], seq0[:n], [zero] * n
+            else:
+                tab, seq = scorer.inputs(feats)
+            p = scorer.behaviour.predict({"tab": tab, "seq": seq})
+            infer_ms = (time.monotonic() - t0) * 1000.0
+            verdicts = scorer.verdicts([t for t, _ in txns], feats, tab, p)
+            now = time.time() * 1000.0
+            for (tx, ts), v in zip(txns, verdicts, strict=True):
+                ev = RiskEvent(
+                    transaction_id=tx.transaction_id,
+                    user_id=tx.user_id,
+                    score=v.score,
+                    decision=v.decision,
+                    reasons=v.reasons,
+                    model_version=scorer.version,
+                    feature_set=scorer.feature_set,
+                    event_time_ms=tx.event_time_ms,
+                    scored_time_ms=int(now),
+                    latency_ms={
+                        "queue": 0.0,
+                        "inference": round(infer_ms, 3),
+                        "end_to_end": round(now - ts, 3),
+                    },
+                )
+                await producer.send(out, ev.to_json(), key=tx.user_id.encode())
     finally:
         await producer.stop()
         await consumer.stop()

@@ -127,14 +127,24 @@ def riskstream_env(ctx: Ctx, app_id: str, topics: Topics, out: str, worker: dict
             "RISKSTREAM_HOME": str(ctx.work / "home"),
         }
     )
-    env.update({f"RISKSTREAM_{k.upper()}": str(v) for k, v in worker.items() if k != "loglevel"})
+    env.update({f"RISKSTREAM_{k.upper()}": str(v) for k, v in worker.items() if k not in NOT_SETTINGS})
     return env
+
+
+# Entries of a SWEEP setting that are not worker settings (RISKSTREAM_* variables)
+NOT_SETTINGS = ("loglevel", "pure_python")
+# ``pure_python``: the worker loads the sources of modeling/native.py's modules, not the compiled set
+_PURE = (
+    "import sys, modeling.native as n; n.use_sources('benchmark: pure-python');"
+    " from streams.cli import main; sys.exit(main())"
+)
 
 
 def worker_proc(ctx: Ctx, tag: str, topics: Topics, out: str, worker: dict[str, Any]) -> Proc:
     app_id = ctx.name(tag)
     env = riskstream_env(ctx, app_id, topics, out, worker)
-    cmd = [sys.executable, "-m", "streams.cli", "worker", "--loglevel", str(worker["loglevel"])]
+    entry = ["-c", _PURE] if worker.get("pure_python") else ["-m", "streams.cli"]
+    cmd = [sys.executable, *entry, "worker", "--loglevel", str(worker["loglevel"])]
     return Proc(cmd, env, ctx.work / f"{app_id}.log", ctx.test_cpus)
 
 
@@ -150,6 +160,14 @@ def relay_proc(ctx: Ctx, tag: str, topics: Topics, out: str) -> Proc:
     # the entry point's relay role (bench_worker.py's main), not this module
     script = ROOT / "benchmarks" / "bench_worker.py"
     cmd = [sys.executable, str(script), "relay", ctx.bootstrap, ctx.name(tag), out]
+    return Proc([*cmd, *topics.inputs], base_env(), ctx.work / f"{ctx.name(tag)}.log", ctx.test_cpus)
+
+
+def floor_proc(ctx: Ctx, tag: str, topics: Topics, out: str, history: tuple[Path, int, float] | None) -> Proc:
+    # the entry point's floor role: systems (d) and (e) (with ``history``), kafka.work_floor
+    script = ROOT / "benchmarks" / "bench_worker.py"
+    role = ["floor"] if history is None else ["floor-features", *(str(x) for x in history)]
+    cmd = [sys.executable, str(script), *role, ctx.bootstrap, ctx.name(tag), out, str(ctx.registry)]
     return Proc([*cmd, *topics.inputs], base_env(), ctx.work / f"{ctx.name(tag)}.log", ctx.test_cpus)
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from workerbench.config import DEFAULT_WORKER
 from workerbench.kafka import create_topics
 from workerbench.latency import run_latency
 from workerbench.measure import relay_stats, risk_stats, watch
-from workerbench.procs import Ctx, plain_proc, relay_proc, seed_plain, seed_worker, worker_proc
+from workerbench.procs import Ctx, floor_proc, plain_proc, relay_proc, seed_plain, seed_worker, worker_proc
 
 # ------------------------------------------------------------------------------------ phases
 
@@ -39,6 +40,17 @@ async def run_relay(ctx: Ctx) -> dict[str, Any]:
     proc = relay_proc(ctx, "c", ctx.backlog, out)
     res = await watch(ctx, proc, out, ctx.msgs.counts["messages"], ctx.timeout)
     return {"system": "c", "label": "raw-aiokafka", **relay_stats(res)}
+
+
+async def run_floor(ctx: Ctx, history: tuple[Path, int, float] | None = None) -> dict[str, Any]:
+    """(d), or (e) with ``history``: the file, transactions and start day of the message window."""
+    system = "d" if history is None else "e"
+    out = ctx.name(f"{system}-risk")
+    await create_topics(ctx.bootstrap, [out])
+    proc = floor_proc(ctx, system, ctx.backlog, out, history)
+    res = await watch(ctx, proc, out, ctx.msgs.n_txn, ctx.timeout)
+    label = "floor" if history is None else "floor-features"
+    return {"system": system, "label": label, **risk_stats(res, ctx.msgs)}
 
 
 async def run_profiles(ctx: Ctx, paced_rate: float | None, fraction: float, warmup: int) -> None:

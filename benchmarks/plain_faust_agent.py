@@ -33,7 +33,6 @@ from modeling.predictor import Predictor, PredictorOptions
 from modeling.records import (
     ClickEvent,
     Label,
-    RiskEvent,
     Transaction,
     parse_click,
     parse_label,
@@ -92,21 +91,11 @@ async def score(stream: Any) -> None:
             feats = engine.transaction(st, rec, terminals.get(rec.terminal_id))
             v = scorer.score([rec], [feats])[0]
             now = time.time() * 1000.0
-            ev = RiskEvent(
-                transaction_id=rec.transaction_id,
-                user_id=rec.user_id,
-                score=v.score,
-                decision=v.decision,
-                reasons=v.reasons,
-                model_version=scorer.version,
-                feature_set=scorer.feature_set,
-                event_time_ms=rec.event_time_ms,
-                scored_time_ms=int(now),
-                latency_ms={
-                    "inference": round((time.monotonic() - t0) * 1000.0, 3),
-                    "end_to_end": round(now - msg.timestamp * 1000.0, 3),
-                },
-            )
+            latency = {
+                "inference": round((time.monotonic() - t0) * 1000.0, 3),
+                "end_to_end": round(now - msg.timestamp * 1000.0, 3),
+            }
+            ev = scorer.risk_event(rec, v, int(now), latency)
             await out.send(key=rec.user_id.encode(), value=ev.to_json())
         elif isinstance(rec, Label):
             engine.user_label(st, rec)

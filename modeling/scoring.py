@@ -19,7 +19,7 @@ import numpy as np
 from modeling.decisions import ReasonCoder, Thresholds, decide
 from modeling.errors import FeatureSetMismatch, ModelLoadError
 from modeling.features import FeatureConfig, TxnFeatures, stack
-from modeling.records import Transaction
+from modeling.records import RiskEvent, ShadowVerdict, Transaction
 
 LATE_REASON = "LATE_EVENT"
 TEXT_REASON = "TEXT_RISK"
@@ -105,6 +105,32 @@ class Scorer:
         """The behaviour model's inputs for a batch (``tab``, ``seq``): :meth:`score` in parts,
         for a caller that runs the model itself (the worker awaits ``Predictor.predict_async``)."""
         return stack(feats, self.config)
+
+    def risk_event(
+        self,
+        tx: Transaction,
+        v: Verdict,
+        scored_time_ms: int,
+        latency_ms: dict[str, float],
+        shadow: ShadowVerdict | None = None,
+    ) -> RiskEvent:
+        """The risk event for ``tx`` scored ``v`` by this scorer (the behaviour model's own score
+        rides along only when a text score was combined into ``v.score``)."""
+        return RiskEvent(
+            transaction_id=tx.transaction_id,
+            user_id=tx.user_id,
+            score=v.score,
+            decision=v.decision,
+            reasons=v.reasons,
+            model_version=self.version,
+            feature_set=self.feature_set,
+            event_time_ms=tx.event_time_ms,
+            scored_time_ms=scored_time_ms,
+            latency_ms=latency_ms,
+            text_score=v.text_score,
+            behaviour_score=None if v.text_score is None else v.behaviour_score,
+            shadow=shadow,
+        )
 
     def verdicts(
         self,

@@ -26,7 +26,6 @@ from modeling.features.state import terminal_decoded_bytes, user_decoded_bytes
 from modeling.records import (
     ClickEvent,
     Label,
-    RiskEvent,
     ShadowVerdict,
     Transaction,
     parse_click,
@@ -382,25 +381,12 @@ class BatchProcessor:
         for tx, m, v, sh in zip(txns, msgs, verdicts, shadows, strict=True):
             wait = t0 - m.received
             e2e = now - m.kafka_ts_ms
-            ev = RiskEvent(
-                transaction_id=tx.transaction_id,
-                user_id=tx.user_id,
-                score=v.score,
-                decision=v.decision,
-                reasons=v.reasons,
-                model_version=scorer.version,
-                feature_set=scorer.feature_set,
-                event_time_ms=tx.event_time_ms,
-                scored_time_ms=int(now),
-                latency_ms={
-                    "queue": round(wait * 1000.0, 3),
-                    "inference": round(infer_ms, 3),
-                    "end_to_end": round(e2e, 3),
-                },
-                text_score=v.text_score,
-                behaviour_score=None if v.text_score is None else v.behaviour_score,
-                shadow=sh,
-            )
+            latency = {
+                "queue": round(wait * 1000.0, 3),
+                "inference": round(infer_ms, 3),
+                "end_to_end": round(e2e, 3),
+            }
+            ev = scorer.risk_event(tx, v, int(now), latency, sh)
             out.risk_events.append((tx.user_id.encode(), ev.to_json()))
             out.scores.append(v.score)
             out.decisions.append(v.decision)

@@ -91,8 +91,9 @@ async def seed_changelogs(bootstrap: str, logs: dict[str, tuple[Mapping[str, byt
 # ------------------------------------------------------------------------------------ relay role
 
 
-async def relay(bootstrap: str, group: str, out: str, topics: Sequence[str]) -> None:
-    """(c): consume the inputs with getmany and produce every value unchanged; no work."""
+async def _clients(bootstrap: str, group: str, topics: Sequence[str]) -> tuple[Any, Any, asyncio.Event]:
+    """A started consumer of ``topics`` in ``group`` and a started producer, as (c), (d) and (e)
+    use them, and an event that SIGTERM sets."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     from modeling.settings import Settings
@@ -115,8 +116,13 @@ async def relay(bootstrap: str, group: str, out: str, topics: Sequence[str]) -> 
     await consumer.start()
     await producer.start()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    return consumer, producer, stop
+
+
+async def relay(bootstrap: str, group: str, out: str, topics: Sequence[str]) -> None:
+    """(c): consume the inputs with getmany and produce every value unchanged; no work."""
+    consumer, producer, stop = await _clients(bootstrap, group, topics)
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=100)
@@ -155,14 +161,12 @@ async def work_floor(
     import time
 
     import numpy as np
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     from modeling.errors import ValidationError
     from modeling.features import FeatureEngine, FeatureRunner, TxnFeatures
     from modeling.records import (
         ClickEvent,
         Label,
-        RiskEvent,
         Transaction,
         parse_click,
         parse_label,
@@ -188,24 +192,7 @@ async def work_floor(
         for _ in runner.run(load_messages(Path(history[0]), history[1], history[2]).history):
             pass
     parsers = dict(zip(topics, (parse_transaction, parse_click, parse_label), strict=True))
-    consumer = AIOKafkaConsumer(
-        *topics,
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        auto_offset_reset="earliest",
-        enable_auto_commit=True,
-        auto_commit_interval_ms=1000,
-        fetch_min_bytes=settings.fetch_min_bytes,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
-    )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=256 * 1024, acks="all"
-    )
-    await consumer.start()
-    await producer.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    consumer, producer, stop = await _clients(bootstrap, group, topics)
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=100, max_records=cap)
@@ -239,22 +226,8 @@ async def work_floor(
             verdicts = scorer.verdicts([t for t, _ in txns], feats, tab, p)
             now = time.time() * 1000.0
             for (tx, ts), v in zip(txns, verdicts, strict=True):
-                ev = RiskEvent(
-                    transaction_id=tx.transaction_id,
-                    user_id=tx.user_id,
-                    score=v.score,
-                    decision=v.decision,
-                    reasons=v.reasons,
-                    model_version=scorer.version,
-                    feature_set=scorer.feature_set,
-                    event_time_ms=tx.event_time_ms,
-                    scored_time_ms=int(now),
-                    latency_ms={
-                        "queue": 0.0,
-                        "inference": round(infer_ms, 3),
-                        "end_to_end": round(now - ts, 3),
-                    },
-                )
+                latency = {"queue": 0.0, "inference": round(infer_ms, 3), "end_to_end": round(now - ts, 3)}
+                ev = scorer.risk_event(tx, v, int(now), latency)
                 await producer.send(out, ev.to_json(), key=tx.user_id.encode())
     finally:
         await producer.stop()

@@ -11,15 +11,15 @@ BIN := $(VENV)/bin
 # Re-installs whenever pyproject.toml is newer than this stamp.
 STAMP := $(VENV)/.riskstream-setup
 
-.PHONY: help setup native apt-tools kafka-jars test lint demo clean
+.PHONY: help setup native apt-tools kerberos kafka-jars test lint demo clean
 
 help:
-	@echo "make setup   virtualenv in $(VENV) (pip, PyPI only), kcat and prometheus (apt), the Kafka broker's jars (Maven), the hot-path modules compiled (mypyc)"
+	@echo "make setup   virtualenv in $(VENV) (pip, PyPI only), kcat, prometheus and MIT Kerberos (apt), the kerberos extra (gssapi), the Kafka broker's jars (Maven), the hot-path modules compiled (mypyc)"
 	@echo "make test    ruff, mypy, then pytest -W error (starts and stops its own broker on 19092/19093)"
 	@echo "make demo    riskstream demo"
 	@echo "make lint    ruff and mypy only"
 
-setup: $(STAMP) native apt-tools kafka-jars
+setup: $(STAMP) native apt-tools kerberos kafka-jars
 
 # The hot-path modules compiled by mypyc (modeling/native.py); rebuilt only when their sources
 # changed. Without a C compiler the sources run as they are (about a fifth slower per message).
@@ -33,12 +33,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-# Debian packages the tests use: kcat (librdkafka's CLI, interop tests) and prometheus (a real
-# Prometheus server scraping a worker, and promtool for the deployment checks).
-APT_TOOLS := kcat:kcat promtool:prometheus
+# Debian packages the tests use: kcat (librdkafka's CLI, interop tests), prometheus (a real
+# Prometheus server scraping a worker, and promtool for the deployment checks), and MIT Kerberos:
+# a KDC and its admin tool for the GSSAPI test broker, the library the gssapi package builds on.
+APT_TOOLS := kcat:kcat promtool:prometheus krb5kdc:krb5-kdc kadmin.local:krb5-admin-server \
+	krb5-config:libkrb5-dev
 
 apt-tools:
-	@missing=""; for pair in $(APT_TOOLS); do \
+	@export PATH="$$PATH:/usr/sbin:/sbin"; missing=""; for pair in $(APT_TOOLS); do \
 		tool=$${pair%%:*}; pkg=$${pair##*:}; \
 		command -v $$tool >/dev/null || missing="$$missing $$pkg"; \
 	done; \
@@ -52,6 +54,11 @@ apt-tools:
 	for pkg in $$missing; do apt-cache show $$pkg >/dev/null 2>&1 || { apt-get update -qq; break; }; done; \
 	apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	echo "installed:$$missing"
+
+# The `kerberos` extra (gssapi), built against libkrb5-dev from apt-tools.
+kerberos: $(STAMP) apt-tools
+	@$(BIN)/python -c 'import gssapi' 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[dev,kerberos]' \
+		|| echo "warning: gssapi did not install (it needs libkrb5-dev and a C compiler); Kafka's GSSAPI and its tests need it" >&2
 
 kafka-jars: $(STAMP)
 	@$(BIN)/riskstream kafka fetch

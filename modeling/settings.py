@@ -33,9 +33,15 @@ class Settings(BaseSettings):
     # ssl_certfile/ssl_keyfile add a client certificate (mutual TLS). SASL needs the username
     # and password (RISKSTREAM_SASL_PASSWORD: it is never logged or printed).
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] = "PLAIN"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] = "PLAIN"
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    # GSSAPI (Kerberos): the client's identity is MIT Kerberos's own (a keytab in
+    # KRB5_CLIENT_KTNAME, or a ticket cache from kinit; KRB5_CONFIG names the realm's krb5.conf),
+    # never a riskstream setting. The brokers' principal is service/host@REALM: the service name
+    # below, and the host each broker advertises unless a domain name is set here.
+    sasl_kerberos_service_name: str = "kafka"
+    sasl_kerberos_domain_name: str | None = None
     # OAUTHBEARER: tokens from an OAuth 2.0 token endpoint, client-credentials grant
     # (streams/oauth.py); the secret is never logged or printed.
     sasl_oauth_token_url: str | None = None
@@ -180,7 +186,11 @@ class Settings(BaseSettings):
                     "sasl_mechanism OAUTHBEARER needs sasl_oauth_token_url, sasl_oauth_client_id and "
                     "sasl_oauth_client_secret (RISKSTREAM_SASL_OAUTH_TOKEN_URL, …_CLIENT_ID, …_CLIENT_SECRET)"
                 )
-        elif self.security_protocol.startswith("SASL_") and not (self.sasl_username and self.sasl_password):
+        elif (
+            self.security_protocol.startswith("SASL_")
+            and self.sasl_mechanism != "GSSAPI"
+            and not (self.sasl_username and self.sasl_password)
+        ):
             raise ValueError(
                 f"security_protocol {self.security_protocol} needs sasl_username and sasl_password "
                 "(RISKSTREAM_SASL_USERNAME, RISKSTREAM_SASL_PASSWORD)"

@@ -138,10 +138,12 @@ class LocalKafka:
         listeners: dict[str, int] | None = None,
         properties: dict[str, str] | None = None,
         format_args: list[str] | None = None,
+        jvm_args: list[str] | None = None,
     ) -> None:
         """``listeners``: more client listeners, security protocol -> port (``{"SASL_SSL": 9094}``),
         configured through ``properties`` (merged over the defaults); ``format_args`` go to
-        ``kafka-storage format`` (``--add-scram …``). The plaintext listener stays."""
+        ``kafka-storage format`` (``--add-scram …``); ``jvm_args`` to the broker's JVM
+        (``-Djava.security.krb5.conf=…`` for a Kerberos listener). The plaintext listener stays."""
         self.home = Path(home).expanduser().absolute()
         self.lib_dir = Path(lib_dir).expanduser().absolute() if lib_dir else self.home / "lib"
         self.host = "127.0.0.1"
@@ -152,6 +154,7 @@ class LocalKafka:
         self.listeners = dict(listeners or {})
         self.properties = dict(properties or {})
         self.format_args = list(format_args or [])
+        self.jvm_args = list(jvm_args or [])
         self.config_file = self.home / "config" / "server.properties"
         self.data_dir = self.home / "data"
         self.log_dir = self.home / "logs"
@@ -288,6 +291,7 @@ class LocalKafka:
             *JVM_OPTS,
             f"-Dkafka.logs.dir={self.log_dir}",
             f"-Dlog4j.configuration=file:{log4j}",
+            *self.jvm_args,
         ]
         cmd = [java, *jvm, "-cp", f"{self.lib_dir}/*", "kafka.Kafka", str(self.config_file)]
         with (self.log_dir / "kafka.out").open("ab") as out:  # detached: its own session, no tty

@@ -103,6 +103,21 @@ async def ensure_topics(
             sasl_mechanism=mechanism,
             sasl_username=client_kwargs.get("sasl_plain_username"),
         ) from exc
+    except Exception as exc:
+        await admin.close()
+        if type(exc).__module__.startswith("gssapi"):  # raised through aiokafka's SASL handshake
+            service = client_kwargs.get("sasl_kerberos_service_name")
+            domain = client_kwargs.get("sasl_kerberos_domain_name")
+            host = repr(domain) if domain else "the host each broker advertises"
+            raise TopicError(
+                "cannot reach the Kafka cluster: Kerberos gave no service ticket for the brokers' "
+                f"principal {service}/<host> (sasl_kerberos_service_name {service!r}, host: {host}; "
+                f"sasl_kerberos_domain_name sets it): {exc}",
+                bootstrap=bootstrap,
+                security_protocol=protocol,
+                sasl_mechanism=mechanism,
+            ) from exc
+        raise
     finally:
         client_log.removeHandler(logged)
     try:

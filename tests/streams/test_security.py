@@ -22,6 +22,16 @@ def test_settings_refuse_incomplete_security() -> None:
         Settings(security_protocol="SSL", ssl_certfile=Path("client.pem"))
 
 
+def test_gssapi_takes_its_identity_from_kerberos_not_from_settings() -> None:
+    """No username or password: the principal comes from MIT Kerberos's keytab or ticket cache
+    (tests/integration/test_kafka_kerberos.py runs it against a KDC and a broker)."""
+    s = Settings(
+        security_protocol="SASL_SSL", sasl_mechanism="GSSAPI", sasl_kerberos_domain_name="kafka.corp"
+    )
+    assert (s.sasl_username, s.sasl_password, s.sasl_kerberos_service_name) == (None, None, "kafka")
+    assert s.sasl_kerberos_domain_name == "kafka.corp"
+
+
 def test_password_stays_out_of_reprs_and_reaches_the_clients() -> None:
     s = Settings(security_protocol="SASL_SSL", sasl_username=USER, sasl_password=PASSWORD)
     assert PASSWORD not in repr(s) and PASSWORD not in str(s.model_dump())

@@ -1,9 +1,11 @@
 """Print the runtime dependencies of pyproject.toml, one requirement a line, leaving out the named
 distributions. The GPU image uses it to install everything riskstream needs except the CPU build of
 Paddle (``paddlepaddle``), whose place the CUDA build (``paddlepaddle-gpu``) takes; pyproject.toml
-stays the only dependency list.
+stays the only dependency list. With ``--extra NAME`` it prints that optional-dependency group
+instead: the CPU image builds the ``kerberos`` extra's wheel (gssapi) in a stage of its own.
 
     python docker/pyproject_deps.py --exclude paddlepaddle [pyproject.toml]
+    python docker/pyproject_deps.py --extra kerberos [pyproject.toml]
 """
 
 from __future__ import annotations
@@ -40,12 +42,28 @@ def dependencies(pyproject: Path, exclude: set[str]) -> list[str]:
     return [d for d in deps if requirement_name(d) not in skip]
 
 
+def extra(pyproject: Path, name: str) -> list[str]:
+    """The requirements of the optional-dependency group ``name``."""
+    with pyproject.open("rb") as f:
+        extras: dict[str, list[str]] = tomllib.load(f)["project"].get("optional-dependencies", {})
+    if name not in extras:
+        raise SystemExit(f"{pyproject} has no extra {name!r} (it has {', '.join(sorted(extras))})")
+    return extras[name]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("pyproject", nargs="?", default="pyproject.toml", type=Path)
     p.add_argument("--exclude", action="append", default=[], metavar="NAME")
+    p.add_argument("--extra", metavar="NAME", help="print this optional-dependency group instead")
     args = p.parse_args(argv)
-    sys.stdout.write("".join(f"{d}\n" for d in dependencies(args.pyproject, set(args.exclude))))
+    if args.extra is not None and args.exclude:
+        p.error("--extra and --exclude do not combine")
+    if args.extra is not None:
+        reqs = extra(args.pyproject, args.extra)
+    else:
+        reqs = dependencies(args.pyproject, set(args.exclude))
+    sys.stdout.write("".join(f"{d}\n" for d in reqs))
     return 0
 
 

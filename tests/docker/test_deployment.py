@@ -335,6 +335,7 @@ def _pip_installs(dockerfile: Path) -> list[list[str]]:
 def _positional(args: list[str]) -> list[str]:
     """Install targets of a pip argument list (options and their values dropped)."""
     takes_value = {"-i", "--index-url", "--extra-index-url", "-c", "--constraint", "-r", "--requirement"}
+    takes_value |= {"-f", "--find-links", "--only-binary", "--no-binary"}
     out, skip = [], False
     for a in args:
         if skip:
@@ -357,7 +358,30 @@ def test_makefile_installs_the_project_with_pip_from_pyproject() -> None:
 
 def test_cpu_image_installs_like_the_makefile() -> None:
     installs = [_positional(a) for a in _pip_installs(DOCKERFILES["cpu"])]
-    assert installs == [["."]], f"the CPU image installs riskstream with `pip install .` only: {installs}"
+    assert installs == [["'.[kerberos]'"]], (
+        f"the CPU image installs riskstream with `pip install '.[kerberos]'` only: {installs}"
+    )
+
+
+def test_cpu_image_builds_the_kerberos_extra_from_pyproject() -> None:
+    """gssapi has no Linux wheels: a stage builds the wheel of pyproject.toml's `kerberos` extra
+    (read by docker/pyproject_deps.py, not written a second time) and the image installs that
+    wheel, never a fresh build without a compiler."""
+    text = DOCKERFILES["cpu"].read_text()
+    assert re.search(r"^FROM \S+ AS kerberos-wheel$", text, re.M)
+    assert "docker/pyproject_deps.py --extra kerberos > kerberos.txt" in text
+    assert "pip wheel --no-cache-dir --no-deps -r kerberos.txt -w /wheels" in text
+    assert "COPY --from=kerberos-wheel /wheels /tmp/wheels" in text
+    assert "--only-binary=gssapi --find-links=/tmp/wheels" in text
+    script = DOCKER / "pyproject_deps.py"
+    res = _run([sys.executable, str(script), "--extra", "kerberos", str(PYPROJECT)])
+    assert res.returncode == 0, res.stderr
+    extras = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]
+    assert res.stdout.splitlines() == extras["kerberos"] and any(
+        Requirement(r).name == "gssapi" for r in extras["kerberos"]
+    )
+    res = _run([sys.executable, str(script), "--extra", "kerberoz", str(PYPROJECT)])
+    assert res.returncode != 0 and "no extra 'kerberoz'" in res.stderr
 
 
 def test_gpu_image_installs_from_pyproject_with_the_gpu_build_of_paddle() -> None:

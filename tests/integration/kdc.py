@@ -17,10 +17,10 @@ REALM = "RISKSTREAM.TEST"
 
 
 def _tool(name: str) -> str:
-    for d in ("", "/usr/sbin/", "/usr/local/sbin/"):
-        path = shutil.which(name) if not d else (d + name if os.access(d + name, os.X_OK) else None)
-        if path:
-            return path
+    # the KDC's tools live in sbin, which a non-root PATH often lacks
+    path = shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+    if path:
+        return path
     raise RuntimeError(
         f"`{name}` not found: the Kerberos tests need Debian's krb5-kdc and krb5-admin-server "
         "(`make setup` installs them as root)"

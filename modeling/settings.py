@@ -97,12 +97,12 @@ class Settings(BaseSettings):
     # every interval, once their latest event is a retention (a feature setting, below) behind
     # the inputs' event time (streams/retention.py). 0: never.
     state_sweep_interval_s: float = Field(default=600.0, ge=0)
-    # Garbage collection (streams/gc_pauses.py): no automatic full collection (the old generation
-    # holds the decoded user states) unless gc_auto_full; a full collection at revocations, at
-    # shutdown and every gc_sweep_interval_s (0: only then) instead. Env: JSON for the thresholds
-    # (RISKSTREAM_GC_THRESHOLDS='[700, 10]').
+    # Garbage collection (streams/gc_pauses.py): no automatic collection (thresholds 0 / 0); a
+    # full collection at revocations, at shutdown and every gc_sweep_interval_s (0: only then)
+    # instead. gc_thresholds > 0 brings back young collections (RISKSTREAM_GC_THRESHOLDS, JSON:
+    # '[20000, 20]' until session 23, '[700, 10]' CPython's), gc_auto_full full ones too.
     gc_auto_full: bool = False
-    gc_thresholds: tuple[int, int] = (20_000, 20)  # the young generations' (gc.set_threshold)
+    gc_thresholds: tuple[int, int] = (0, 0)  # the young generations' (gc.set_threshold; 0: off)
     gc_sweep_interval_s: float = Field(default=3600.0, ge=0)
     # Fetch requests: the broker answers once this many bytes are ready or the wait is over.
     # With Faust's (1 byte, 1.5 s) a steady trickle makes every fetch return a message or two,

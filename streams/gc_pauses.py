@@ -11,21 +11,20 @@ collection took 1.2–1.8 s on this machine (``benchmarks/bench_gc.py``).
 So:
 
 * :func:`tune`, once the worker is built: what exists then is frozen out of collection
-  (``gc.freeze``: reference counting still frees it), and young collections run less often
-  (``gc_thresholds``, 20,000 / 20), so that fewer objects survive into the old generation.
-* The collector never runs a full collection by itself (``gc_auto_full = false``, the default):
-  the old generation, where the decoded states end up, is not scanned while the worker scores.
-  Young collections (generations 0 and 1) still free the cycles among recent objects.
-* What that gives up: a reference cycle that became garbage after reaching the old generation
-  waits for a sweep. :meth:`Collector.sweep` (a full collection) runs when partitions are
-  revoked (the worker is not scoring then), at shutdown, and every ``gc_sweep_interval_s``
-  (1 h; 0: only then); what it frees is logged and counted, so an operator sees whether the old
-  generation held garbage.
+  (``gc.freeze``: reference counting still frees it), and the collector never runs on its own
+  (``gc_thresholds`` 0 / 0, the default since session 24): no young collection and no full one
+  stops the event loop while the worker scores.
+* What that gives up: a reference cycle that becomes garbage waits for a sweep.
+  :meth:`Collector.sweep` (a full collection) runs when partitions are revoked (the worker is
+  not scoring then), at shutdown, and every ``gc_sweep_interval_s`` (1 h; 0: only then); what
+  it frees is logged and counted, so an operator sees how much garbage waited. Measured, there
+  is next to none: young collections freed 7 objects in a 98,085-message drain
+  (``benchmarks/README.md``, session 24).
 
-``gc_auto_full = true`` brings back automatic full collections (threshold 20: the worker
-before session 18). ``gc_thresholds`` 700 / 10 (CPython's own) made a restart that decodes many
-states faster in ``bench_gc.py``; in drains of ``bench_worker.py``'s 4,800 users it was slower
-in two of three (``benchmarks/README.md``, session 18).
+``gc_thresholds`` > 0 brings back young collections: 20,000 / 20 was the default from session 18
+to 23; 700 / 10 are CPython's own. With them ``gc_auto_full = true`` brings back automatic full
+collections too (threshold 20: the worker before session 18; with ``gc_thresholds`` 0 / 0 it
+takes 20,000 / 20).
 Pauses are observed in ``riskstream_gc_pause_seconds`` and freed objects in
 ``riskstream_gc_collected_objects_total``, by ``generation``: ``0``, ``1`` and ``2`` for the
 collector's own collections, ``sweep`` for this module's.
@@ -44,7 +43,8 @@ from streams.metrics import Metrics
 log = logging.getLogger("riskstream.worker")
 
 NEVER = 2**31 - 1  # the old generation's threshold when full collections are left to sweeps
-YOUNG = (20_000, 20)  # the young generations' thresholds (gc_thresholds)
+OFF = (0, 0)  # gc_thresholds' default: a threshold of 0 turns automatic collection off
+YOUNG = (20_000, 20)  # the young generations' thresholds when they run (sessions 18-23)
 AUTO_FULL = 20  # the old generation's threshold with gc_auto_full
 
 
@@ -86,12 +86,15 @@ class Collector:
 
 
 def tune(
-    metrics: Metrics | None = None, young: tuple[int, int] = YOUNG, *, auto_full: bool = False
+    metrics: Metrics | None = None, young: tuple[int, int] = OFF, *, auto_full: bool = False
 ) -> Collector:
     """Freeze what exists, set the thresholds (``young``, then :data:`NEVER` or, with
-    ``auto_full``, :data:`AUTO_FULL`) and observe every collection in ``metrics``."""
+    ``auto_full``, :data:`AUTO_FULL`; ``young`` 0 / 0 turns automatic collection off, unless
+    ``auto_full`` asks for it: then :data:`YOUNG`) and observe every collection in ``metrics``."""
     gc.collect()
     gc.freeze()
+    if auto_full and young[0] == 0:
+        young = YOUNG
     gc.set_threshold(*young, AUTO_FULL if auto_full else NEVER)
     collector = Collector()
     if metrics is None:

@@ -84,11 +84,15 @@ SWEEP: dict[str, dict[str, Any]] = {
     # terminal-labels topic nor publishes its own (streams/terminal_feed.py; the default before
     # session 14). With one worker the feed only reads its own labels back, and skips them.
     "no-terminal-feed": {"terminal_feed": False},
-    # CPython's own full collections (after gc_pauses.tune), instead of sweeps only
-    # (streams/gc_pauses.py; the default before session 18).
+    # CPython's own young and full collections (after gc_pauses.tune: 20,000 / 20 / 20), instead
+    # of sweeps only (streams/gc_pauses.py; the default before session 18).
     "gc-auto-full": {"gc_auto_full": True},
-    # CPython's own young-generation thresholds (700 / 10) instead of 20,000 / 20.
+    # Young collections as CPython runs them (700 / 10) or as the worker did in sessions 18-23
+    # (20,000 / 20), instead of none (the default since session 24: sweeps only).
     "gc-young-700": {"gc_thresholds": "[700, 10]"},  # as JSON: the environment variable
+    "gc-young-20000": {"gc_thresholds": "[20000, 20]"},
+    # No automatic collection (threshold 0), spelled out: the default since session 24.
+    "gc-off": {"gc_thresholds": "[0, 0]"},
 }
 # (b) calls the model one transaction at a time, where oneDNN is slowest (batch 1: 0.40 ms
 # against 0.11 with Paddle's own kernels, results/predictor.json): its "default" runs with oneDNN

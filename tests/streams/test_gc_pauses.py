@@ -95,3 +95,30 @@ def test_auto_full_brings_back_the_earlier_thresholds() -> None:
     finally:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
+
+
+def test_by_default_the_collector_never_runs_on_its_own_and_sweeps_free_what_waited() -> None:
+    """The worker's default (Settings().gc_thresholds): no automatic collection at all; a cycle
+    that became garbage waits for a sweep, which frees it."""
+    from modeling.settings import Settings
+
+    thresholds, callbacks = gc.get_threshold(), list(gc.callbacks)
+    metrics = Metrics()
+    _Node.freed.clear()
+    try:
+        collector = gc_pauses.tune(metrics, Settings().gc_thresholds)
+        assert gc.get_threshold() == (0, 0, gc_pauses.NEVER)
+        _cycle("waits")
+        survivors = [[i] for i in range(100_000)]  # allocations that would have run collections
+        count = metrics.registry.get_sample_value
+        for generation in ("0", "1", "2"):
+            assert count("riskstream_gc_pause_seconds_count", {"generation": generation}) is None
+        assert "waits" not in _Node.freed
+        assert collector.sweep("test") >= 2
+        assert _Node.freed.count("waits") == 2
+        assert count("riskstream_gc_collected_objects_total", {"generation": "sweep"}) >= 2
+        del survivors
+    finally:
+        gc.callbacks[:] = callbacks
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()

@@ -18,8 +18,8 @@ Policies, each run in a fresh process, alternated ``--rounds`` times in one invo
 * ``python-defaults``: CPython's collector as it comes (thresholds 700 / 10 / 10).
 * ``auto-full``: ``streams.gc_pauses.tune(auto_full=True)``: frozen at start, thresholds
   20,000 / 20 / 20 (the worker before session 18; ``gc_auto_full = true``).
-* ``sweeps``: ``tune()``: the same young thresholds, without automatic full collections (the
-  worker's default).
+* ``sweeps``: the same young thresholds, without automatic full collections (the worker's
+  default in sessions 18-23; since session 24 it runs no automatic collection at all).
 * ``sweeps-700``: CPython's young thresholds (700 / 10), without automatic full collections
   (``gc_thresholds = [700, 10]``).
 

@@ -202,6 +202,18 @@ class WorkerProc:
                 found.append(int(stat.parent.name))
         return found
 
+    def exits(self, why: str, timeout: float = 120.0) -> tuple[int, str]:
+        """Wait for a worker that must stop on its own (bad credentials, say): its exit code and
+        its log. One still running after ``timeout`` is killed and fails the test, saying ``why``
+        it should have stopped."""
+        assert self.proc is not None
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"the worker kept running {why}\n{self.log_tail()}") from None
+        return code, self.log_path.read_text(errors="replace")
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)

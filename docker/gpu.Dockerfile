@@ -20,7 +20,8 @@ FROM paddlepaddle/paddle:3.3.0-gpu-cuda12.6-cudnn9.5
 #   2. every other dependency, read from pyproject.toml by docker/pyproject_deps.py, which leaves
 #      out `paddlepaddle` (the CPU build: installing it would overwrite the `paddle` package of
 #      paddlepaddle-gpu, as both ship the same modules);
-#   3. riskstream itself with `pip install --no-deps .`.
+#   3. the `kerberos` extra, read the same way (`--extra kerberos`);
+#   4. riskstream itself with `pip install --no-deps .`.
 # pyproject.toml remains the only dependency list. uv is used only to fetch a pinned standalone
 # CPython 3.11 build, instead of adding a third-party PPA to the base image's apt sources.
 COPY --from=ghcr.io/astral-sh/uv:0.9.26 /uv /usr/local/bin/uv
@@ -52,6 +53,12 @@ RUN groupadd --system --gid 10001 riskstream \
     && mkdir -p /var/lib/riskstream/registry \
     && chown -R riskstream:riskstream /var/lib/riskstream
 
+# The kerberos extra (Kafka's SASL GSSAPI), as in the CPU image: gssapi has no Linux wheels on
+# PyPI, so pip builds it against MIT Kerberos (libkrb5-dev, which brings libgssapi-krb5-2).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev libkrb5-dev \
+    && rm -rf /var/lib/apt/lists/*
+
 RUN uv venv --seed --python 3.11 /opt/riskstream \
     && python -m pip install "paddlepaddle-gpu==${PADDLE_VERSION}" -i "${PADDLE_INDEX}"
 
@@ -62,6 +69,7 @@ COPY modeling ./modeling
 COPY streams ./streams
 COPY training ./training
 RUN python docker/pyproject_deps.py --exclude paddlepaddle > deps-from-pyproject.txt \
+    && python docker/pyproject_deps.py --extra kerberos >> deps-from-pyproject.txt \
     && python -m pip install -r deps-from-pyproject.txt \
     && python -m pip install --no-deps . \
     && python -m pip show paddlepaddle-gpu > /dev/null \

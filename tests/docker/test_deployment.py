@@ -404,11 +404,17 @@ def test_gpu_image_installs_from_pyproject_with_the_gpu_build_of_paddle() -> Non
     paddle = next(r for r in reqs if r.name == "paddlepaddle")
     assert version in paddle.specifier, f"pyproject.toml wants {paddle}"
 
-    # 2. the rest of pyproject.toml's dependencies, listed by docker/pyproject_deps.py; 3. riskstream.
+    # 2. the rest of pyproject.toml's dependencies and 3. its kerberos extra (Kafka's SASL
+    #    GSSAPI, as in the CPU image), listed by docker/pyproject_deps.py; 4. riskstream.
     assert installs[1:] == [["-r"], ["."]]
     assert "docker/pyproject_deps.py --exclude paddlepaddle > deps-from-pyproject.txt" in text
+    assert "docker/pyproject_deps.py --extra kerberos >> deps-from-pyproject.txt" in text
     assert "-r deps-from-pyproject.txt" in text
     assert "--no-deps ." in text
+    # gssapi has no Linux wheels: pip builds it, against MIT Kerberos's headers, before that install
+    krb = re.search(r"apt-get install -y --no-install-recommends ([^\n\\&]+)", text)
+    assert krb and {"gcc", "libkrb5-dev"} <= set(krb.group(1).split()), "the GPU image can build gssapi"
+    assert text.index("libkrb5-dev") < text.index("-r deps-from-pyproject.txt")
 
 
 def test_images_copy_no_requirements_file() -> None:

@@ -59,8 +59,15 @@ thread holding the GIL (where the worker's one-core ceiling goes). Give that opt
 its value starts with ``--``.
 
 ``--latency-rate R`` feeds every setting at ``R`` × ``--latency-fraction`` instead of its own
-measured rate, to compare settings at one rate (the run order matters on a shared machine: a
-fresh broker's JIT warms up during the first runs; alternate the order between invocations).
+measured rate, to compare settings at one rate (the run order matters on a shared machine:
+alternate the order between invocations). ``NAME--2`` (``--3``, …) in ``--sweep`` or
+``--latency-settings`` runs the entry ``NAME`` once more, so that one invocation alternates two
+settings: ``--sweep default,batch512-model256,default--2,batch512-model256--2``.
+
+Before the first timed run, ``--broker-warmup N`` (1) untimed relay drains of the backlog warm
+the broker's fetch path up: a fresh broker's JIT compiles it during the first drains, and
+without them the first timed run, (a) with default settings, was the slowest (a) run in 5 of 6
+invocations in session 25. Their rates are in ``broker_warmup``.
 
 Every run records the CPU seconds of the process under test (with its child processes: the
 inference children of ``inference_process``), of its main thread (the event
@@ -107,7 +114,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # workerbench/, howeve
 # "X as X": re-exported, bench_pipeline.py imports DATA, load_messages, machine_info and
 # train_registry from here
 from workerbench.config import DATA as DATA
-from workerbench.config import DAY_MS, DEFAULT_WORKER, PARTITIONS, PLAIN_SWEEP, QUICK_SWEEP, SWEEP
+from workerbench.config import (
+    DAY_MS,
+    DEFAULT_WORKER,
+    PARTITIONS,
+    PLAIN_SWEEP,
+    QUICK_SWEEP,
+    SWEEP,
+    sweep_entry,
+)
 from workerbench.kafka import Topics, create_topics, relay, settings_for, work_floor
 from workerbench.latency import run_latency, run_relay_latency
 from workerbench.messages import build_warm_state
@@ -142,11 +157,21 @@ async def bench(args: argparse.Namespace, ctx: Ctx, result: dict[str, Any]) -> N
         )
 
     labels = args.sweep.split(",") if args.sweep else list(QUICK_SWEEP if args.quick else SWEEP)
-    unknown = [x for x in labels if x not in SWEEP]
+    unknown = [x for x in labels if sweep_entry(x) not in SWEEP]
     if unknown:
         raise SystemExit(f"unknown sweep settings {unknown}; choose from {list(SWEEP)}")
+    if len(set(labels)) != len(labels):
+        raise SystemExit(f"a sweep label twice in {labels}: repeat an entry as NAME--2, NAME--3, ...")
     if "default" in labels:
         labels.remove("default")
+    warmups: list[dict[str, Any]] = result["broker_warmup"]
+    for i in range(args.broker_warmup):
+        # A fresh broker's JIT compiles its fetch path during the first drains: the first timed
+        # run was the slowest (a) run in 5 of 6 invocations of session 25 until this was added.
+        print(f"warming the broker up: relay drain {i + 1} of {args.broker_warmup} (untimed)", flush=True)
+        w = await run_relay(ctx, f"warm{i}")
+        warmups.append({k: w.get(k) for k in ("messages_per_s", "span_s", "broker_cpu_s", "status")})
+        print(f"  {warmups[-1]}", flush=True)
     print("(a) worker, default settings", flush=True)
     keep(await run_worker(ctx, "default", {}))
     if not args.skip_baselines:
@@ -162,8 +187,9 @@ async def bench(args: argparse.Namespace, ctx: Ctx, result: dict[str, Any]) -> N
             print("(e) work floor with the feature engine on in-memory state", flush=True)
             keep(await run_floor(ctx, (args.file, args.transactions, args.start_day)))
     for label in labels:
-        print(f"(a) worker, {label}: {SWEEP[label]}", flush=True)
-        keep(await run_worker(ctx, label, SWEEP[label]))
+        entry = SWEEP[sweep_entry(label)]
+        print(f"(a) worker, {label}: {entry}", flush=True)
+        keep(await run_worker(ctx, label, entry))
     measured = {r["label"]: r.get("messages_per_s") for r in runs if r["system"] == "a"}
     pacings = ("constant", "speed") if args.latency_pacing == "both" else (args.latency_pacing,)
     for label in args.latency_settings.split(",") if args.latency_seconds > 0 else ():
@@ -222,7 +248,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--file", type=Path, default=DATA)
     ap.add_argument("--registry", type=Path, help="reuse a registry with a published behaviour model")
     ap.add_argument("--bootstrap", help="use this broker instead of starting a local one")
-    ap.add_argument("--sweep", help=f"comma-separated worker settings for (a), of {','.join(SWEEP)}")
+    ap.add_argument(
+        "--sweep",
+        help=f"comma-separated worker settings for (a), of {','.join(SWEEP)}; NAME--2 runs NAME again",
+    )
     ap.add_argument(
         "--quick", action="store_true", help=f"sweep only {','.join(QUICK_SWEEP)}; (b) default only"
     )
@@ -247,6 +276,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--latency-settings", default="default", help="comma-separated (a) settings measured for latency"
     )
     ap.add_argument("--warmup", type=int, default=500, help="messages sent before the paced feed")
+    ap.add_argument(
+        "--broker-warmup",
+        type=int,
+        default=1,
+        help="untimed relay drains of the backlog before the first timed run (the broker's JIT)",
+    )
     ap.add_argument(
         "--no-relay-latency",
         dest="relay_latency",
@@ -307,6 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # modeling/native.py: null when the compiled hot-path modules ran, else why the sources did
         "sources_loaded_because": why_sources(),
         "runs": [],
+        "broker_warmup": [],
         "latency": [],
     }
     test_cpus: frozenset[int] | None = None

@@ -11,21 +11,32 @@ DATA = ROOT.parent / "shared" / "data" / "handbook_2w.parquet"
 PARTITIONS = 4
 DAY_MS = 86_400_000
 
-# Worker settings tried for (a); "default" spells out the settings' defaults. ``loglevel`` is the
-# worker's --loglevel (default info); the rest are RISKSTREAM_* settings.
-DEFAULT_WORKER: dict[str, Any] = {
-    "pipeline_max_batch": 512,
-    "pipeline_max_wait_ms": 20,
-    "model_max_batch": 256,
-    "model_pad_step": 32,
-    "state_flush_interval_ms": 1000,
-    "consumer_in_loop": True,
-    "input_align_max_idle_ms": 100,
-    "terminal_overlay": True,
-    "input_align_labels": True,
-    "terminal_feed": True,
-    "loglevel": "info",
-}
+# Worker settings tried for (a); "default" spells out the settings' defaults, read from
+# ``modeling.settings.Settings`` (a copy here went stale once: session 25 changed the batch
+# sizes, and "default" kept running the old ones). ``loglevel`` is the worker's --loglevel
+# (default info); the rest are RISKSTREAM_* settings.
+_DEFAULT_SETTINGS = (
+    "pipeline_max_batch",
+    "pipeline_max_wait_ms",
+    "model_max_batch",
+    "model_pad_step",
+    "state_flush_interval_ms",
+    "consumer_in_loop",
+    "input_align_max_idle_ms",
+    "terminal_overlay",
+    "input_align_labels",
+    "terminal_feed",
+)
+
+
+def _defaults() -> dict[str, Any]:
+    from modeling.settings import Settings
+
+    fields = Settings.model_fields
+    return {**{k: fields[k].default for k in _DEFAULT_SETTINGS}, "loglevel": "info"}
+
+
+DEFAULT_WORKER: dict[str, Any] = _defaults()
 SWEEP: dict[str, dict[str, Any]] = {
     "default": {},
     "batch256": {"pipeline_max_batch": 256},
@@ -35,6 +46,10 @@ SWEEP: dict[str, dict[str, Any]] = {
     # Aligned input mixes the topics in every batch: about 30 % of a batch's messages are
     # transactions, so 1,536 messages make model calls of about 460 rows.
     "batch1536-model512": {"pipeline_max_batch": 1536, "model_max_batch": 512},
+    "batch1024-model512": {"pipeline_max_batch": 1024, "model_max_batch": 512},
+    "batch2048-model512": {"pipeline_max_batch": 2048, "model_max_batch": 512},
+    # The defaults before session 25 (since session 25: 1,536 messages, 512 rows)
+    "batch512-model256": {"pipeline_max_batch": 512, "model_max_batch": 256},
     "model64": {"model_max_batch": 64},
     # The hot-path modules as Python, not compiled by mypyc (modeling/native.py)
     "pure-python": {"pure_python": True},
@@ -67,6 +82,9 @@ SWEEP: dict[str, dict[str, Any]] = {
     # The behaviour model in a child process (modeling/inference_process.py): a model call no
     # longer holds the worker's GIL, so the event loop (fetches included) goes on meanwhile.
     "inference-process": {"inference_process": True},
+    # Paddle's CPU kernels on two threads (the default is one): the model call holds the worker's
+    # GIL either way, so the second thread runs while the event loop waits for it.
+    "threads2": {"cpu_threads": 2},
     # Faust's consumer in its own thread, as before streams/in_loop.py (the default runs it on the
     # worker's event loop).
     "consumer-thread": {"consumer_in_loop": False},
@@ -102,3 +120,10 @@ PLAIN_SWEEP: dict[str, dict[str, Any]] = {
     "onednn-on": {"use_onednn": True},
 }
 QUICK_SWEEP = ("default", "flush-every-batch")
+
+
+def sweep_entry(label: str) -> str:
+    """The SWEEP entry a run label names: ``NAME--2`` (``--3``, …) runs ``NAME`` once more, so
+    that one invocation can alternate two settings (A B A B)."""
+    name, sep, n = label.partition("--")
+    return name if sep and n.isdigit() else label

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from workerbench.config import DEFAULT_WORKER, SWEEP
+from workerbench.config import DEFAULT_WORKER, SWEEP, sweep_entry
 from workerbench.kafka import Topics, create_topics, end_count, read_all, settings_for
 from workerbench.measure import batch_stats, over_time, pcts, per_second, scrape_stalls, watch
 from workerbench.messages import event_time
@@ -126,7 +126,7 @@ async def run_latency(
     from streams.replay import replay_events
 
     tag = f"lat-{label}-{pacing}" + (f"-{profile_as}" if profile_as else "")
-    worker = {**DEFAULT_WORKER, **SWEEP[label]}
+    worker = {**DEFAULT_WORKER, **SWEEP[sweep_entry(label)]}
     topics = Topics(ctx.name(f"{tag}-tx"), ctx.name(f"{tag}-clicks"), ctx.name(f"{tag}-labels"))
     out = ctx.name(f"{tag}-risk")
     await create_topics(

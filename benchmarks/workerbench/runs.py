@@ -34,10 +34,10 @@ async def run_plain(ctx: Ctx, label: str, overrides: dict[str, Any]) -> dict[str
     return {"system": "b", "label": label, "settings": worker, **risk_stats(res, ctx.msgs)}
 
 
-async def run_relay(ctx: Ctx) -> dict[str, Any]:
-    out = ctx.name("c-out")
+async def run_relay(ctx: Ctx, tag: str = "c") -> dict[str, Any]:
+    out = ctx.name(f"{tag}-out")
     await create_topics(ctx.bootstrap, [out])
-    proc = relay_proc(ctx, "c", ctx.backlog, out)
+    proc = relay_proc(ctx, tag, ctx.backlog, out)
     res = await watch(ctx, proc, out, ctx.msgs.counts["messages"], ctx.timeout)
     return {"system": "c", "label": "raw-aiokafka", **relay_stats(res)}
 

@@ -65,9 +65,9 @@ alternate the order between invocations). ``NAME--2`` (``--3``, …) in ``--swee
 settings: ``--sweep default,batch512-model256,default--2,batch512-model256--2``.
 
 Before the first timed run, ``--broker-warmup N`` (1) untimed relay drains of the backlog warm
-the broker's fetch path up: a fresh broker's JIT compiles it during the first drains, and
-without them the first timed run, (a) with default settings, was the slowest (a) run in 5 of 6
-invocations in session 25. Their rates are in ``broker_warmup``.
+the broker up. A fresh broker's first drains were slower (most likely the JVM's JIT compiling
+its fetch path): without them the first timed run, (a) with default settings, was the slowest
+(a) run in 5 of 6 invocations in session 25. Their rates are in ``broker_warmup``.
 
 Every run records the CPU seconds of the process under test (with its child processes: the
 inference children of ``inference_process``), of its main thread (the event
@@ -166,8 +166,8 @@ async def bench(args: argparse.Namespace, ctx: Ctx, result: dict[str, Any]) -> N
         labels.remove("default")
     warmups: list[dict[str, Any]] = result["broker_warmup"]
     for i in range(args.broker_warmup):
-        # A fresh broker's JIT compiles its fetch path during the first drains: the first timed
-        # run was the slowest (a) run in 5 of 6 invocations of session 25 until this was added.
+        # A fresh broker's first drains are slower (most likely its JIT): the first timed run was
+        # the slowest (a) run in 5 of 6 invocations of session 25 until this was added.
         print(f"warming the broker up: relay drain {i + 1} of {args.broker_warmup} (untimed)", flush=True)
         w = await run_relay(ctx, f"warm{i}")
         warmups.append({k: w.get(k) for k in ("messages_per_s", "span_s", "broker_cpu_s", "status")})
@@ -280,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--broker-warmup",
         type=int,
         default=1,
-        help="untimed relay drains of the backlog before the first timed run (the broker's JIT)",
+        help="untimed relay drains of the backlog before the first timed run (a fresh broker is slower)",
     )
     ap.add_argument(
         "--no-relay-latency",

@@ -83,7 +83,8 @@ SWEEP: dict[str, dict[str, Any]] = {
     # longer holds the worker's GIL, so the event loop (fetches included) goes on meanwhile.
     "inference-process": {"inference_process": True},
     # Paddle's CPU kernels on two threads (the default is one): the model call holds the worker's
-    # GIL either way, so the second thread runs while the event loop waits for it.
+    # GIL either way. Session 25: slower, and half the messages per CPU-second (oneDNN's second
+    # thread spins on the vCPU the broker needs).
     "threads2": {"cpu_threads": 2},
     # Faust's consumer in its own thread, as before streams/in_loop.py (the default runs it on the
     # worker's event loop).

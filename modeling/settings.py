@@ -80,8 +80,8 @@ class Settings(BaseSettings):
     # A batch is taken at once when this many messages wait (catching up), otherwise
     # pipeline_max_wait_ms after its first: live traffic makes batches far below the maximum.
     # 1,536 messages hold about 470 transactions, one model call of up to model_max_batch rows
-    # (about 5-12 ms on one core with oneDNN): draining a backlog, 6-54 % faster than 512 / 256
-    # in six side-by-side pairs (benchmarks/README.md, session 25).
+    # (about 5 ms alone on one core with oneDNN, 12 ms in a draining worker): draining a backlog,
+    # 15-46 % faster than 512 / 256 beside it (A-B-A-B-A, benchmarks/README.md, session 25).
     pipeline_max_batch: int = Field(default=1536, ge=1)
     pipeline_max_wait_ms: float = Field(default=20.0, gt=0)
     model_max_batch: int = Field(default=512, ge=1)

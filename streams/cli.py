@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="riskstream: a streaming fraud scorer on Kafka, Faust and Paddle Inference.",
         epilog="Settings come from RISKSTREAM_* environment variables and --config (README).",
     )
-    parser.add_argument("--config", help="TOML settings file (environment variables RISKSTREAM_* win)")
+    config_help = "TOML settings file (environment variables RISKSTREAM_* win)"
+    parser.add_argument("--config", help=config_help)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, modname in COMMANDS.items():
         try:
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        # after the command too (`riskstream worker --config F`); SUPPRESS: absent, it leaves
+        # the value given before the command
+        p.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser

@@ -223,8 +223,8 @@ def test_worker_joining_mid_stream_rebalances_without_hang_or_loss(
     n_tx = sum(isinstance(e, Transaction) for e in events)
     step = len(events) // 16 + 1
     chunks = [events[i : i + step] for i in range(0, len(events), step)]
-    # Small batches: the input buffer's high-water mark (4 batches) is 128 messages, so it is
-    # full whenever input is waiting, and a rebalance finds it full.
+    # Small batches (32 messages), so that many are in flight when partitions move; the input
+    # buffer's high-water mark is 16 batches with the alignment on (streams/wiring.py).
     small = {"RISKSTREAM_PIPELINE_MAX_BATCH": "32"}
     w1 = WorkerProc(sc, "first", env=small).start()
     w2 = WorkerProc(sc, "joiner", env=small)

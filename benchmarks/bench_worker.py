@@ -67,7 +67,10 @@ settings: ``--sweep default,batch512-model256,default--2,batch512-model256--2``.
 Before the first timed run, ``--broker-warmup N`` (1) untimed relay drains of the backlog warm
 the broker up. A fresh broker's first drains were slower (most likely the JVM's JIT compiling
 its fetch path): without them the first timed run, (a) with default settings, was the slowest
-(a) run in 5 of 6 invocations in session 25. Their rates are in ``broker_warmup``.
+(a) run in 5 of 6 invocations in session 25. Their rates are in ``broker_warmup``. Before the
+first timed latency run, ``--broker-warmup-feed N`` (2) untimed paced feeds of (a) default at
+that run's rate do the same for the paced paths (``workerbench.latency.warm_paced``); their
+figures are in ``broker_warmup_feed``.
 
 Every run records the CPU seconds of the process under test (with its child processes: the
 inference children of ``inference_process``), of its main thread (the event
@@ -124,14 +127,14 @@ from workerbench.config import (
     sweep_entry,
 )
 from workerbench.kafka import Topics, create_topics, relay, settings_for, work_floor
-from workerbench.latency import run_latency, run_relay_latency
+from workerbench.latency import run_latency, run_relay_latency, warm_paced
 from workerbench.messages import build_warm_state
 from workerbench.messages import load_messages as load_messages
 from workerbench.messages import train_registry as train_registry
 from workerbench.procs import Ctx
 from workerbench.report import print_table, summarize
 from workerbench.runs import run_floor, run_plain, run_profiles, run_relay, run_worker
-from workerbench.system import loadavg
+from workerbench.system import filesystem_of, loadavg
 from workerbench.system import machine_info as machine_info
 
 from modeling.native import why_sources
@@ -192,7 +195,16 @@ async def bench(args: argparse.Namespace, ctx: Ctx, result: dict[str, Any]) -> N
         keep(await run_worker(ctx, label, entry))
     measured = {r["label"]: r.get("messages_per_s") for r in runs if r["system"] == "a"}
     pacings = ("constant", "speed") if args.latency_pacing == "both" else (args.latency_pacing,)
-    for label in args.latency_settings.split(",") if args.latency_seconds > 0 else ():
+    latency_labels = args.latency_settings.split(",") if args.latency_seconds > 0 else []
+    first_rate = args.latency_rate or next((measured[x] for x in latency_labels if measured.get(x)), None)
+    for i in range(args.broker_warmup_feed):
+        if not first_rate:
+            break
+        print(f"warming the broker up: paced feed {i + 1} of {args.broker_warmup_feed} (untimed)", flush=True)
+        w = await warm_paced(ctx, i, first_rate, args.latency_fraction, args.latency_seconds, args.warmup)
+        result["broker_warmup_feed"].append(w)
+        print(f"  {w}", flush=True)
+    for label in latency_labels:
         rate = args.latency_rate or measured.get(label)
         if not rate:
             print(f"no measured rate for {label!r}: latency run skipped", flush=True)
@@ -283,6 +295,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="untimed relay drains of the backlog before the first timed run (a fresh broker is slower)",
     )
     ap.add_argument(
+        "--broker-warmup-feed",
+        type=int,
+        default=2,
+        help="untimed paced feeds of (a) default before the first timed latency run (the broker's "
+        "first paced feeds cost it 2-4x the CPU of later ones)",
+    )
+    ap.add_argument(
         "--no-relay-latency",
         dest="relay_latency",
         action="store_false",
@@ -343,6 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sources_loaded_because": why_sources(),
         "runs": [],
         "broker_warmup": [],
+        "broker_warmup_feed": [],
         "latency": [],
     }
     test_cpus: frozenset[int] | None = None
@@ -471,17 +491,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 shutil.rmtree(folder, ignore_errors=True)
     return 0
-
-
-def filesystem_of(path: Path) -> str | None:
-    """The type of the filesystem ``path`` lies on (the longest mount point above it)."""
-    best, kind, where = "", None, path.resolve()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/mounts").read_text().splitlines():
-            parts = line.split()
-            if len(parts) >= 3 and where.is_relative_to(parts[1]) and len(parts[1]) > len(best):
-                best, kind = parts[1], parts[2]
-    return kind
 
 
 if __name__ == "__main__":

@@ -118,14 +118,16 @@ async def run_latency(
     pacing: str,
     warmup: int,
     profile_as: str | None = None,
+    tag_suffix: str = "",
 ) -> dict[str, Any]:
-    """Fresh topics, one default worker, a constant (or event-time) paced feed; percentiles."""
+    """Fresh topics, one default worker, a constant (or event-time) paced feed; percentiles.
+    ``tag_suffix`` names another set of topics for the same label (the untimed warm-up feeds)."""
     import orjson
 
     from modeling.records import Transaction
     from streams.replay import replay_events
 
-    tag = f"lat-{label}-{pacing}" + (f"-{profile_as}" if profile_as else "")
+    tag = f"lat-{label}-{pacing}" + (f"-{profile_as}" if profile_as else "") + tag_suffix
     worker = {**DEFAULT_WORKER, **SWEEP[sweep_entry(label)]}
     topics = Topics(ctx.name(f"{tag}-tx"), ctx.name(f"{tag}-clicks"), ctx.name(f"{tag}-labels"))
     out = ctx.name(f"{tag}-risk")
@@ -215,6 +217,23 @@ async def run_latency(
         }
     )
     return {"system": "a", "label": f"latency-{label}-{pacing}", "settings": worker, **res}
+
+
+async def warm_paced(
+    ctx: Ctx, i: int, rate: float, fraction: float, seconds: float, warmup: int
+) -> dict[str, Any]:
+    """One untimed paced feed of (a) default (``--broker-warmup-feed``), on topics of its own.
+
+    In every invocation of sessions 25 and 26 the broker's CPU over the first paced feeds was
+    2-4x that of the later ones, whatever their settings (7.2, 3.7, 2.1, 1.7 s; 8.3, 5.3, 3.0,
+    2.3 s; 6.4, 3.9, 2.9, 2.3 s), and the worker waited for a CPU accordingly: the first timed
+    latency run met a broker still warming up on the paced paths (most likely its JIT), which
+    the drains before it do not exercise."""
+    w = await run_latency(ctx, "default", rate, fraction, seconds, "constant", warmup, tag_suffix=f"-warm{i}")
+    keep = ("status", "span_s", "broker_cpu_s", "process_cpu_s", "main_thread_runqueue_wait_s")
+    row: dict[str, Any] = {k: w.get(k) for k in (*keep, "machine_steal_s")}
+    row.update(fed=w["feed"].get("rate"), p50_ms=w["end_to_end_ms"]["p50"], p99_ms=w["end_to_end_ms"]["p99"])
+    return row
 
 
 async def run_relay_latency(ctx: Ctx, rate: float, seconds: float, warmup: int) -> dict[str, Any]:

@@ -171,3 +171,14 @@ class HarnessGC:
             "pause_ms_total": round(sum(p) * 1000, 1),
             "pause_ms_max": round(p[-1] * 1000, 1) if p else 0.0,
         }
+
+
+def filesystem_of(path: Path) -> str | None:
+    """The type of the filesystem ``path`` lies on (the longest mount point above it)."""
+    best, kind, where = "", None, path.resolve()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and where.is_relative_to(parts[1]) and len(parts[1]) > len(best):
+                best, kind = parts[1], parts[2]
+    return kind

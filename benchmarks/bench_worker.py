@@ -196,7 +196,8 @@ async def bench(args: argparse.Namespace, ctx: Ctx, result: dict[str, Any]) -> N
     measured = {r["label"]: r.get("messages_per_s") for r in runs if r["system"] == "a"}
     pacings = ("constant", "speed") if args.latency_pacing == "both" else (args.latency_pacing,)
     latency_labels = args.latency_settings.split(",") if args.latency_seconds > 0 else []
-    first_rate = args.latency_rate or next((measured[x] for x in latency_labels if measured.get(x)), None)
+    rates = [args.latency_rate or measured.get(x) for x in latency_labels]
+    first_rate = next((r for r in rates if r), None)  # None: no latency run, so no warm-up
     for i in range(args.broker_warmup_feed):
         if not first_rate:
             break

@@ -205,8 +205,7 @@ async def bench(args: argparse.Namespace, ctx: Ctx, result: dict[str, Any]) -> N
         w = await warm_paced(ctx, i, first_rate, args.latency_fraction, args.latency_seconds, args.warmup)
         result["broker_warmup_feed"].append(w)
         print(f"  {w}", flush=True)
-    for label in latency_labels:
-        rate = args.latency_rate or measured.get(label)
+    for label, rate in zip(latency_labels, rates, strict=True):
         if not rate:
             print(f"no measured rate for {label!r}: latency run skipped", flush=True)
             continue

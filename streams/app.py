@@ -236,6 +236,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
             settings.pipeline_max_batch,
             within,
             stage.handle,
+            max_age_s=settings.pipeline_max_age_ms / 1000.0,
         ),
         BatchLoop(app, "terminals", term_buffer, settings.pipeline_max_batch, within, terminal_loop.handle),
     )

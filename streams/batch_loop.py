@@ -2,7 +2,8 @@
 
 One loop per :class:`streams.intake.InputBuffer`. Per batch:
 
-1. :meth:`InputBuffer.take` — up to ``max_n`` messages, at most ``max_wait_s`` after the first.
+1. :meth:`InputBuffer.take` — up to ``max_n`` messages, at most ``max_wait_s`` after the first
+   (and, with ``max_age_s``, at most that after the oldest one's Kafka timestamp).
 2. Flow control: while Faust is rebalancing the loop waits; messages fetched under an older
    consumer generation are dropped untracked (the partition's next owner fetches them again from
    the committed offset), exactly as a Faust ``Stream`` skips them.
@@ -86,13 +87,21 @@ class InOrderAcks:
 
 class BatchLoop:
     def __init__(
-        self, app: Any, name: str, buffer: InputBuffer, max_n: int, max_wait_s: float, handle: Handler
+        self,
+        app: Any,
+        name: str,
+        buffer: InputBuffer,
+        max_n: int,
+        max_wait_s: float,
+        handle: Handler,
+        max_age_s: float = 0.0,
     ) -> None:
         self.app = app
         self.name = name
         self.buffer = buffer
         self.max_n = max_n
         self.max_wait_s = max_wait_s
+        self.max_age_s = max_age_s
         self.handle = handle
         self._crash: asyncio.Future[Any] | None = None  # holds the crash task while it runs
         self.acks = InOrderAcks(lambda m: self.app.consumer.ack(m), self._failed)
@@ -110,7 +119,7 @@ class BatchLoop:
 
     async def run_once(self) -> None:
         app = self.app
-        taken = await self.buffer.take(self.max_n, self.max_wait_s)
+        taken = await self.buffer.take(self.max_n, self.max_wait_s, self.max_age_s)
         if not app.flow_control.is_active():
             await app.flow_control.acquire()
         gen = app.consumer_generation_id

@@ -226,6 +226,7 @@ class InputBuffer:
         high_water: int,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         align: Alignment | None = None,
         tp_limit: int | None = None,
         hold: Callable[[Any], object] | None = None,
@@ -235,6 +236,7 @@ class InputBuffer:
         self.high_water = high_water
         self.align = align
         self._clock = clock
+        self._wall = wall  # the clock Kafka timestamps are read against (take's max_age_s)
         self._q: dict[Any, deque[tuple[float, Any, int]]] = {}  # tp -> (receipt, message, seq)
         self._n = 0
         self._seq = 0
@@ -335,6 +337,16 @@ class InputBuffer:
     def _oldest_receipt(self) -> float:
         return min(d[0][0] for d in self._q.values() if d)
 
+    def _age_deadline(self, max_age_s: float) -> float:
+        """When the oldest buffered head (by Kafka timestamp, ms since the epoch) is ``max_age_s``
+        old, on this buffer's clock; infinity without timestamps. The timestamps come from the
+        producers' clocks (or the broker's, with LogAppendTime): a producer clock behind this
+        host's makes batches close sooner, never later than ``max_wait_s``."""
+        stamped: list[float] = [d[0][1].timestamp for d in self._q.values() if d and d[0][1].timestamp]
+        if not stamped:
+            return math.inf
+        return self._clock() + (min(stamped) / 1000.0 + max_age_s - self._wall())
+
     def _buffered(self, tp: Any) -> bool:
         d = self._q.get(tp)
         return bool(d)
@@ -343,14 +355,18 @@ class InputBuffer:
         d = self._q.get(tp)
         return (d[0][1].timestamp or 0.0) if d else None
 
-    async def take(self, max_n: int, max_wait_s: float) -> Taken:
+    async def take(self, max_n: int, max_wait_s: float, max_age_s: float = 0.0) -> Taken:
         """Up to ``max_n`` messages; waits at most ``max_wait_s`` after the oldest one arrived
-        (and, aligned, while every buffered message waits for a lagging partition)."""
+        (and, aligned, while every buffered message waits for a lagging partition). With
+        ``max_age_s``, no longer than that after the oldest buffered head's Kafka timestamp
+        either: a message that took long to arrive does not wait for its batch to fill."""
         while True:
             while not self._n:
                 await self._wait(None)
             if self._n < max_n:
                 deadline = self._oldest_receipt() + max_wait_s
+                if max_age_s > 0:
+                    deadline = min(deadline, self._age_deadline(max_age_s))
                 while self._n < max_n:
                     remaining = deadline - self._clock()
                     if remaining <= 0 or not await self._wait(remaining):

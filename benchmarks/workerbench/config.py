@@ -18,6 +18,7 @@ DAY_MS = 86_400_000
 _DEFAULT_SETTINGS = (
     "pipeline_max_batch",
     "pipeline_max_wait_ms",
+    "pipeline_max_age_ms",
     "model_max_batch",
     "model_pad_step",
     "state_flush_interval_ms",
@@ -37,6 +38,11 @@ def _defaults() -> dict[str, Any]:
 
 
 DEFAULT_WORKER: dict[str, Any] = _defaults()
+_MALLOC_KEEP = {
+    "MALLOC_TRIM_THRESHOLD_": str(256 << 20),
+    "MALLOC_MMAP_THRESHOLD_": str(256 << 20),
+    "MALLOC_TOP_PAD_": str(64 << 20),
+}
 SWEEP: dict[str, dict[str, Any]] = {
     "default": {},
     "batch256": {"pipeline_max_batch": 256},
@@ -59,6 +65,10 @@ SWEEP: dict[str, dict[str, Any]] = {
     "wait10": {"pipeline_max_wait_ms": 10},
     "wait50": {"pipeline_max_wait_ms": 50},
     "wait100": {"pipeline_max_wait_ms": 100},
+    # A batch also closes once its oldest message is this old since its Kafka timestamp
+    # (pipeline_max_age_ms, 30 ms by default since session 27; 0: off, as before)
+    "age-off": {"pipeline_max_age_ms": 0},
+    "age40": {"pipeline_max_age_ms": 40},
     # oneDNN (on by default) caches primitives per input shape, so the worker pads every model
     # call to one of a few row counts; off, Paddle's own CPU kernels run the unpadded batch.
     "onednn-off": {"use_onednn": False},
@@ -98,6 +108,13 @@ SWEEP: dict[str, dict[str, Any]] = {
     # Transactions wait for the labels of their own partition group only, not of every partition
     # (streams/input_buffer.py, LabelRule; the default before session 13).
     "no-label-rule": {"input_align_labels": False},
+    # The C library keeps memory it freed instead of returning it to the kernel (glibc's malloc
+    # tunables), and with it every Python object (PYTHONMALLOC=malloc; pymalloc's arenas go back
+    # to the kernel when empty). Session 27: no gain beyond the spread; pymalloc off is slower.
+    "malloc-keep": {"env": _MALLOC_KEEP},
+    "mmap-only": {"env": {"MALLOC_MMAP_THRESHOLD_": _MALLOC_KEEP["MALLOC_MMAP_THRESHOLD_"]}},
+    "trim-only": {"env": {k: v for k, v in _MALLOC_KEEP.items() if k != "MALLOC_MMAP_THRESHOLD_"}},
+    "pymalloc-off-keep": {"env": {"PYTHONMALLOC": "malloc", **_MALLOC_KEEP}},
     "no-overlay-no-label-rule": {"terminal_overlay": False, "input_align_labels": False},
     # No terminal feed: this worker neither reads other workers' labels and floors from the
     # terminal-labels topic nor publishes its own (streams/terminal_feed.py; the default before

@@ -452,3 +452,38 @@ def test_no_transaction_is_taken_before_a_label_it_may_use(
                 for lb in msgs
                 if lb.tp.topic == "labels" and lb.timestamp <= m.timestamp - lead
             )
+
+
+def test_a_batch_closes_once_its_oldest_message_is_max_age_old() -> None:
+    """``max_age_s`` bounds the wait by the oldest message's Kafka timestamp (ms since the epoch,
+    read against ``wall``): a message that arrived 80 ms after it was stamped waits 20 ms, not the
+    full ``max_wait_s``; a fresh one waits ``max_wait_s``."""
+    wall = [1_000_000.0]  # seconds since the epoch, frozen: only the monotonic clock moves
+
+    async def go(age_at_receipt_s: float, max_age_s: float) -> float:
+        buf = InputBuffer(100, wall=lambda: wall[0])
+        buf.put(Msg(TP("tx", 0), 0, (wall[0] - age_at_receipt_s) * 1000.0))
+        t0 = time.monotonic()
+        got = await buf.take(10, 0.5, max_age_s)
+        assert len(got) == 1
+        return time.monotonic() - t0
+
+    late = asyncio.run(asyncio.wait_for(go(0.08, 0.1), 5))
+    fresh = asyncio.run(asyncio.wait_for(go(0.0, 0.1), 5))
+    older_than_the_bound = asyncio.run(asyncio.wait_for(go(0.3, 0.1), 5))
+    off = asyncio.run(asyncio.wait_for(go(0.3, 0.0), 5))
+    assert 0.01 <= late < 0.06
+    assert 0.08 <= fresh < 0.3  # 100 ms after its stamp, which is when it arrived
+    assert older_than_the_bound < 0.01
+    assert 0.45 <= off < 2.0  # max_age_s 0: the full max_wait_s
+
+
+def test_messages_without_a_timestamp_wait_max_wait() -> None:
+    async def go() -> float:
+        buf = InputBuffer(100)
+        buf.put(Msg(TP("tx", 0), 0, 0.0))
+        t0 = time.monotonic()
+        await buf.take(10, 0.2, 0.01)
+        return time.monotonic() - t0
+
+    assert 0.18 <= asyncio.run(asyncio.wait_for(go(), 5)) < 1.5

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_predictor.py [--quick] [--out benchmarks/results/predictor.json]
     python benchmarks/bench_predictor.py --varying-only [--registry DIR]   # the last table alone
+    python benchmarks/bench_predictor.py --call-sizes [--registry DIR]     # ms per call by size
 
 Exports a FraudNet with the feature engine's input shapes (random weights: speed does not depend
 on their values), then times ``Predictor.predict`` for batch sizes 1…4096 with oneDNN on/off and
@@ -12,6 +13,9 @@ compares sequence encoders (attn, gru, none) on one thread. Results are medians 
 calls; the machine's load average is recorded because shared machines make numbers noisy.
 A last table (``varying_batches``) times calls of varying sizes, as the worker makes them, with
 and without oneDNN and padding (to a power of two rows, or to multiples of 32).
+``--call-sizes`` times one call of each size from 1 to 512 rows, the worker's oneDNN setting
+(padded to multiples of 32) against Paddle's own kernels, alternated over 5 rounds
+(``call_sizes``): where oneDNN's fixed cost per call outweighs its faster kernels.
 """
 
 from __future__ import annotations
@@ -216,6 +220,60 @@ def varying_only(args: argparse.Namespace) -> int:
     return 0
 
 
+CALL_SIZES = (1, 4, 8, 16, 25, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def call_sizes(args: argparse.Namespace) -> int:
+    """``--call-sizes``: ms per call by row count, oneDNN (padded) against Paddle's own kernels,
+    merged into the results file as ``call_sizes``."""
+    f, n, s = shapes()
+    cfg = NetConfig(f, n, s)
+    load = os.getloadavg()
+    variants = {
+        "onednn-pad-step32": PredictorOptions(
+            device="cpu", use_onednn=True, pad_batches=True, model_max_batch=512
+        ),
+        "paddle": PredictorOptions(device="cpu", use_onednn=False, model_max_batch=512),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.registry:
+            from modeling.registry import ModelRegistry
+
+            reg = ModelRegistry(args.registry)
+            model: dict[str, Any] = {"registry": str(args.registry), "version": reg.current("behaviour")}
+            preds = {k: Predictor.load(reg, "behaviour", o) for k, o in variants.items()}
+        else:
+            prog, params, inputs = export(cfg, Path(tmp) / "fraudnet")
+            model = cfg.to_dict()
+            preds = {k: Predictor(prog, params, inputs, o) for k, o in variants.items()}
+        rng = np.random.default_rng(0)
+        ms: dict[tuple[str, int], list[float]] = {(k, b): [] for k in preds for b in CALL_SIZES}
+        for rnd in range(5):
+            for b in CALL_SIZES:
+                x = {"tab": rng.normal(size=(b, f)).astype(np.float32)}
+                x["seq"] = rng.normal(size=(b, n, s)).astype(np.float32)
+                for k in preds if rnd % 2 == 0 else reversed(list(preds)):
+                    preds[k].predict(x)
+                    reps = max(5, 2000 // (b + 20))
+                    t0 = time.perf_counter()
+                    for _ in range(reps):
+                        preds[k].predict(x)
+                    ms[(k, b)].append(1e3 * (time.perf_counter() - t0) / reps)
+        rows = []
+        for b in CALL_SIZES:
+            row: dict[str, Any] = {"rows": b}
+            row.update({f"{k}_ms": round(float(np.median(ms[(k, b)])), 3) for k in preds})
+            rows.append(row)
+            print(" ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+    result = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    result["call_sizes"] = rows
+    result["call_sizes_run"] = {"model": model, "loadavg_start": load, "loadavg_end": os.getloadavg()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "predictor.json")
@@ -226,12 +284,17 @@ def main() -> int:
         action="store_true",
         help="only the varying-size table, written into the existing --out file's varying_batches",
     )
+    ap.add_argument("--call-sizes", action="store_true", help="only ms per call by row count (call_sizes)")
     ap.add_argument(
-        "--registry", type=Path, help="with --varying-only: time the registry's current behaviour model"
+        "--registry",
+        type=Path,
+        help="with --varying-only or --call-sizes: time the registry's current behaviour model",
     )
     args = ap.parse_args()
     if args.varying_only:
         return varying_only(args)
+    if args.call_sizes:
+        return call_sizes(args)
     batches = (1, 32, 512, 4096) if args.quick else BATCHES
     budget = 0.3 if args.quick else args.budget_s
     f, n, s = shapes()

@@ -128,11 +128,13 @@ def riskstream_env(ctx: Ctx, app_id: str, topics: Topics, out: str, worker: dict
         }
     )
     env.update({f"RISKSTREAM_{k.upper()}": str(v) for k, v in worker.items() if k not in NOT_SETTINGS})
+    env.update(worker.get("env", {}))
     return env
 
 
 # Entries of a SWEEP setting that are not worker settings (RISKSTREAM_* variables)
-NOT_SETTINGS = ("loglevel", "pure_python")
+NOT_SETTINGS = ("loglevel", "pure_python", "env")
+# ``env``: other environment variables of the worker process (the C library's, Python's)
 # ``pure_python``: the worker loads the sources of modeling/native.py's modules, not the compiled set
 _PURE = (
     "import sys, modeling.native as n; n.use_sources('benchmark: pure-python');"

@@ -338,14 +338,15 @@ class InputBuffer:
         return min(d[0][0] for d in self._q.values() if d)
 
     def _age_deadline(self, max_age_s: float) -> float:
-        """When the oldest buffered head (by Kafka timestamp, ms since the epoch) is ``max_age_s``
-        old, on this buffer's clock; infinity without timestamps. The timestamps come from the
-        producers' clocks (or the broker's, with LogAppendTime): a producer clock behind this
-        host's makes batches close sooner, never later than ``max_wait_s``."""
+        """When the oldest buffered head (by Kafka timestamp: seconds since the epoch, as Faust's
+        messages carry it) is ``max_age_s`` old, on this buffer's clock; infinity without
+        timestamps. The timestamps come from the producers' clocks (or the broker's, with
+        LogAppendTime): a producer clock behind this host's makes batches close sooner, never
+        later than ``max_wait_s``."""
         stamped: list[float] = [d[0][1].timestamp for d in self._q.values() if d and d[0][1].timestamp]
         if not stamped:
             return math.inf
-        return self._clock() + (min(stamped) / 1000.0 + max_age_s - self._wall())
+        return self._clock() + (min(stamped) + max_age_s - self._wall())
 
     def _buffered(self, tp: Any) -> bool:
         d = self._q.get(tp)

@@ -455,14 +455,14 @@ def test_no_transaction_is_taken_before_a_label_it_may_use(
 
 
 def test_a_batch_closes_once_its_oldest_message_is_max_age_old() -> None:
-    """``max_age_s`` bounds the wait by the oldest message's Kafka timestamp (ms since the epoch,
-    read against ``wall``): a message that arrived 80 ms after it was stamped waits 20 ms, not the
-    full ``max_wait_s``; a fresh one waits ``max_wait_s``."""
-    wall = [1_000_000.0]  # seconds since the epoch, frozen: only the monotonic clock moves
+    """``max_age_s`` bounds the wait by the oldest message's Kafka timestamp (seconds since the
+    epoch, as Faust's messages carry it, read against ``wall``): a message that arrived 80 ms
+    after it was stamped waits 20 ms, not the full ``max_wait_s``; a fresh one waits 100 ms."""
+    wall = [1_764_720_000.0]  # frozen: only the monotonic clock moves
 
     async def go(age_at_receipt_s: float, max_age_s: float) -> float:
         buf = InputBuffer(100, wall=lambda: wall[0])
-        buf.put(Msg(TP("tx", 0), 0, (wall[0] - age_at_receipt_s) * 1000.0))
+        buf.put(Msg(TP("tx", 0), 0, wall[0] - age_at_receipt_s))
         t0 = time.monotonic()
         got = await buf.take(10, 0.5, max_age_s)
         assert len(got) == 1
@@ -487,3 +487,28 @@ def test_messages_without_a_timestamp_wait_max_wait() -> None:
         return time.monotonic() - t0
 
     assert 0.18 <= asyncio.run(asyncio.wait_for(go(), 5)) < 1.5
+
+
+def test_the_age_bound_reads_faust_messages_timestamps() -> None:
+    """The bound reads the messages the worker buffers, Faust's ``ConsumerMessage``, built by
+    Faust's own consumer from an aiokafka record stamped in ms (its timestamp is then seconds):
+    a record stamped 80 ms before it is buffered is taken about 220 ms later with a 300 ms bound:
+    not at once (a timestamp read as ms would be decades old) and not after ``max_wait_s``."""
+    from types import SimpleNamespace
+
+    from aiokafka.structs import ConsumerRecord
+    from faust.transport.drivers.aiokafka import Consumer
+
+    async def go() -> float:
+        stamp_ms = int((time.time() - 0.08) * 1000)
+        record = ConsumerRecord("tx", 0, 5, stamp_ms, 0, b"k", b"v", None, 1, 1, [])
+        faust_self = SimpleNamespace(app=SimpleNamespace(consumer_generation_id=1))
+        message = Consumer._to_message(faust_self, TP("tx", 0), record)  # type: ignore[arg-type]
+        buf = InputBuffer(100)
+        buf.put(message)
+        t0 = time.monotonic()
+        got = await buf.take(10, 2.0, 0.3)
+        assert [m.offset for _, m in got] == [5]
+        return time.monotonic() - t0
+
+    assert 0.1 <= asyncio.run(asyncio.wait_for(go(), 5)) < 1.0

@@ -86,8 +86,9 @@ class Settings(BaseSettings):
     pipeline_max_wait_ms: float = Field(default=20.0, gt=0)
     # A batch also closes once its oldest message is this old since its Kafka timestamp (the
     # producer's clock; 0: off), so a message that took long to arrive does not also wait
-    # pipeline_max_wait_ms for its batch to fill. Fed up to about half its drain rate, p99 fell
-    # from 102-180 to 74-136 ms; near 60 % it rose (benchmarks/README.md, session 27).
+    # pipeline_max_wait_ms for its batch to fill: p50 30-53 against 45-122 ms fed a quarter to
+    # half the drain rate (benchmarks/README.md, session 27). Trusts the producers' clocks: set
+    # 0 for topics stamped with old event times.
     pipeline_max_age_ms: float = Field(default=30.0, ge=0)
     model_max_batch: int = Field(default=512, ge=1)
     registry_poll_s: float = Field(default=5.0, gt=0)

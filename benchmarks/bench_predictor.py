@@ -200,23 +200,38 @@ def varying_only(args: argparse.Namespace) -> int:
     cfg = NetConfig(f, n, s)
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        if args.registry:
-            from modeling.registry import ModelRegistry
+        make, model = _model_source(args, cfg, Path(tmp))
+        rows = run_varying(make, cfg, 60 if args.quick else 150)
+    return _merge_into(args.out, "varying_batches", rows, model, load)
 
-            reg = ModelRegistry(args.registry)
-            version = reg.current("behaviour")
-            rows = run_varying(lambda o: Predictor.load(reg, "behaviour", o), cfg, 60 if args.quick else 150)
-            model: dict[str, Any] = {"registry": str(args.registry), "version": version}
-        else:
-            prog, params, inputs = export(cfg, Path(tmp) / "fraudnet")
-            rows = run_varying(lambda o: Predictor(prog, params, inputs, o), cfg, 60 if args.quick else 150)
-            model = cfg.to_dict()
-    result = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    result["varying_batches"] = rows
-    result["varying_batches_run"] = {"model": model, "loadavg_start": load, "loadavg_end": os.getloadavg()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+
+def _model_source(
+    args: argparse.Namespace, cfg: NetConfig, tmp: Path
+) -> tuple[Callable[[PredictorOptions], Predictor], dict[str, Any]]:
+    """A predictor maker for ``--registry``'s current behaviour model, or else for a FraudNet
+    exported into ``tmp`` with random weights; and what the results file records of the model."""
+    if args.registry:
+        from modeling.registry import ModelRegistry
+
+        reg = ModelRegistry(args.registry)
+        version = reg.current("behaviour")
+        return (lambda o: Predictor.load(reg, "behaviour", o)), {
+            "registry": str(args.registry),
+            "version": version,
+        }
+    prog, params, inputs = export(cfg, tmp / "fraudnet")
+    return (lambda o: Predictor(prog, params, inputs, o)), cfg.to_dict()
+
+
+def _merge_into(out: Path, key: str, rows: Any, model: dict[str, Any], load: tuple[float, ...]) -> int:
+    """Write ``rows`` as ``key`` (and ``key_run``: the model, the load) into the results file
+    ``out``, keeping what else it holds."""
+    result = json.loads(out.read_text()) if out.is_file() else {}
+    result[key] = rows
+    result[f"{key}_run"] = {"model": model, "loadavg_start": load, "loadavg_end": os.getloadavg()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
     return 0
 
 
@@ -236,16 +251,8 @@ def call_sizes(args: argparse.Namespace) -> int:
         "paddle": PredictorOptions(device="cpu", use_onednn=False, model_max_batch=512),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        if args.registry:
-            from modeling.registry import ModelRegistry
-
-            reg = ModelRegistry(args.registry)
-            model: dict[str, Any] = {"registry": str(args.registry), "version": reg.current("behaviour")}
-            preds = {k: Predictor.load(reg, "behaviour", o) for k, o in variants.items()}
-        else:
-            prog, params, inputs = export(cfg, Path(tmp) / "fraudnet")
-            model = cfg.to_dict()
-            preds = {k: Predictor(prog, params, inputs, o) for k, o in variants.items()}
+        make, model = _model_source(args, cfg, Path(tmp))
+        preds = {k: make(o) for k, o in variants.items()}
         rng = np.random.default_rng(0)
         ms: dict[tuple[str, int], list[float]] = {(k, b): [] for k in preds for b in CALL_SIZES}
         for rnd in range(5):
@@ -265,13 +272,7 @@ def call_sizes(args: argparse.Namespace) -> int:
             row.update({f"{k}_ms": round(float(np.median(ms[(k, b)])), 3) for k in preds})
             rows.append(row)
             print(" ".join(f"{k} {v}" for k, v in row.items()), flush=True)
-    result = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    result["call_sizes"] = rows
-    result["call_sizes_run"] = {"model": model, "loadavg_start": load, "loadavg_end": os.getloadavg()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
-    return 0
+    return _merge_into(args.out, "call_sizes", rows, model, load)
 
 
 def main() -> int:

@@ -68,7 +68,6 @@ SWEEP: dict[str, dict[str, Any]] = {
     # A batch also closes once its oldest message is this old since its Kafka timestamp
     # (pipeline_max_age_ms, 30 ms by default since session 27; 0: off, as before)
     "age-off": {"pipeline_max_age_ms": 0},
-    "age40": {"pipeline_max_age_ms": 40},
     # oneDNN (on by default) caches primitives per input shape, so the worker pads every model
     # call to one of a few row counts; off, Paddle's own CPU kernels run the unpadded batch.
     "onednn-off": {"use_onednn": False},

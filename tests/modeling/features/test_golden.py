@@ -40,7 +40,10 @@ def _digest(values: np.ndarray) -> str:
     return hashlib.sha256(np.round(values.astype(np.float64), 4).tobytes()).hexdigest()[:16]
 
 
-def vectors(config: FeatureConfig) -> tuple[np.ndarray, np.ndarray, int]:
+Vectors = tuple[np.ndarray, np.ndarray, int]  # tab, seq, how many transactions came late
+
+
+def vectors(config: FeatureConfig) -> Vectors:
     """The sample's ``tab`` and ``seq`` arrays, and how many of its transactions came late."""
     df = load_history(DATA)
     users = sorted(df["user_id"].unique())[:N_USERS]
@@ -51,9 +54,9 @@ def vectors(config: FeatureConfig) -> tuple[np.ndarray, np.ndarray, int]:
     return tab, seq, sum(f.late for f in feats)
 
 
-def compute(config: FeatureConfig) -> dict[str, object]:
-    """The pins of ``config``'s vectors over the sample."""
-    tab, seq, late = vectors(config)
+def compute(config: FeatureConfig, arrays: Vectors | None = None) -> dict[str, object]:
+    """The pins of ``config``'s vectors over the sample (``arrays``: :func:`vectors`, if done)."""
+    tab, seq, late = arrays if arrays is not None else vectors(config)
     return {
         "feature_engine_version": config.version,
         "feature_set": config.feature_set,
@@ -69,10 +72,15 @@ def pinned() -> dict[str, object]:
     return dict(json.loads(PINS.read_text()))
 
 
-def test_the_sample_exercises_every_feature() -> None:
+@pytest.fixture(scope="module")
+def sample_vectors() -> Vectors:
+    return vectors(FeatureConfig())
+
+
+def test_the_sample_exercises_every_feature(sample_vectors: Vectors) -> None:
     # A pin over a column that never varies in the sample would catch little.
     config = FeatureConfig()
-    tab, seq, _ = vectors(config)
+    tab, seq, _ = sample_vectors
     assert len(tab) > 3_000
     constant = [n for j, n in enumerate(config.feature_names) if np.unique(tab[:, j]).size < 2]
     constant += [n for k, n in enumerate(SEQ_FIELDS) if np.unique(seq[:, :, k]).size < 2]
@@ -81,7 +89,7 @@ def test_the_sample_exercises_every_feature() -> None:
     assert constant == ["c_txn_device_unknown"]
 
 
-def test_vectors_match_their_feature_set(pinned: dict[str, object]) -> None:
+def test_vectors_match_their_feature_set(pinned: dict[str, object], sample_vectors: Vectors) -> None:
     config = FeatureConfig()
     where = f"{PINS.name}: python tests/modeling/features/test_golden.py --write"
     pinned_version, pinned_set = pinned["feature_engine_version"], pinned["feature_set"]
@@ -92,7 +100,7 @@ def test_vectors_match_their_feature_set(pinned: dict[str, object]) -> None:
         f"the default feature set is now {config.feature_set}, the pins are for {pinned_set}; "
         f"regenerate {where}"
     )
-    got = compute(config)
+    got = compute(config, sample_vectors)
     changed = [
         f"{part}.{name}"
         for part in ("tab", "seq")

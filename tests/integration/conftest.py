@@ -4,7 +4,7 @@ on the first ten days of handbook_2w through the one feature engine)."""
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -45,3 +45,26 @@ def _collect_garbage_after_each_test() -> Iterator[None]:
     shadow-model test on a token server's socket that the OAuth test module had left open."""
     yield
     gc.collect()
+
+
+WORKER_LOG_LINES = 150
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, None, None]:
+    """A failed test's report carries the tail of every worker log in its ``tmp_path``: CI
+    deletes its temporary folder, and a rare hang of a restarted worker (DEVELOPERS.md,
+    "fetch_idle_wait_ms") twice failed a CI run and left nothing to read but the assertion."""
+    outcome = yield
+    report = outcome.get_result()
+    tmp = getattr(item, "funcargs", {}).get("tmp_path")
+    if not report.failed or not isinstance(tmp, Path):
+        return
+    for log in sorted(tmp.glob("worker-*.log")):
+        lines = log.read_text(errors="replace").splitlines()
+        report.sections.append(
+            (
+                f"{log.name} (last {WORKER_LOG_LINES} of {len(lines)} lines)",
+                "\n".join(lines[-WORKER_LOG_LINES:]),
+            )
+        )

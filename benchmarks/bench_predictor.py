@@ -3,6 +3,7 @@
     python benchmarks/bench_predictor.py [--quick] [--out benchmarks/results/predictor.json]
     python benchmarks/bench_predictor.py --varying-only [--registry DIR]   # the last table alone
     python benchmarks/bench_predictor.py --call-sizes [--registry DIR]     # ms per call by size
+    python benchmarks/bench_predictor.py --between-calls [--registry DIR]  # what runs between calls
 
 Exports a FraudNet with the feature engine's input shapes (random weights: speed does not depend
 on their values), then times ``Predictor.predict`` for batch sizes 1…4096 with oneDNN on/off and
@@ -16,6 +17,9 @@ and without oneDNN and padding (to a power of two rows, or to multiples of 32).
 ``--call-sizes`` times one call of each size from 1 to 512 rows, the worker's oneDNN setting
 (padded to multiples of 32) against Paddle's own kernels, alternated over 5 rounds
 (``call_sizes``): where oneDNN's fixed cost per call outweighs its faster kernels.
+``--between-calls`` times the worker's kind of call (the worker's settings, about 140 rows,
+varying) back to back, after 30 ms of Python work and after 30 ms of sleep, alternated over 3
+rounds (``between_calls``): what a model call costs when it does not follow another one.
 """
 
 from __future__ import annotations
@@ -275,6 +279,70 @@ def call_sizes(args: argparse.Namespace) -> int:
     return _merge_into(args.out, "call_sizes", rows, model, load)
 
 
+def _python_work(seconds: float, objects: list[dict[str, float]]) -> float:
+    """Python work of the worker's kind for ``seconds``: reading many small objects, allocating."""
+    import random
+
+    end = time.perf_counter() + seconds
+    acc = 0.0
+    while time.perf_counter() < end:
+        for d in random.sample(objects, 2000):
+            for v in d.values():
+                acc += v
+        [bytearray(256) for _ in range(2000)]
+    return acc
+
+
+def between_calls(args: argparse.Namespace) -> int:
+    """``--between-calls``: the worker's model calls back to back, after Python work and after
+    a sleep (``between_calls``). In the worker a call follows tens of ms of feature work, or an
+    idle event loop; in the tables above it follows another call."""
+    f, n, s = shapes()
+    cfg = NetConfig(f, n, s)
+    load = os.getloadavg()
+    opts = PredictorOptions(device="cpu", use_onednn=True, pad_batches=True, model_max_batch=512)
+    rng = np.random.default_rng(0)
+    sizes = [int(b) for b in np.clip(rng.normal(140, 50, 200), 20, 330)]
+    xs = [
+        {
+            "tab": rng.normal(size=(b, f)).astype(np.float32),
+            "seq": rng.normal(size=(b, n, s)).astype(np.float32),
+        }
+        for b in sizes
+    ]
+    objects = [{f"k{i}": float(i)} for i in range(200_000)]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        make, model = _model_source(args, cfg, Path(tmp))
+        pred = make(opts)
+        for x in xs[:40]:
+            pred.predict(x)
+        for rnd in range(3):
+            for before in ("another call", "30 ms of Python work", "30 ms of sleep"):
+                wall, cpu = [], []
+                for x in xs:
+                    if before == "30 ms of Python work":
+                        _python_work(0.03, objects)
+                    elif before == "30 ms of sleep":
+                        time.sleep(0.03)
+                    t0, c0 = time.perf_counter(), time.thread_time()
+                    pred.predict(x)
+                    wall.append(time.perf_counter() - t0)
+                    cpu.append(time.thread_time() - c0)
+                row = {
+                    "round": rnd,
+                    "before_each_call": before,
+                    "calls": len(xs),
+                    "rows_mean": round(float(np.mean(sizes)), 1),
+                    "wall_ms_mean": round(1e3 * float(np.mean(wall)), 3),
+                    "wall_ms_p50": round(1e3 * float(np.median(wall)), 3),
+                    "thread_cpu_ms_mean": round(1e3 * float(np.mean(cpu)), 3),
+                }
+                rows.append(row)
+                print(" ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+    return _merge_into(args.out, "between_calls", rows, model, load)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "predictor.json")
@@ -287,15 +355,22 @@ def main() -> int:
     )
     ap.add_argument("--call-sizes", action="store_true", help="only ms per call by row count (call_sizes)")
     ap.add_argument(
+        "--between-calls",
+        action="store_true",
+        help="only the worker's calls back to back, after Python work, after a sleep (between_calls)",
+    )
+    ap.add_argument(
         "--registry",
         type=Path,
-        help="with --varying-only or --call-sizes: time the registry's current behaviour model",
+        help="with --varying-only, --call-sizes or --between-calls: the registry's current behaviour model",
     )
     args = ap.parse_args()
     if args.varying_only:
         return varying_only(args)
     if args.call_sizes:
         return call_sizes(args)
+    if args.between_calls:
+        return between_calls(args)
     batches = (1, 32, 512, 4096) if args.quick else BATCHES
     budget = 0.3 if args.quick else args.budget_s
     f, n, s = shapes()

@@ -124,7 +124,8 @@ class Settings(BaseSettings):
     # With no record fetched for a second, the consumer long-polls instead (1 byte, this wait):
     # an idle worker sent 100 fetch requests a second (streams/fetch_pacer.py). 0 (the default):
     # never. Off by default: with 500 ms, tests/integration/test_big_state.py's restarted worker
-    # failed to score its transaction in 2 of 3 runs (cause not found yet; DEVELOPERS.md).
+    # failed to score its transaction in 2 of 3 runs. The cause found since was a seek race that
+    # hit without the long poll too (DEVELOPERS.md, Faust behaviour 7); not measured again yet.
     fetch_idle_wait_ms: int = Field(default=0, ge=0)
     # Faust runs its Kafka consumer in a thread of its own; here it runs on the worker's event
     # loop, so fetches do not wait for the GIL the scoring holds (streams/in_loop.py). Off: Faust's

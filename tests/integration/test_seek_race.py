@@ -1,0 +1,148 @@
+"""``BatchingConsumer.perform_seek`` on a real aiokafka consumer and broker, while the fetcher
+keeps handing records out: what a worker does after every partition assignment.
+
+Session 28 found the cause of a rare CI failure (a restarted worker logged "Worker ready" and
+scored nothing; `tests/integration/test_unreadable_state.py` in session 27, `test_big_state.py`
+in session 21). The seek went through aiokafka's ``seek_to_committed``, which awaits each
+partition's committed offset in turn and seeks it before reading the next. The fetcher ran in
+those awaits and handed a sought partition's records out again; the delivery rule skipped them
+(delivered already), and the buffer discard after the seek dropped the first copies, with the
+position past both. The events waited for the partition's next record, and the test sent none.
+
+Here the partition's records were handed out before the seek, as when a test's input is in
+Kafka before the group join, and each committed-offset read is slowed so that the fetcher
+certainly runs between them. Whatever the interleaving, the buffer must end up holding every
+record from the committed offset on, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import types
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from streams.broker.topics import ensure_topics
+from streams.intake import DELIVER, GAP, RESEEK, BatchingConsumer, DeliveryCursors, InputBuffer
+
+GENERATION = 3
+PARTITIONS = 4
+COMMITTED = 4  # of the 6 records in each partition
+
+
+class Message(NamedTuple):  # what the buffer reads of Faust's ConsumerMessage
+    tp: Any
+    offset: int
+    timestamp: float
+
+
+class ConsumerThread:
+    """Faust's consumer thread as ``perform_seek`` uses it, over a real aiokafka consumer."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self.consumer = consumer
+
+    def _ensure_consumer(self) -> AIOKafkaConsumer:
+        return self.consumer
+
+    async def call_thread(self, fun: Callable[[], Awaitable[Any]]) -> Any:
+        return await fun()
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.consumer.seek(tp, offset)
+
+    def assignment(self) -> set[Any]:
+        return set(self.consumer.assignment())
+
+
+def seeker(consumer: AIOKafkaConsumer, topic: str, buffer: InputBuffer) -> Any:
+    """The parts of a :class:`BatchingConsumer` that ``perform_seek`` touches."""
+    owner = types.SimpleNamespace(
+        _thread=ConsumerThread(consumer),
+        cursors=DeliveryCursors(),
+        _read_offset={},
+        _committed_offset={},
+        app=types.SimpleNamespace(consumer_generation_id=GENERATION, input_buffers={topic: buffer}),
+    )
+    for name in ("perform_seek", "committed_offsets", "_expect", "_discard_buffered", "_buffers"):
+        setattr(owner, name, types.MethodType(getattr(BatchingConsumer, name), owner))
+    return owner
+
+
+async def deliver(consumer: AIOKafkaConsumer, owner: Any, buffer: InputBuffer, stop: asyncio.Event) -> None:
+    """``BatchingConsumer._drain_messages``'s delivery rule for a batch topic."""
+    fetch_no = 0
+    while not stop.is_set():
+        fetch_no += 1
+        records = await consumer.getmany(timeout_ms=20)
+        for tp, batch in records.items():
+            for r in batch:
+                action, nxt = owner.cursors.decide(tp, r.offset, GENERATION, fetch_no)
+                if action is RESEEK:
+                    consumer.seek(tp, nxt)
+                elif action in (DELIVER, GAP):
+                    buffer.put(Message(tp, r.offset, r.timestamp / 1000.0))
+
+
+def test_records_handed_out_during_the_seek_are_fetched_again(kafka_broker: str) -> None:
+    topic = f"seek-race-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> dict[int, list[int]]:
+        await ensure_topics(kafka_broker, {topic: PARTITIONS})
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_broker)
+        await producer.start()
+        try:
+            for p in range(PARTITIONS):
+                for i in range(6):
+                    await producer.send_and_wait(topic, b"m%d" % i, partition=p)
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka_broker,
+            group_id=f"g-{topic}",
+            enable_auto_commit=False,
+            fetch_max_wait_ms=10,  # the worker's
+        )
+        await consumer.start()
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        await consumer.commit(dict.fromkeys(tps, COMMITTED))
+        for tp in tps:
+            consumer.seek(tp, COMMITTED)  # where the fetcher starts after an assignment
+        buffer = InputBuffer(high_water=1000)
+        owner = seeker(consumer, topic, buffer)
+        stop = asyncio.Event()
+        fetcher = asyncio.ensure_future(deliver(consumer, owner, buffer, stop))
+        try:
+            # the fetcher hands out offsets 4 and 5 of each partition (from the committed
+            # position), as it does between the assignment and Faust's seek
+            while len(buffer) < 2 * PARTITIONS:
+                await asyncio.sleep(0.02)
+            read = consumer.committed
+
+            async def slow_committed(tp: TopicPartition) -> int | None:
+                offset = await read(tp)
+                await asyncio.sleep(0.1)  # the fetcher runs here, as between two network reads
+                return offset
+
+            consumer.committed = slow_committed  # type: ignore[method-assign]
+            await owner.perform_seek()
+            consumer.committed = read  # type: ignore[method-assign]
+            deadline = asyncio.get_running_loop().time() + 10
+            while len(buffer) < 2 * PARTITIONS and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)  # a copy too many would come by now
+        finally:
+            stop.set()
+            await fetcher
+            await consumer.stop()
+        held: dict[int, list[int]] = {}
+        for _, m in await buffer.take(100, 0.0):
+            held.setdefault(m.tp.partition, []).append(m.offset)
+        return held
+
+    # every partition but the last one sought lost both records before the fix
+    assert asyncio.run(asyncio.wait_for(main(), 60)) == {p: [4, 5] for p in range(PARTITIONS)}

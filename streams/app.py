@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
 
 from modeling.features import FeatureEngine
 from modeling.settings import Settings, feature_config
@@ -52,7 +53,7 @@ from streams.broker.topics import terminal_labels_topic
 from streams.fetch_pacer import FetchPacer, aiokafka_fetcher
 from streams.in_loop import InLoopTransport
 from streams.input_buffer import InputBuffer
-from streams.intake import BatchingApp, BatchingTransport
+from streams.intake import BatchingApp, BatchingConsumer, BatchingTransport
 from streams.loop_lag import watch_loop_lag
 from streams.metrics import Metrics
 from streams.model_watch import ModelWatcher
@@ -291,6 +292,18 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
             if hw is not None and pos is not None:
                 lags[(tp.topic, tp.partition)] = max(hw - pos, 0)
         metrics.set_consumer_lag(lags)  # partitions given away in a rebalance leave the gauge
+        try:
+            assert isinstance(consumer, BatchingConsumer)  # BatchingApp's, in the loop or not
+            committed = await consumer.committed_offsets(kinds)
+        except KafkaError as exc:  # a coordinator moving, a rebalance: the next round reports
+            log.debug("committed offsets not read: %r", exc)
+        else:
+            uncommitted = {}
+            for tp, offset in committed.items():
+                hw = consumer.highwater(tp)
+                if hw is not None and offset is not None:
+                    uncommitted[(tp.topic, tp.partition)] = max(hw - offset, 0)
+            metrics.set_consumer_uncommitted(uncommitted)
         metrics.states.labels("user").set(len(store_dict(users)))
         term_store = store_dict(terminals)
         metrics.states.labels("terminal").set(len(term_store) - (APPLIED_KEY in term_store))

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from typing import Any
 
 import faust
@@ -224,13 +225,14 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         if sought:
             self._discard_buffered(set(sought))
 
-    async def committed_offsets(self) -> dict[Any, int | None]:
-        """The group's committed offset of every assigned partition (None: none), nothing
-        sought."""
+    async def committed_offsets(self, topics: Collection[str] | None = None) -> dict[Any, int | None]:
+        """The group's committed offset of every assigned partition (of ``topics`` only, when
+        given; None: nothing committed), nothing sought."""
 
         async def read() -> dict[Any, int | None]:
             consumer = self._thread._ensure_consumer()
-            return {tp: await consumer.committed(tp) for tp in consumer.assignment()}
+            tps = [tp for tp in consumer.assignment() if topics is None or tp.topic in topics]
+            return {tp: await consumer.committed(tp) for tp in tps}
 
         return dict(await self._thread.call_thread(read))
 

@@ -103,9 +103,16 @@ class Metrics:
         )
         self.scores = Histogram("riskstream_score", "Fraud scores emitted", buckets=_SCORE, registry=r)
         self.decisions = Counter("riskstream_decisions", "Decisions emitted", ["decision"], registry=r)
-        self._lag_labels: set[tuple[str, str]] = set()
+        self._partition_labels: dict[Gauge, set[tuple[str, str]]] = {}
         self.consumer_lag = Gauge(
             "riskstream_consumer_lag", "Messages behind the partition end", ["topic", "partition"], registry=r
+        )
+        self.consumer_uncommitted = Gauge(
+            "riskstream_consumer_uncommitted",
+            "Messages after the group's committed offset: not fetched yet, or fetched and not yet "
+            "scored, delivered and committed",
+            ["topic", "partition"],
+            registry=r,
         )
         self.model_info = Info("riskstream_model", "The model versions being served", registry=r)
         self.model_swaps = Counter("riskstream_model_swaps", "Hot model swaps done", ["kind"], registry=r)
@@ -321,16 +328,25 @@ class Metrics:
                 self._feed_counts[kind] = n
 
     def set_consumer_lag(self, lags: dict[tuple[str, int], int]) -> None:
-        """The lag of exactly the partitions in ``lags``, ``(topic, partition) -> messages``.
-        A partition this worker reported before and no longer owns is removed: left in place,
-        its last value would be summed with the new owner's (dashboard, RiskstreamBehind)."""
-        gauge = self.consumer_lag
-        now = {(topic, str(partition)): lag for (topic, partition), lag in lags.items()}
-        for labels in self._lag_labels - now.keys():
+        """The lag of exactly the partitions in ``lags``, ``(topic, partition) -> messages``:
+        the partition's end minus the fetch position. A partition this worker reported before
+        and no longer owns is removed: left in place, its last value would be summed with the
+        new owner's (dashboard, RiskstreamBehind)."""
+        self._set_per_partition(self.consumer_lag, lags)
+
+    def set_consumer_uncommitted(self, counts: dict[tuple[str, int], int]) -> None:
+        """As :meth:`set_consumer_lag`, from the group's committed offsets: what was fetched and
+        not scored counts too, which the fetch position does not show (RiskstreamInputStuck)."""
+        self._set_per_partition(self.consumer_uncommitted, counts)
+
+    def _set_per_partition(self, gauge: Gauge, values: dict[tuple[str, int], int]) -> None:
+        now = {(topic, str(partition)): v for (topic, partition), v in values.items()}
+        before = self._partition_labels.get(gauge, set())
+        for labels in before - now.keys():
             gauge.remove(*labels)
-        for labels, lag in now.items():
-            gauge.labels(*labels).set(lag)
-        self._lag_labels = set(now)
+        for labels, v in now.items():
+            gauge.labels(*labels).set(v)
+        self._partition_labels[gauge] = set(now)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         start_http_server(port, addr=addr, registry=self.registry)

@@ -181,6 +181,26 @@ CASES: list[dict[str, Any]] = [
         ],
     },
     {
+        # group A: 3 messages wait and nothing is taken (its lag reads 0: they were fetched and
+        # dropped); group B: as many wait, but it takes input (they are in flight)
+        "name": "input waits after the committed offsets and one group takes none",
+        "series": [
+            _s("riskstream_consumer_uncommitted", {**A, "topic": "tx", "partition": "0"}, "0x10 3x50"),
+            _s("riskstream_consumer_lag", {**A, "topic": "tx", "partition": "0"}, "0x60"),
+            _s("riskstream_events_in_total", {**A, "topic": "tx"}, "0+100x10 1000x50"),
+            _s("riskstream_consumer_uncommitted", {**B, "topic": "tx", "partition": "0"}, "3x60"),
+            _s("riskstream_events_in_total", {**B, "topic": "tx"}, "0+100x60"),
+        ],
+        "expect": [
+            ("8m", "RiskstreamInputStuck", []),
+            (
+                "16m",
+                "RiskstreamInputStuck",
+                [({"job": "group-a"}, "3 input messages wait and no worker has taken any for 5 minutes")],
+            ),
+        ],
+    },
+    {
         "name": "after a day at 0.1 %, one group declines 5 % of transactions",
         "interval": "1m",
         "series": [

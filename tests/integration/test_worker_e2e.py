@@ -114,6 +114,17 @@ def test_n_in_n_out_and_dead_letters(
         assert w.metric("riskstream_dead_letters_total") == len(bad) + 1
         assert w.metric("riskstream_events_out_total", topic=sc.topics["risk_events"]) == n
         assert w.metric("riskstream_batch_size_count") > 0
+        # Everything scored is committed: nothing after the group's committed offsets (what
+        # RiskstreamInputStuck reads; reported every 5 s, committed every second)
+        deadline = time.monotonic() + 30
+        while True:
+            owned = w.label_sets("riskstream_consumer_uncommitted")
+            waiting = w.metric("riskstream_consumer_uncommitted")
+            inputs = {sc.topics["transactions"], sc.topics["clickstream"]}
+            if {x["topic"] for x in owned} >= inputs and not waiting:
+                break
+            assert time.monotonic() < deadline, (owned, waiting, w.log_tail())
+            time.sleep(1)
         # A restarted worker rebuilds its tables by reading their whole changelogs (Faust's
         # memory store, faust-streaming #284); compaction keeps that to one record per key.
         logs = [f"rs-{sc.name}-user-state-changelog", f"rs-{sc.name}-terminal-state-changelog"]

@@ -11,10 +11,10 @@ from prometheus_client import CollectorRegistry, Histogram
 from streams.metrics import Metrics, observe_many
 
 
-def _lags(m: Metrics) -> dict[tuple[str, str], float]:
+def _lags(m: Metrics, name: str = "riskstream_consumer_lag") -> dict[tuple[str, str], float]:
     out = {}
     for family in m.registry.collect():
-        if family.name == "riskstream_consumer_lag":
+        if family.name == name:
             for s in family.samples:
                 out[(s.labels["topic"], s.labels["partition"])] = s.value
     return out
@@ -30,6 +30,17 @@ def test_consumer_lag_reports_exactly_the_partitions_owned_now() -> None:
     assert _lags(m) == {("tx", "1"): 2.0, ("tx", "2"): 7.0}
     m.set_consumer_lag({})
     assert _lags(m) == {}
+
+
+def test_uncommitted_reports_exactly_the_partitions_owned_now_apart_from_the_lag() -> None:
+    m = Metrics()
+    m.set_consumer_lag({("tx", 0): 0, ("tx", 1): 4})
+    m.set_consumer_uncommitted({("tx", 0): 3, ("tx", 1): 9})
+    uncommitted = "riskstream_consumer_uncommitted"
+    assert _lags(m, uncommitted) == {("tx", "0"): 3.0, ("tx", "1"): 9.0}
+    m.set_consumer_uncommitted({("tx", 1): 0})
+    assert _lags(m, uncommitted) == {("tx", "1"): 0.0}
+    assert _lags(m) == {("tx", "0"): 0.0, ("tx", "1"): 4.0}  # the lag's partitions are its own
 
 
 BOUNDS = (0.001, 0.01, 0.1, 0.5, 1.0, 10.0)

@@ -280,6 +280,19 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
                         time.monotonic() - t0,
                     )
 
+    async def report_uncommitted(consumer: BatchingConsumer) -> None:
+        try:
+            committed = await consumer.committed_offsets(kinds)
+        except KafkaError as exc:  # a coordinator moving, a rebalance: the next round reports
+            log.debug("committed offsets not read: %r", exc)
+            return
+        uncommitted = {}
+        for tp, offset in committed.items():
+            hw = consumer.highwater(tp)
+            if hw is not None and offset is not None:
+                uncommitted[(tp.topic, tp.partition)] = max(hw - offset, 0)
+        metrics.set_consumer_uncommitted(uncommitted)
+
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def report_lag() -> None:
         consumer = app.consumer
@@ -292,18 +305,8 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
             if hw is not None and pos is not None:
                 lags[(tp.topic, tp.partition)] = max(hw - pos, 0)
         metrics.set_consumer_lag(lags)  # partitions given away in a rebalance leave the gauge
-        try:
-            assert isinstance(consumer, BatchingConsumer)  # BatchingApp's, in the loop or not
-            committed = await consumer.committed_offsets(kinds)
-        except KafkaError as exc:  # a coordinator moving, a rebalance: the next round reports
-            log.debug("committed offsets not read: %r", exc)
-        else:
-            uncommitted = {}
-            for tp, offset in committed.items():
-                hw = consumer.highwater(tp)
-                if hw is not None and offset is not None:
-                    uncommitted[(tp.topic, tp.partition)] = max(hw - offset, 0)
-            metrics.set_consumer_uncommitted(uncommitted)
+        if isinstance(consumer, BatchingConsumer):  # BatchingApp's, on the loop or not
+            await report_uncommitted(consumer)
         metrics.states.labels("user").set(len(store_dict(users)))
         term_store = store_dict(terminals)
         metrics.states.labels("terminal").set(len(term_store) - (APPLIED_KEY in term_store))

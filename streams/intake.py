@@ -204,7 +204,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         the buffer discard after it then dropped, with the position already past them. Those
         events waited, unscored, for the partition's next record (whose gap seeks back), and with
         none the restarted worker of tests/integration/test_unreadable_state.py scored nothing
-        (the rare CI failures of sessions 21 and 27; found in session 28, DEVELOPERS.md).
+        (session 27's rare CI failure; found in session 28, DEVELOPERS.md).
         """
         committed = await self.committed_offsets()
         # No await from here on: the fetcher cannot deliver between the seeks and these updates.

@@ -214,9 +214,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         sought = {tp: offset for tp, offset in committed.items() if offset is not None and offset >= 0}
         for tp, offset in sought.items():
             self._thread.seek(tp, offset)
-        self._read_offset.update(
-            {tp: offset if offset is not None and offset >= 0 else None for tp, offset in committed.items()}
-        )
+        self._read_offset.update({tp: sought.get(tp) for tp in committed})
         self._committed_offset.update(
             {ensure_TP(tp): offset or None for tp, offset in committed.items() if offset is not None}
         )

@@ -53,8 +53,9 @@ WORKER_LOG_LINES = 150
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, None, None]:
     """A failed test's report carries the tail of every worker log in its ``tmp_path``: CI
-    deletes its temporary folder, and a rare hang of a restarted worker (DEVELOPERS.md,
-    "fetch_idle_wait_ms") twice failed a CI run and left nothing to read but the assertion."""
+    deletes its temporary folder, and session 27's failed run (a restarted worker that scored
+    nothing; the seek race, DEVELOPERS.md, Faust behaviour 7) left nothing to read but the
+    assertion."""
     outcome = yield
     report = outcome.get_result()
     tmp = getattr(item, "funcargs", {}).get("tmp_path")

@@ -282,16 +282,11 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
 
     async def report_uncommitted(consumer: BatchingConsumer) -> None:
         try:
-            committed = await consumer.committed_offsets(kinds)
+            counts = await consumer.uncommitted(kinds)
         except KafkaError as exc:  # a coordinator moving, a rebalance: the next round reports
-            log.debug("committed offsets not read: %r", exc)
+            log.debug("uncommitted offsets not read: %r", exc)
             return
-        uncommitted = {}
-        for tp, offset in committed.items():
-            hw = consumer.highwater(tp)
-            if hw is not None and offset is not None:
-                uncommitted[(tp.topic, tp.partition)] = max(hw - offset, 0)
-        metrics.set_consumer_uncommitted(uncommitted)
+        metrics.set_consumer_uncommitted(counts)
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def report_lag() -> None:

@@ -234,6 +234,27 @@ class BatchingConsumer(faust_aiokafka.Consumer):
 
         return dict(await self._thread.call_thread(read))
 
+    async def uncommitted(self, topics: Collection[str]) -> dict[tuple[str, int], int]:
+        """Messages after the group's committed offset on every assigned partition of
+        ``topics``: log end minus committed, as Kafka's consumer-group lag counts them. A
+        partition with nothing committed counts from its log start, where the group starts
+        reading it (the worker's ``auto_offset_reset`` is earliest). The log end is the last
+        fetch's high-water mark, or asked of the broker for a partition not fetched yet."""
+        committed = await self.committed_offsets(topics)
+
+        async def read() -> dict[tuple[str, int], int]:
+            consumer = self._thread._ensure_consumer()
+            unread = [tp for tp, offset in committed.items() if offset is None]
+            base = {**committed, **(await consumer.beginning_offsets(unread) if unread else {})}
+            assigned = consumer.assignment()  # a partition revoked meanwhile is not ours to report
+            ends = {tp: consumer.highwater(tp) for tp in committed if tp in assigned}
+            unknown = [tp for tp, end in ends.items() if end is None]
+            if unknown:
+                ends.update(await consumer.end_offsets(unknown))
+            return {(tp.topic, tp.partition): max(end - base[tp], 0) for tp, end in ends.items()}
+
+        return dict(await self._thread.call_thread(read))
+
     async def seek(self, partition: Any, offset: int) -> None:
         await super().seek(partition, offset)
         self._expect(partition, offset)

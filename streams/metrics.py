@@ -110,7 +110,7 @@ class Metrics:
         self.consumer_uncommitted = Gauge(
             "riskstream_consumer_uncommitted",
             "Messages after the group's committed offset: not fetched yet, or fetched and not yet "
-            "scored, delivered and committed",
+            "scored, delivered and committed (nothing committed: counted from the log start)",
             ["topic", "partition"],
             registry=r,
         )

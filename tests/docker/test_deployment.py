@@ -248,6 +248,7 @@ def test_dashboard_queries_name_only_metrics_the_worker_serves(
         "riskstream_events_in_total",
         "riskstream_events_out_total",
         "riskstream_consumer_lag",
+        "riskstream_consumer_uncommitted",
         "riskstream_end_to_end_seconds_bucket",
         "riskstream_inference_seconds_bucket",
         "riskstream_batch_size_bucket",

@@ -13,11 +13,12 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -403,3 +404,22 @@ def scores_by_transaction(records: Iterable[Any]) -> dict[str, float]:
         ev = orjson.loads(r.value)
         out[ev["transaction_id"]] = ev["score"]
     return out
+
+
+class ConsumerThread:
+    """Faust's consumer thread as ``perform_seek`` uses it, over a real aiokafka consumer."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self.consumer = consumer
+
+    def _ensure_consumer(self) -> AIOKafkaConsumer:
+        return self.consumer
+
+    async def call_thread(self, fun: Callable[[], Awaitable[Any]]) -> Any:
+        return await fun()
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.consumer.seek(tp, offset)
+
+    def assignment(self) -> set[Any]:
+        return set(self.consumer.assignment())

@@ -20,10 +20,10 @@ from __future__ import annotations
 import asyncio
 import types
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from harness import ConsumerThread
 
 from streams.broker.topics import ensure_topics
 from streams.intake import DELIVER, GAP, RESEEK, BatchingConsumer, DeliveryCursors, InputBuffer
@@ -37,25 +37,6 @@ class Message(NamedTuple):  # what the buffer reads of Faust's ConsumerMessage
     tp: Any
     offset: int
     timestamp: float
-
-
-class ConsumerThread:
-    """Faust's consumer thread as ``perform_seek`` uses it, over a real aiokafka consumer."""
-
-    def __init__(self, consumer: AIOKafkaConsumer) -> None:
-        self.consumer = consumer
-
-    def _ensure_consumer(self) -> AIOKafkaConsumer:
-        return self.consumer
-
-    async def call_thread(self, fun: Callable[[], Awaitable[Any]]) -> Any:
-        return await fun()
-
-    def seek(self, tp: Any, offset: int) -> None:
-        self.consumer.seek(tp, offset)
-
-    def assignment(self) -> set[Any]:
-        return set(self.consumer.assignment())
 
 
 def seeker(consumer: AIOKafkaConsumer, topic: str, buffer: InputBuffer) -> Any:

@@ -115,15 +115,22 @@ def test_n_in_n_out_and_dead_letters(
         assert w.metric("riskstream_events_out_total", topic=sc.topics["risk_events"]) == n
         assert w.metric("riskstream_batch_size_count") > 0
         # Everything scored is committed: nothing after the group's committed offsets (what
-        # RiskstreamInputStuck reads; reported every 5 s, committed every second)
+        # RiskstreamInputStuck reads; reported every 5 s, committed every second), on every
+        # partition of the three input topics (nothing committed: test_uncommitted.py)
         deadline = time.monotonic() + 30
+        inputs = {
+            (sc.topics[k], p) for k in ("transactions", "clickstream", "labels") for p in range(sc.partitions)
+        }
         while True:
             owned = w.label_sets("riskstream_consumer_uncommitted")
             waiting = w.metric("riskstream_consumer_uncommitted")
-            inputs = {sc.topics["transactions"], sc.topics["clickstream"]}
-            if {x["topic"] for x in owned} >= inputs and not waiting:
+            if {(x["topic"], int(x["partition"])) for x in owned} == inputs and not waiting:
                 break
-            assert time.monotonic() < deadline, (owned, waiting, w.log_tail())
+            assert time.monotonic() < deadline, (
+                sorted((x["topic"], x["partition"]) for x in owned),
+                waiting,
+                w.log_tail(),
+            )
             time.sleep(1)
         # A restarted worker rebuilds its tables by reading their whole changelogs (Faust's
         # memory store, faust-streaming #284); compaction keeps that to one record per key.

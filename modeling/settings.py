@@ -122,11 +122,12 @@ class Settings(BaseSettings):
     fetch_min_bytes: int = Field(default=64 * 1024, ge=1)
     fetch_max_wait_ms: int = Field(default=10, ge=0)
     # With no record fetched for a second, the consumer long-polls instead (1 byte, this wait):
-    # an idle worker sent 100 fetch requests a second (streams/fetch_pacer.py). 0 (the default):
-    # never. Off by default: with 500 ms, tests/integration/test_big_state.py's restarted worker
-    # failed to score its transaction in 2 of 3 runs. The cause found since was a seek race that
-    # hit without the long poll too (DEVELOPERS.md, Faust behaviour 7); not measured again yet.
-    fetch_idle_wait_ms: int = Field(default=0, ge=0)
+    # an idle worker sent 100 fetch requests a second (streams/fetch_pacer.py). 0: never. Off
+    # by default in sessions 21-28 after tests/integration/test_big_state.py's restarted worker
+    # failed to score its transaction with it; the cause was a seek race that hit without the
+    # long poll too (DEVELOPERS.md, Faust behaviour 7), fixed in session 28. On again since
+    # session 29, after the runs DEVELOPERS.md lists under "Batched intake".
+    fetch_idle_wait_ms: int = Field(default=500, ge=0)
     # Faust runs its Kafka consumer in a thread of its own; here it runs on the worker's event
     # loop, so fetches do not wait for the GIL the scoring holds (streams/in_loop.py). Off: Faust's
     # own consumer thread.

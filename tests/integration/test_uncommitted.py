@@ -61,9 +61,12 @@ def test_uncommitted_counts_from_the_committed_offset_or_else_the_log_start(kafk
         await consumer.start()
         try:
             consumer.assign([*tps, TopicPartition(other, 0)])
+            consumer.pause(*tps)  # not fetched: no high-water mark known yet
             await consumer.commit({tps[0]: 4})
             owner = counter(consumer)
-            before = await owner.uncommitted([topic])  # nothing fetched: log ends from the broker
+            assert all(consumer.highwater(tp) is None for tp in tps)
+            before = await owner.uncommitted([topic])  # log ends from the broker
+            consumer.resume(*tps)
             fetched: set[int] = set()
             deadline = asyncio.get_running_loop().time() + 20
             while fetched != {0, 1} and asyncio.get_running_loop().time() < deadline:

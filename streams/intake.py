@@ -119,6 +119,9 @@ class BatchingConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cursors = DeliveryCursors()
+        # the offset of the last record the fetcher handed out, per batch-topic partition,
+        # whatever was done with it (:meth:`uncommitted`)
+        self.handed_out: dict[Any, int] = {}
 
     def _new_consumer_thread(self) -> Any:
         return BatchingConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -170,11 +173,8 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         yet: its high-water mark (from the last fetch) beyond its position, which moves past
         transaction markers and compacted gaps as records are handed out. False when it is not
         assigned; None when unknown (assigned, not fetched yet)."""
-        # aiokafka's own path to the partition's state (AIOKafkaConsumer.highwater)
         client = getattr(getattr(self, "_thread", None), "_consumer", None)
-        subscription = client._subscription.subscription if client is not None else None
-        assignment = subscription.assignment if subscription is not None else None
-        state = assignment.state_value(tp) if assignment is not None else None
+        state = partition_state(client, tp) if client is not None else None
         if state is None:  # aiokafka keeps a state for each assigned partition only
             return False
         if state.highwater is None or not state.has_valid_position:
@@ -239,8 +239,17 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         ``topics``: log end minus committed, as Kafka's consumer-group lag counts them. A
         partition with nothing committed counts from its log start, where the group starts
         reading it (the worker's ``auto_offset_reset`` is earliest). The log end is the last
-        fetch's high-water mark, or asked of the broker for a partition not fetched yet."""
+        fetch's high-water mark, or asked of the broker for a partition not fetched yet.
+
+        One difference from Kafka's count: a partition fetched to its end whose last record
+        handed out lies before the committed offset counts 0. The fetcher went past what lies
+        between without handing it out, so those are no messages: the control records that end
+        every Kafka transaction (and an aborted one's records, read committed). A producer
+        writing the input in transactions otherwise left 1 per partition after the last marker,
+        for good, where nothing waits (tests/integration/test_uncommitted.py)."""
         committed = await self.committed_offsets(topics)
+        handed_out = self.handed_out
+        recorded = set(getattr(self.app, "input_buffers", {}))  # handed_out: batch topics only
 
         async def read() -> dict[tuple[str, int], int]:
             consumer = self._thread._ensure_consumer()
@@ -251,7 +260,18 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             unknown = [tp for tp, end in ends.items() if end is None]
             if unknown:
                 ends.update(await consumer.end_offsets(unknown))
-            return {(tp.topic, tp.partition): max(end - base[tp], 0) for tp, end in ends.items()}
+            counts = {}
+            for tp, end in ends.items():
+                n = max(end - base[tp], 0)
+                if (
+                    n
+                    and tp.topic in recorded
+                    and fetched_to_end(consumer, tp)
+                    and handed_out.get(tp, -1) < base[tp]
+                ):
+                    n = 0  # only control records after the committed offset
+                counts[(tp.topic, tp.partition)] = n
+            return counts
 
         return dict(await self._thread.call_thread(read))
 
@@ -278,6 +298,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         yield_every = 100  # changelog records delivered between two yields
         fetch_no = 0
         decide = self.cursors.decide
+        handed_out = self.handed_out
         deferred: list[tuple[Any, Any]] = []
         on_fetch = getattr(app, "on_fetch", lambda n: None)
         on_poll = getattr(app, "on_poll", None)  # every poll, empty ones too (streams/fetch_pacer.py)
@@ -322,6 +343,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                         await self.commit()
                     target = buffers.get(tp.topic)
                     if target is not None:
+                        handed_out[tp] = offset
                         if message.generation_id != app.consumer_generation_id:
                             continue  # an older assignment's; the seek after a rebalance refetches it
                         action, nxt = decide(tp, offset, message.generation_id, fetch_no)
@@ -360,6 +382,25 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             if self.transport.app.should_stop:
                 return
             raise
+
+
+def partition_state(consumer: Any, tp: Any) -> Any:
+    """aiokafka's state of an assigned partition (position, high-water mark; the path
+    ``AIOKafkaConsumer.highwater`` takes), or None when ``tp`` is not assigned."""
+    subscription = consumer._subscription.subscription
+    assignment = subscription.assignment if subscription is not None else None
+    return assignment.state_value(tp) if assignment is not None else None
+
+
+def fetched_to_end(consumer: Any, tp: Any) -> bool:
+    """Whether aiokafka handed out everything of ``tp`` up to its last fetch's high-water mark."""
+    state = partition_state(consumer, tp)
+    return bool(
+        state is not None
+        and state.highwater is not None
+        and state.has_valid_position
+        and state.position >= state.highwater
+    )
 
 
 def throttle_metadata_retries(client: Any, max_backoff_s: float = 1.0) -> None:

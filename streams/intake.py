@@ -246,7 +246,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         between without handing it out, so those are no messages: the control records that end
         every Kafka transaction (and an aborted one's records, read committed). A producer
         writing the input in transactions otherwise left 1 per partition after the last marker,
-        for good, where nothing waits (tests/integration/test_uncommitted.py)."""
+        for good, where nothing waits (tests/integration/test_transactional_input.py)."""
         committed = await self.committed_offsets(topics)
         handed_out = self.handed_out
         recorded = set(getattr(self.app, "input_buffers", {}))  # handed_out: batch topics only

@@ -174,12 +174,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         transaction markers and compacted gaps as records are handed out. False when it is not
         assigned; None when unknown (assigned, not fetched yet)."""
         client = getattr(getattr(self, "_thread", None), "_consumer", None)
-        state = partition_state(client, tp) if client is not None else None
-        if state is None:  # aiokafka keeps a state for each assigned partition only
-            return False
-        if state.highwater is None or not state.has_valid_position:
-            return None
-        return bool(state.highwater > state.position)
+        return unfetched(client, tp) if client is not None else False
 
     def _discard_buffered(self, tps: Any) -> None:
         for buf in self._buffers():
@@ -257,21 +252,22 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             base = {**committed, **(await consumer.beginning_offsets(unread) if unread else {})}
             assigned = consumer.assignment()  # a partition revoked meanwhile is not ours to report
             ends = {tp: consumer.highwater(tp) for tp in committed if tp in assigned}
+            # Fetched to its end (assigned, no await since), nothing handed out from the
+            # committed offset on: only control records lie between.
+            markers = {
+                tp
+                for tp in ends
+                if tp.topic in recorded
+                and unfetched(consumer, tp) is False
+                and handed_out.get(tp, -1) < base[tp]
+            }
             unknown = [tp for tp, end in ends.items() if end is None]
             if unknown:
                 ends.update(await consumer.end_offsets(unknown))
-            counts = {}
-            for tp, end in ends.items():
-                n = max(end - base[tp], 0)
-                if (
-                    n
-                    and tp.topic in recorded
-                    and fetched_to_end(consumer, tp)
-                    and handed_out.get(tp, -1) < base[tp]
-                ):
-                    n = 0  # only control records after the committed offset
-                counts[(tp.topic, tp.partition)] = n
-            return counts
+            return {
+                (tp.topic, tp.partition): 0 if tp in markers else max(end - base[tp], 0)
+                for tp, end in ends.items()
+            }
 
         return dict(await self._thread.call_thread(read))
 
@@ -384,23 +380,18 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             raise
 
 
-def partition_state(consumer: Any, tp: Any) -> Any:
-    """aiokafka's state of an assigned partition (position, high-water mark; the path
-    ``AIOKafkaConsumer.highwater`` takes), or None when ``tp`` is not assigned."""
+def unfetched(consumer: Any, tp: Any) -> bool | None:
+    """:meth:`BatchingConsumer.unfetched` for an aiokafka consumer: its high-water mark beyond
+    its position; False when ``tp`` is not assigned, None when not fetched yet."""
+    # aiokafka's own path to the partition's state (AIOKafkaConsumer.highwater)
     subscription = consumer._subscription.subscription
     assignment = subscription.assignment if subscription is not None else None
-    return assignment.state_value(tp) if assignment is not None else None
-
-
-def fetched_to_end(consumer: Any, tp: Any) -> bool:
-    """Whether aiokafka handed out everything of ``tp`` up to its last fetch's high-water mark."""
-    state = partition_state(consumer, tp)
-    return bool(
-        state is not None
-        and state.highwater is not None
-        and state.has_valid_position
-        and state.position >= state.highwater
-    )
+    state = assignment.state_value(tp) if assignment is not None else None
+    if state is None:  # aiokafka keeps a state for each assigned partition only
+        return False
+    if state.highwater is None or not state.has_valid_position:
+        return None
+    return bool(state.highwater > state.position)
 
 
 def throttle_metadata_retries(client: Any, max_backoff_s: float = 1.0) -> None:

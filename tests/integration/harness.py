@@ -407,7 +407,8 @@ def scores_by_transaction(records: Iterable[Any]) -> dict[str, float]:
 
 
 class ConsumerThread:
-    """Faust's consumer thread as ``perform_seek`` uses it, over a real aiokafka consumer."""
+    """Faust's consumer thread as ``perform_seek`` and ``uncommitted`` use it, over a real aiokafka
+    consumer."""
 
     def __init__(self, consumer: AIOKafkaConsumer) -> None:
         self.consumer = consumer

@@ -11,7 +11,7 @@ from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from collections.abc import Iterable, Sequence
 from itertools import pairwise
-from typing import Any
+from typing import Any, Final
 
 
 class WindowAgg:
@@ -89,7 +89,7 @@ class DistinctAgg:
         return len(self.counts)
 
 
-_AFTER_ANY = 2**63  # sorts after every (label time, tx time, fraud) with the same label time
+_AFTER_ANY: Final = 2**63  # sorts after every (label time, tx time, fraud) with the same label time
 
 
 class LabelIndex:
@@ -155,8 +155,8 @@ def _remove(items: list[Any], x: Any) -> None:
 Click = tuple[int, str, str, str]  # (time ms, type, device, ip), as UserState.clicks holds them
 # Where each click type is counted: the hour's logins, failed logins, page views; the day's
 # logins, failed logins, password changes, payees added
-_HOUR_SLOTS = {"login": 0, "login_failed": 1, "page_view": 2}
-_DAY_SLOTS = {"login": 0, "login_failed": 1, "change_password": 2, "add_payee": 3}
+_HOUR_SLOTS: Final = {"login": 0, "login_failed": 1, "page_view": 2}
+_DAY_SLOTS: Final = {"login": 0, "login_failed": 1, "change_password": 2, "add_payee": 3}
 
 
 class ClickWindows:

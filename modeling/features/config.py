@@ -6,14 +6,17 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
+from typing import Final
 
 import orjson
 
 FEATURE_ENGINE_VERSION = 2
 
-MINUTE_MS = 60_000
-HOUR_MS = 60 * MINUTE_MS
-DAY_MS = 24 * HOUR_MS
+# Final: compiled by mypyc (modeling/native.py), these are C constants, not globals looked up
+# by name on every use
+MINUTE_MS: Final = 60_000
+HOUR_MS: Final = 60 * MINUTE_MS
+DAY_MS: Final = 24 * HOUR_MS
 
 
 def _window_label(ms: int) -> str:

@@ -23,6 +23,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -32,16 +33,19 @@ from modeling.features.config import DAY_MS, HOUR_MS, FeatureConfig
 from modeling.features.state import TerminalState, UserState
 from modeling.records import ClickEvent, Label, Transaction
 
-_LOG_30D_S = math.log1p(30 * 86400.0)
+# Final: compiled by mypyc (modeling/native.py), a module constant is a C static, not a global
+# looked up by name on every use
+_LOG_30D_S: Final = math.log1p(30 * 86400.0)
 # A terminal with at least this many labels gets its features from a LabelIndex (O(log n) per
 # transaction) instead of a scan of every label; below it the scan is cheaper.
-INDEX_FROM = 64
+INDEX_FROM: Final = 64
 # A user with at least this many clicks held gets its click features from ClickWindows (O(1)
 # amortized per click) while its clicks arrive in time order; below it, or out of order, a scan.
+# Not Final: tests/modeling/features/test_windows.py sets it to compare both paths.
 CLICK_INDEX_FROM = 64
-MAX_LOGINS = 8
-_TWO_PI = 2.0 * math.pi
-_log1p = math.log1p
+MAX_LOGINS: Final = 8
+_TWO_PI: Final = 2.0 * math.pi
+_log1p: Final = math.log1p
 
 
 @dataclass(frozen=True, slots=True)

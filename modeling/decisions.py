@@ -30,7 +30,9 @@ import numpy.typing as npt
 
 from modeling.records import DECISIONS
 
-APPROVE, REVIEW, DECLINE = 0, 1, 2
+APPROVE: Final = 0
+REVIEW: Final = 1
+DECLINE: Final = 2
 MAX_ABS_Z: Final = 8.0
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import numpy as np
 
@@ -21,8 +21,8 @@ from modeling.errors import FeatureSetMismatch, ModelLoadError
 from modeling.features import FeatureConfig, TxnFeatures, stack
 from modeling.records import RiskEvent, ShadowVerdict, Transaction
 
-LATE_REASON = "LATE_EVENT"
-TEXT_REASON = "TEXT_RISK"
+LATE_REASON: Final = "LATE_EVENT"
+TEXT_REASON: Final = "TEXT_RISK"
 
 
 class ScoresBatch(Protocol):

@@ -17,6 +17,7 @@ import operator
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 import numpy as np
 
@@ -36,15 +37,18 @@ from modeling.scoring import Scorer
 from streams.terminal_overlay import Group, TerminalOverlay
 from streams.unreadable import DeadLetter, terminal_or_new, user_or_new
 
-KIND_TXN, KIND_CLICK, KIND_LABEL = "transaction", "click", "label"
+# Final: compiled by mypyc (modeling/native.py), a constant is a C static, not a module-dict lookup
+KIND_TXN: Final = "transaction"
+KIND_CLICK: Final = "click"
+KIND_LABEL: Final = "label"
 Record = Transaction | ClickEvent | Label
-_PARSERS: dict[str, Callable[[bytes, int], Record]] = {
+_PARSERS: Final[dict[str, Callable[[bytes, int], Record]]] = {
     KIND_TXN: parse_transaction,
     KIND_CLICK: parse_click,
     KIND_LABEL: parse_label,
 }
-_RANK = {KIND_CLICK: 0, KIND_TXN: 1, KIND_LABEL: 2}
-_ORDER = operator.itemgetter(0, 1, 2)  # (time, rank, arrival index): unique, a total order
+_RANK: Final = {KIND_CLICK: 0, KIND_TXN: 1, KIND_LABEL: 2}
+_ORDER: Final = operator.itemgetter(0, 1, 2)  # (time, rank, arrival index): unique, a total order
 
 
 @dataclass(slots=True)

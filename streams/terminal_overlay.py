@@ -36,7 +36,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from modeling.features import FeatureEngine, TerminalState
 from modeling.features.engine import INDEX_FROM
@@ -44,8 +44,8 @@ from modeling.records import Label
 
 log = logging.getLogger("riskstream.worker")
 
-APPLIED_KEY = ""  # terminal ids are never empty (modeling/records.py)
-MERGED_KEPT = 64  # busy terminals' merged states kept for reuse (TerminalOverlay.merged)
+APPLIED_KEY: Final = ""  # terminal ids are never empty (modeling/records.py)
+MERGED_KEPT: Final = 64  # busy terminals' merged states kept for reuse (TerminalOverlay.merged)
 
 
 def encode_position(next_offset: int) -> bytes:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 import msgspec
@@ -21,9 +21,9 @@ from modeling.errors import StateError, StateVersionError
 from modeling.features.aggregators import ClickWindows, DistinctAgg, LabelIndex, WindowAgg
 from modeling.features.config import FeatureConfig
 
-USER_STATE_MAGIC = b"RSU"
-TERMINAL_STATE_MAGIC = b"RST"
-STATE_FORMAT_VERSION = 1
+USER_STATE_MAGIC: Final = b"RSU"
+TERMINAL_STATE_MAGIC: Final = b"RST"
+STATE_FORMAT_VERSION: Final = 1
 
 
 class UserState:
@@ -173,8 +173,10 @@ class UserState:
 # caches are bounded by these estimates (streams/pipeline.py, StateCache); a test holds them
 # within 1.5× of tracemalloc over those shapes, in a fresh interpreter (the same decode counted
 # 3.2 MB with Paddle imported and 7.0 MB after other tests: an estimate, not an accounting).
-USER_DECODED_FIXED, USER_DECODED_PER_BYTE = 4608, 5
-TERMINAL_DECODED_FIXED, TERMINAL_DECODED_PER_BYTE = 1024, 7
+USER_DECODED_FIXED: Final = 4608
+USER_DECODED_PER_BYTE: Final = 5
+TERMINAL_DECODED_FIXED: Final = 1024
+TERMINAL_DECODED_PER_BYTE: Final = 7
 
 
 def user_decoded_bytes(snapshot_len: int) -> int:
@@ -215,7 +217,7 @@ def snapshot_last_activity_ms(data: bytes) -> int:
     return last
 
 
-_USER_FIELDS = 13  # elements of a user snapshot's body (UserState.to_bytes)
+_USER_FIELDS: Final = 13  # elements of a user snapshot's body (UserState.to_bytes)
 
 
 class TerminalState:
@@ -267,7 +269,7 @@ class TerminalState:
         return st
 
 
-_pack = msgspec.msgpack.Encoder().encode
+_pack: Final = msgspec.msgpack.Encoder().encode
 
 
 def _unpack(data: bytes, magic: bytes, what: str) -> tuple[Any, ...]:

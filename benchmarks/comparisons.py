@@ -257,7 +257,7 @@ def render(which: str, runs: list[Comparison]) -> str:
         return "No whole runs.\n"
     return (
         f"The {len(now)} whole runs with the current batch sizes (pipeline batches of up to "
-        f"{now[-1].batch} messages, model calls of up to {now[-1].model_batch} rows), oldest first; "
+        f"{now[-1].batch:,} messages, model calls of up to {now[-1].model_batch:,} rows), oldest first; "
         "bold: a target met.\n\n" + table(now) + "\n" + counts(now)
     )
 

@@ -21,7 +21,7 @@ import heapq
 import math
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Final
 
@@ -55,6 +55,10 @@ class TxnFeatures:
     tab: tuple[float, ...]
     seq: tuple[tuple[float, ...], ...]  # up to seq_len steps, oldest first, this transaction last
     late: bool
+    # ``tab`` and ``seq`` as :func:`stack` packs them (float32), packed by the engine while the
+    # values are fresh, the sequence from the user's packed steps (``UserState.seq_packed``):
+    # None where not (features built by hand), and :func:`stack` packs the floats itself.
+    packed: tuple[bytes, bytes] | None = field(default=None, compare=False, repr=False)
 
 
 def stack(
@@ -66,15 +70,27 @@ def stack(
     The live scorer and the trainer both build their arrays here. Each row is packed to float32
     by ``struct`` (the same rounding as numpy's conversion: tested) and the batch is read with
     one ``np.frombuffer``: numpy's own conversion of nested tuples took twice as long per
-    transaction in the worker's scoring step (``benchmarks/README.md``, session 19)."""
+    transaction in the worker's scoring step (``benchmarks/README.md``, session 19). Features
+    from the engine come packed already (:attr:`TxnFeatures.packed`): packing a worker's batch
+    here, long after its floats were made, cost 8-9 µs per transaction (session 31)."""
     n = len(feats)
     nf, width, dim = config.n_features, config.seq_len, config.seq_dim
     pack_tab, pack_step = _packer(nf), _packer(dim)
     pads = _padding(width, dim)
+    tab_len, step_len = 4 * nf, 4 * dim
+    tabs: list[bytes] = []
     rows: list[bytes] = []
     try:
-        tab_bytes = b"".join([pack_tab(*f.tab) for f in feats])
         for f in feats:
+            p = f.packed
+            if p is not None and len(p[0]) == tab_len:
+                n_steps, rest = divmod(len(p[1]), step_len)
+                if n_steps <= width and not rest:
+                    tabs.append(p[0])
+                    rows.append(pads[width - n_steps])
+                    rows.append(p[1])
+                    continue
+            tabs.append(pack_tab(*f.tab))
             steps = f.seq
             pad = width - len(steps)
             if pad < 0:
@@ -86,6 +102,7 @@ def stack(
         raise ValueError(f"features do not match the config ({shape}): {exc}") from None
     except OverflowError as exc:
         raise ValueError(f"features out of float32 range: {exc}") from None
+    tab_bytes = b"".join(tabs)
     tab = np.frombuffer(tab_bytes, dtype=np.float32).reshape(n, nf)
     seq = np.frombuffer(b"".join(rows), dtype=np.float32).reshape(n, width, dim)
     # frombuffer gives read-only views of immutable bytes; the predictor and the reason codes
@@ -120,6 +137,10 @@ class FeatureEngine:
         self._ilong = len(c.txn_windows_ms) - 1
         self._i1d = c.txn_windows_ms.index(DAY_MS) if DAY_MS in c.txn_windows_ms else self._ilong
         self._retention = c.user_retention_ms
+        self._pack_tab = _packer(c.n_features)
+        self._pack_step = _packer(c.seq_dim)
+        # the packed steps a user keeps: the previous seq_len - 1
+        self._seq_keep = 4 * c.seq_dim * (c.seq_len - 1)
 
     def dormant(self, st: UserState, t: int) -> bool:
         """Whether an event at ``t`` comes more than the retention after the user's latest."""
@@ -194,13 +215,35 @@ class FeatureEngine:
 
         step = (1.0, la, dt_log, vs30, new_term, hs, hc, _log1p(st.aggs[self._i1d].count))
         seq = (*st.seq, step)  # st.seq keeps the previous seq_len - 1 steps
+        tab_t = tuple(tab)
+        packed = self._pack(st, tab_t, step)
 
         if fold and not late:
             self._add(st, te, cents, txn.terminal_id)
             st.seq.append(step)
+            if packed is not None:
+                keep = packed[1]
+                if len(keep) > self._seq_keep:
+                    keep = keep[len(keep) - self._seq_keep :]
+                st.seq_packed = keep
             st.prev_ms = te
             st.txn_last_ms = te
-        return TxnFeatures(tuple(tab), seq, late)
+        return TxnFeatures(tab_t, seq, late, packed)
+
+    def _pack(
+        self, st: UserState, tab: tuple[float, ...], step: tuple[float, ...]
+    ) -> tuple[bytes, bytes] | None:
+        """``tab`` and the sequence ending in ``step`` packed as :func:`stack` packs them, from
+        the user's packed steps; None (and the user's packed steps forgotten, rebuilt at its next
+        transaction) where a value does not fit float32: :func:`stack` then says which."""
+        prev = st.seq_packed
+        try:
+            if prev is None:
+                prev = st.seq_packed = b"".join([self._pack_step(*s) for s in st.seq])
+            return self._pack_tab(*tab), prev + self._pack_step(*step)
+        except (struct.error, OverflowError):
+            st.seq_packed = None
+            return None
 
     def _advance(self, st: UserState, te: int) -> None:
         hist, base = st.hist, st.base

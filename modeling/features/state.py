@@ -44,6 +44,7 @@ class UserState:
         "n_seen",
         "prev_ms",
         "seq",
+        "seq_packed",
         "terms",
         "txn_last_ms",
     )
@@ -59,6 +60,9 @@ class UserState:
         self.aggs = [WindowAgg() for _ in range(n)]
         self.terms = DistinctAgg()  # terminals inside the longest window
         self.seq: deque[tuple[float, ...]] = deque(maxlen=max(config.seq_len - 1, 0))
+        # ``seq``'s steps packed to float32 as the model reads them, oldest first (derived, never
+        # serialized: the engine keeps it up to date; None: to be packed again from ``seq``)
+        self.seq_packed: bytes | None = b""
         self.clicks: deque[tuple[int, str, str, str]] = deque()  # (time_ms, type, device, ip)
         self.click_last_ms = -1
         # the click features' windows over ``clicks`` (derived, never serialized: ClickWindows)
@@ -129,6 +133,7 @@ class UserState:
             st.txn_last_ms, st.prev_ms, st.n_seen, st.base = int(txn_last), int(prev), int(n_seen), int(base)
             st.hist = deque(hist)
             st.seq.extend(seq)
+            st.seq_packed = None  # packed from the steps at the user's next transaction
             st.clicks = deque(clicks)
             st.click_last_ms = int(click_last)
             st.devices = dict(devices)

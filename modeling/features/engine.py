@@ -72,7 +72,7 @@ def stack(
     one ``np.frombuffer``: numpy's own conversion of nested tuples took twice as long per
     transaction in the worker's scoring step (``benchmarks/README.md``, session 19). Features
     from the engine come packed already (:attr:`TxnFeatures.packed`): packing a worker's batch
-    here, long after its floats were made, cost 8-9 µs per transaction (session 31)."""
+    here, long after its floats were made, cost 7.5-15 µs per transaction (session 31)."""
     n = len(feats)
     nf, width, dim = config.n_features, config.seq_len, config.seq_dim
     pack_tab, pack_step = _packer(nf), _packer(dim)

@@ -158,6 +158,11 @@ class Settings(BaseSettings):
     # How long another worker's label floor may hold a transaction back after it last changed
     # (that worker's next progress record normally comes with its next batch).
     terminal_feed_max_wait_ms: float = Field(default=1000.0, ge=0)
+    # Every worker reads the global terminal table's changelog back (one record per label of any
+    # worker). Once Faust's recovery is done the worker applies each fetch's records itself, in
+    # one batch, with Faust's own store call and offset books (streams/replica.py). Off: every
+    # record takes Faust's per-record recovery path.
+    terminal_replica_direct: bool = True
 
     # --- models ------------------------------------------------------------------------------
     registry_dir: Path = Field(default_factory=lambda: default_home() / "registry")

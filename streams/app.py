@@ -64,6 +64,7 @@ from streams.pipeline import (
     KIND_TXN,
     BatchProcessor,
 )
+from streams.replica import DirectReplica
 from streams.retention import StateSweeper, TerminalSweeper
 from streams.score_stage import ScoreStage
 from streams.security import faust_credentials
@@ -180,6 +181,11 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     app.batch_topics(inputs, in_buffer)
     term_buffer = InputBuffer(high_water=4 * settings.pipeline_max_batch)
     app.batch_topics(term_topic, term_buffer)
+    if settings.terminal_replica_direct:
+        replica_records = metrics.terminal_replica_records
+        app.direct_replica = DirectReplica(
+            app, terminals, lambda path, n: replica_records.labels(path).inc(n)
+        )
     out = BatchOutput(app, metrics.stage_cpu_seconds.labels("output"))
     terminal_keys = ChangelogKeys(terminals)
     terminal_log = terminals.changelog_topic.get_topic_name()

@@ -177,6 +177,14 @@ class Metrics:
             registry=r,
         )
         self._feed_counts: dict[str, int] = {}
+        self.terminal_replica_records = Counter(
+            "riskstream_terminal_replica_records",
+            "Records of the global terminal table's changelog applied to this worker's replica, by "
+            "path: direct (a fetch's records in one batch, Faust's recovery idle; "
+            "streams/replica.py) or faust (Faust's per-record recovery path)",
+            ["path"],
+            registry=r,
+        )
         self.fetch_long_poll = Gauge(
             "riskstream_fetch_long_poll",
             "1 while the consumer long-polls because nothing was fetched for a second "

@@ -119,6 +119,9 @@ SWEEP: dict[str, dict[str, Any]] = {
     # terminal-labels topic nor publishes its own (streams/terminal_feed.py; the default before
     # session 14). With one worker the feed only reads its own labels back, and skips them.
     "no-terminal-feed": {"terminal_feed": False},
+    # Every record of the global terminal table's changelog through Faust's per-record recovery
+    # path, as before session 32 (streams/replica.py applies a fetch's records at once).
+    "replica-faust": {"terminal_replica_direct": False},
     # CPython's own young and full collections (after gc_pauses.tune: 20,000 / 20 / 20), instead
     # of sweeps only (streams/gc_pauses.py; the default before session 18).
     "gc-auto-full": {"gc_auto_full": True},

@@ -161,9 +161,12 @@ def test_two_workers_catching_up_together_score_as_the_backtest(
         time.sleep(6)  # the feed's counts reach the metrics every 5 s
         fed = [w.metric("riskstream_terminal_feed_records_total", kind="label") for w in workers]
         scored = [w.metric("riskstream_events_out_total", topic=t["risk_events"]) for w in workers]
+        # the terminal table's changelog read back a fetch at a time (streams/replica.py)
+        direct = [w.metric("riskstream_terminal_replica_records_total", path="direct") for w in workers]
     finally:
         for w in workers:
             w.stop()
     _assert_backtest_scores(recs, labels, txns, served_scorer(reg, settings))
     assert all(n > 0 for n in scored), scored  # both scored transactions
     assert all(n > 0 for n in fed), fed  # each applied labels the other forwarded
+    assert all(n > 0 for n in direct), direct

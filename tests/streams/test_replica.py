@@ -1,0 +1,161 @@
+"""DirectReplica (streams/replica.py): the global terminal table's changelog applied a fetch at a
+time, on a real Faust app, table, recovery service and messages (no broker: nothing here sends).
+Through a broker: tests/integration/test_terminal_catch_up.py (two workers reading each other's
+labels back through the replica)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import faust
+from faust.types import TP, Message
+
+from streams.output import ChangelogKeys
+from streams.replica import DirectReplica
+
+
+class World:
+    def __init__(self) -> None:
+        self.app = faust.App("t-replica", broker="kafka://127.0.0.1:1", store="memory://")
+        self.table = self.app.GlobalTable(
+            "terminal-state",
+            default=None,
+            partitions=1,
+            key_type=str,
+            value_type=bytes,
+            recovery_buffer_size=1,
+        )
+        self.recovery = self.app.tables.recovery
+        self.topic = self.table.changelog_topic.get_topic_name()
+        self.tp = TP(self.topic, 0)
+        self.keys = ChangelogKeys(self.table)
+        self.read: dict[Any, int] = {}
+        self.applied: list[tuple[str, int]] = []
+        self.replica = DirectReplica(self.app, self.table, lambda path, n: self.applied.append((path, n)))
+
+    def idle_standby(self) -> None:
+        """Recovery done, the changelog partition a standby of this worker (as on every worker)."""
+        self.recovery.add_standby(self.table, self.tp)
+        self.recovery.completed.set()
+
+    def msg(self, offset: int, key: str, value: bytes | None, tp: TP | None = None) -> tuple[TP, Message]:
+        tp = tp or self.tp
+        return tp, Message(tp.topic, tp.partition, offset, 0.0, 0, [], self.keys(key), value, None)
+
+    def take(self, records: list[tuple[TP, Message]]) -> list[tuple[TP, Message]]:
+        return asyncio.run(self.replica.take(records, self.read.get, self.read.__setitem__))
+
+    def store(self) -> dict[str, Any]:
+        return dict(self.table.data.data)
+
+
+def test_applies_a_fetch_at_once_and_keeps_faust_s_books() -> None:
+    w = World()
+    w.idle_standby()
+    other = w.msg(7, "u1", b"x", tp=TP("t-replica-user-state-changelog", 2))
+    rest = w.take([w.msg(0, "T1", b"a"), other, w.msg(1, "T2", b"b"), w.msg(2, "T1", b"c")])
+    assert rest == [other]  # another table's record keeps Faust's path
+    assert w.store() == {"T1": b"c", "T2": b"b"}
+    assert w.recovery.standby_offsets[w.tp] == 2  # where Faust's next recovery seeks from
+    assert w.read[w.tp] == 2  # the consumer's read offset, as its own delivery sets it
+    assert w.applied == [("direct", 3)]
+
+
+def test_a_tombstone_deletes_the_key() -> None:
+    w = World()
+    w.idle_standby()
+    w.take([w.msg(0, "T1", b"a"), w.msg(1, "T2", b"b")])
+    w.take([w.msg(2, "T1", None)])
+    assert w.store() == {"T2": b"b"}
+
+
+def test_a_record_at_or_below_the_recorded_offset_changes_nothing() -> None:
+    w = World()
+    w.idle_standby()
+    w.take([w.msg(0, "T1", b"a"), w.msg(1, "T1", b"b")])
+    w.read.clear()  # e.g. fetched again after a seek: only the recorded offset guards the store
+    assert w.take([w.msg(0, "T1", b"old")]) == []
+    assert w.store() == {"T1": b"b"}
+    assert w.recovery.standby_offsets[w.tp] == 1
+
+
+def test_records_read_already_are_dropped_as_faust_s_delivery_drops_them() -> None:
+    w = World()
+    w.idle_standby()
+    w.read[w.tp] = 5
+    assert w.take([w.msg(3, "T1", b"a"), w.msg(5, "T2", b"b")]) == []
+    assert w.store() == {"T2": b"b"}
+
+
+def test_everything_takes_faust_s_path_while_recovery_or_a_rebalance_runs() -> None:
+    w = World()
+    w.recovery.add_standby(w.table, w.tp)
+    records = [w.msg(0, "T1", b"a")]
+    assert w.take(records) == records  # the first recovery has not completed
+    w.recovery.completed.set()
+    w.recovery.in_recovery = True
+    assert w.take([w.msg(1, "T1", b"b")]) != []
+    w.recovery.in_recovery = False
+    w.app.rebalancing = True
+    assert w.take([w.msg(2, "T1", b"c")]) != []
+    assert w.store() == {}
+    assert w.applied == [("faust", 1)] * 3
+
+
+def test_a_partition_faust_does_not_track_takes_faust_s_path() -> None:
+    w = World()
+    w.recovery.completed.set()  # but the partition was never assigned
+    records = [w.msg(0, "T1", b"a")]
+    assert w.take(records) == records
+
+
+def test_waits_until_faust_applied_what_it_was_handed() -> None:
+    """A record handed to Faust may still be on its queue: a newer one applied meanwhile would
+    be overwritten by it, so the partition stays on Faust's path until Faust caught up."""
+    w = World()
+    w.recovery.add_standby(w.table, w.tp)
+    w.recovery.completed.set()
+    w.recovery.in_recovery = True
+    w.take([w.msg(0, "T1", b"a"), w.msg(1, "T1", b"b")])  # handed to Faust
+    w.recovery.in_recovery = False
+    w.recovery.standby_offsets[w.tp] = 0  # Faust applied offset 0, not 1 yet
+    assert len(w.take([w.msg(2, "T1", b"c")])) == 1
+    w.recovery.standby_offsets[w.tp] = 2  # now it has applied everything handed to it
+    assert w.take([w.msg(3, "T1", b"d")]) == []
+    assert w.store() == {"T1": b"d"}
+    assert w.recovery.standby_offsets[w.tp] == 3
+
+
+def test_an_active_partition_keeps_its_active_offset() -> None:
+    """The worker that owns the table's partition reads it as active after recovery
+    (``recovery_buffer_size=1``): its offset is the active one."""
+    w = World()
+    w.recovery.add_active(w.table, w.tp)
+    w.recovery.add_standby(w.table, w.tp)
+    w.recovery.completed.set()
+    w.take([w.msg(4, "T1", b"a")])
+    assert w.recovery.active_offsets[w.tp] == 4
+    assert w.recovery.standby_offsets[w.tp] is None
+
+
+def test_a_record_that_does_not_decode_goes_to_faust_with_the_rest_of_its_partition() -> None:
+    w = World()
+    w.idle_standby()
+    bad = (w.tp, Message(w.topic, 0, 1, 0.0, 0, [], b"not json", b"x", None))
+    rest = w.take([w.msg(0, "T1", b"a"), bad, w.msg(2, "T2", b"b")])
+    assert [m.offset for _, m in rest] == [1, 2]
+    assert w.store() == {"T1": b"a"}
+    assert w.recovery.standby_offsets[w.tp] == 0
+
+
+def test_a_table_with_a_changelog_callback_keeps_faust_s_path() -> None:
+    w = World()
+    w.idle_standby()
+
+    async def on_event(event: Any) -> None:
+        pass
+
+    w.table._on_changelog_event = on_event
+    records = [w.msg(0, "T1", b"a")]
+    assert w.take(records) == records

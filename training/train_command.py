@@ -186,9 +186,15 @@ def run(args: argparse.Namespace) -> int:
         shadow=args.shadow,
     )
     val = published.metrics["validation"]
+    fit = published.fit
+    best = (
+        f"best epochs {', '.join(map(str, fit.member_best_epochs))} (members)"
+        if len(fit.member_best_epochs) > 1
+        else f"best epoch {fit.best_epoch}"
+    )
     print(
         f"validation: AUC {val['auc_roc']:.4f}  AP {val['average_precision']:.4f}  "
-        f"CP@100 {val['card_precision_at_100']:.4f}  (best epoch {published.fit.best_epoch}, "
+        f"CP@100 {val['card_precision_at_100']:.4f}  ({best}, "
         f"{sum(published.fit.epoch_seconds):.0f}s training)",
         file=sys.stderr,
     )

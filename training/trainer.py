@@ -107,6 +107,8 @@ class FitResult:
     world_size: int
     device: str
     rank_fingerprints: list[str] = field(default_factory=list)
+    # an ensemble's: each member's best epoch (``best_epoch`` is the first member's)
+    member_best_epochs: list[int] = field(default_factory=list)
 
     @property
     def epoch_seconds(self) -> list[float]:
@@ -348,7 +350,15 @@ def fit_ensemble(
     if not members:
         raise ValueError("no ensemble members")
     pos_weight = resolve_pos_weight(members[0][1], train.y)
-    results = [fit(net, train, val, replace(cfg, pos_weight=pos_weight)) for net, cfg in members]
+    results = []
+    for i, (net, cfg) in enumerate(members, 1):
+        if len(members) > 1 and cfg.progress:
+            print(
+                f"member {i}/{len(members)}: {net.seq_encoder} sequence encoder, "
+                f"{net.numeric_encoding} numeric encoding, tabular layers {list(net.tab_hidden)}",
+                flush=True,
+            )
+        results.append(fit(net, train, val, replace(cfg, pos_weight=pos_weight)))
     if len(results) == 1:
         return results[0]
     nets = [r.model for r in results]
@@ -364,7 +374,15 @@ def fit_ensemble(
     first = results[0]
     fingerprints = [f for r in results for f in r.rank_fingerprints]
     return FitResult(
-        ensemble, history, first.best_epoch, best_ap, pos_weight, first.world_size, first.device, fingerprints
+        ensemble,
+        history,
+        first.best_epoch,
+        best_ap,
+        pos_weight,
+        first.world_size,
+        first.device,
+        fingerprints,
+        [r.best_epoch for r in results],
     )
 
 

@@ -133,6 +133,7 @@ def test_a_blend_of_two_members_exports_as_one_program(tmp_path: Path) -> None:
     )
     assert isinstance(res.model, FraudEnsemble) and len(res.model.members) == 2
     assert {h.member for h in res.history} == {0, 1}
+    assert res.member_best_epochs == [1, 1] and res.best_epoch == 1
     assert res.best_val_ap is not None and res.pos_weight == resolve_pos_weight(CFG, train.y)
     with paddle.no_grad():
         t, s = paddle.to_tensor(val.tab), paddle.to_tensor(val.seq)

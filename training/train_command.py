@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     val = published.metrics["validation"]
     fit = published.fit
     best = (
-        f"best epochs {', '.join(map(str, fit.member_best_epochs))} (members)"
+        f"best epoch per member {', '.join(map(str, fit.member_best_epochs))}"
         if len(fit.member_best_epochs) > 1
         else f"best epoch {fit.best_epoch}"
     )

@@ -354,8 +354,8 @@ def fit_ensemble(
     for i, (net, cfg) in enumerate(members, 1):
         if len(members) > 1 and cfg.progress:
             print(
-                f"member {i}/{len(members)}: {net.seq_encoder} sequence encoder, "
-                f"{net.numeric_encoding} numeric encoding, tabular layers {list(net.tab_hidden)}",
+                f"member {i}/{len(members)}: seq_encoder={net.seq_encoder}, "
+                f"numeric_encoding={net.numeric_encoding}, tab_hidden={list(net.tab_hidden)}",
                 flush=True,
             )
         results.append(fit(net, train, val, replace(cfg, pos_weight=pos_weight)))

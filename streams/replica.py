@@ -16,7 +16,7 @@ books as its recovery loop does: the partition's offset in ``active_offsets`` (o
 these hold, and otherwise hands the records to Faust's path as before:
 
 * no recovery or rebalance is running (Faust reads and seeks changelogs itself then);
-* the partition is one Faust's recovery tracks for this table;
+* the partition is one Faust's recovery tracks (an active or standby changelog partition);
 * Faust has applied every record of the partition handed to it: its recorded offset equals the
   last offset handed over. A record still on Faust's queue (or taken off it and not applied yet)
   could otherwise land after a newer one applied here and put an older state back, and would be
@@ -56,8 +56,6 @@ class DirectReplica:
             return None
         if getattr(self.table, "_on_changelog_event", None) is not None:
             return None
-        if recovery.tp_to_table.get(tp) is not self.table:
-            return None
         if tp in recovery.active_tps:
             offsets = recovery.active_offsets
         elif tp in recovery.standby_tps:
@@ -84,6 +82,7 @@ class DirectReplica:
             return records
         rest: list[tuple[Any, Any]] = []
         events: list[Any] = []
+        n_faust = 0
         direct: dict[Any, Any] = {}  # tp -> its offsets, or None: Faust's path for this fetch
         decode = self.table.changelog_topic.decode
         for tp, message in records:
@@ -112,10 +111,10 @@ class DirectReplica:
                     continue
             rest.append((tp, message))
             self.handed[tp] = message.offset
+            n_faust += 1
         if events:
             self.table.apply_changelog_batch(events)
             self.on_applied("direct", len(events))
-        n_faust = len(rest) - sum(1 for tp, _ in rest if tp.topic != topic)
         if n_faust:
             self.on_applied("faust", n_faust)
         return rest

@@ -163,6 +163,13 @@ class Settings(BaseSettings):
     # one batch, with Faust's own store call and offset books (streams/replica.py). Off: every
     # record takes Faust's per-record recovery path.
     terminal_replica_direct: bool = True
+    # Standby copies of other workers' user-state partitions (Faust's table_standby_replicas).
+    # With the memory store, the only one, a standby copy is never used: Faust drops a standby
+    # partition's keys at the end of every recovery, and a partition that becomes active replays
+    # its changelog from the start whatever it held (DEVELOPERS.md, "Standby replicas"). Each
+    # copy costs a worker memory and a read of every changelog record of the partitions it
+    # stands by for. 0: none (Faust's default is 1).
+    table_standby_replicas: int = Field(default=0, ge=0)
 
     # --- models ------------------------------------------------------------------------------
     registry_dir: Path = Field(default_factory=lambda: default_home() / "registry")

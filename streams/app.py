@@ -113,6 +113,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         # Records per fetch: keeps what one fetch adds to the input buffer near its high-water mark.
         broker_max_poll_records=2 * settings.pipeline_max_batch,
         table_cleanup_interval=3600.0,
+        table_standby_replicas=settings.table_standby_replicas,
         consumer_auto_offset_reset="earliest",
         broker_credentials=faust_credentials(settings),  # TLS / SASL (streams/security.py)
     )
@@ -189,6 +190,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     out = BatchOutput(app, metrics.stage_cpu_seconds.labels("output"))
     terminal_keys = ChangelogKeys(terminals)
     terminal_log = terminals.changelog_topic.get_topic_name()
+    user_log = users.changelog_topic.get_topic_name()
     term_name = term_topic.get_topic_name()
     feed = None if feed_state is None else terminal_feed(settings, term_name, feed_state, in_buffer.poke)
     stage = ScoreStage(
@@ -309,6 +311,14 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         if isinstance(consumer, BatchingConsumer):  # BatchingApp's, on the loop or not
             await report_uncommitted(consumer)
         metrics.states.labels("user").set(len(store_dict(users)))
+        tables: Any = app.tables  # faust's TableManager: TableManagerT does not declare .recovery
+        recovery = tables.recovery
+        for kind, log_topic in (("user", user_log), ("terminal", terminal_log)):
+            metrics.set_table_partitions(
+                kind,
+                sum(tp.topic == log_topic for tp in recovery.active_tps),
+                sum(tp.topic == log_topic for tp in recovery.standby_tps),
+            )
         term_store = store_dict(terminals)
         metrics.states.labels("terminal").set(len(term_store) - (APPLIED_KEY in term_store))
         metrics.set_state_caches({"user": processor.users, "terminal": processor.terminals})

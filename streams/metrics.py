@@ -223,9 +223,18 @@ class Metrics:
         )
         self.states = Gauge(
             "riskstream_states",
-            "States in this worker's table stores: user (its partitions' and standby copies) and "
-            "terminal (the global table: all of them)",
+            "States in this worker's table stores: user (its partitions', and standby copies of "
+            "others' with table_standby_replicas above 0) and terminal (the global table: all of them)",
             ["kind"],
+            registry=r,
+        )
+        self.table_partitions = Gauge(
+            "riskstream_table_partitions",
+            "Changelog partitions of each state table (user, terminal) this worker holds, by role: "
+            "active (recovered at assignment: its own input partitions' states, every partition of "
+            "the global terminal table) and standby (copies of other workers' partitions, "
+            "table_standby_replicas)",
+            ["table", "role"],
             registry=r,
         )
         self.state_cache_bytes = Gauge(
@@ -341,6 +350,10 @@ class Metrics:
         and no longer owns is removed: left in place, its last value would be summed with the
         new owner's (dashboard, RiskstreamBehind)."""
         self._set_per_partition(self.consumer_lag, lags)
+
+    def set_table_partitions(self, table: str, active: int, standby: int) -> None:
+        self.table_partitions.labels(table, "active").set(active)
+        self.table_partitions.labels(table, "standby").set(standby)
 
     def set_consumer_uncommitted(self, counts: dict[tuple[str, int], int]) -> None:
         """As :meth:`set_consumer_lag`, from the group's committed offsets: what was fetched and

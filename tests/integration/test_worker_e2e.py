@@ -192,6 +192,35 @@ def _assert_tables_equal_replay(sc: Scenario, events: list[Transaction | ClickEv
         assert _terminal_view(live_t, config) == _terminal_view(ts, config), tid
 
 
+def _assert_each_user_state_held_once(
+    workers: list[WorkerProc], events: list[Transaction | ClickEvent | Label]
+) -> None:
+    """Each user's state is in exactly one worker's store: no standby copies of another worker's
+    partitions (``table_standby_replicas`` 0). With Faust's default of 1 each worker also reads
+    the other's user-state changelog partitions and applies them to its store 1,000 records at a
+    time (Faust's standby buffer, more than this test writes). The gauges are reported every
+    5 s: they must settle first."""
+    for w in workers:
+        assert w.metric("riskstream_table_partitions", table="user", role="standby") == 0
+        assert w.metric("riskstream_table_partitions", table="terminal", role="active") == 1
+    assert sum(w.metric("riskstream_table_partitions", table="user", role="active") for w in workers) == 4
+    runner = FeatureRunner(FeatureEngine(FeatureConfig()))
+    for _ in runner.run(events):
+        pass
+    n_users = len(runner.users)
+    held: list[float] = []
+    deadline = time.monotonic() + 60
+    while True:
+        now = [w.metric("riskstream_states", kind="user") for w in workers]
+        if now == held and sum(now) >= n_users:
+            break
+        assert time.monotonic() < deadline, f"user states {now}, {n_users} users"
+        held = now
+        time.sleep(6)
+    assert all(n > 0 for n in held), held
+    assert sum(held) == n_users, f"user states per worker {held}: {n_users} users"
+
+
 def test_sigkill_mid_stream_loses_nothing_and_restores_state(
     kafka_broker: str, model_registry: Path, tmp_path: Path, sample: pd.DataFrame
 ) -> None:
@@ -367,6 +396,7 @@ def test_two_workers_share_partitions_and_swap_models_under_load(
         while len(workers[1].children(INFERENCE_CHILD)) != 1:
             assert time.monotonic() < deadline, workers[1].children(INFERENCE_CHILD)
             time.sleep(0.5)
+        _assert_each_user_state_held_once(workers, events)
     finally:
         for w in workers:
             w.stop()

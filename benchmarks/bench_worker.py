@@ -126,7 +126,7 @@ from workerbench.config import (
     SWEEP,
     sweep_entry,
 )
-from workerbench.kafka import Topics, create_topics, relay, settings_for, work_floor
+from workerbench.kafka import Topics, create_topics, relay, settings_for, start_broker, work_floor
 from workerbench.latency import run_latency, run_relay_latency, warm_paced
 from workerbench.messages import build_warm_state
 from workerbench.messages import load_messages as load_messages
@@ -407,31 +407,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             bootstrap, broker_pid = args.bootstrap, None
             result["broker"] = {"bootstrap": bootstrap, "own": False}
         else:
-            from streams.broker.local import LocalKafka, free_port_pair
-
-            lib = load_settings().kafka_home / "lib"
-            port, controller_port = free_port_pair()  # distinct: two free_port() calls may repeat
-            kafka_home = work / "kafka"
-            if args.broker_dir is not None:
-                kafka_home = Path(tempfile.mkdtemp(prefix="bench-kafka-", dir=args.broker_dir))
-            kafka = LocalKafka(
-                kafka_home,
-                port=port,
-                controller_port=controller_port,
-                lib_dir=lib,
-                partitions=PARTITIONS,
-            )
-            print("starting a local Kafka broker ...", flush=True)
-            st = kafka.start()
-            bootstrap, broker_pid = st.bootstrap, st.pid
-            result["broker"] = {
-                "bootstrap": bootstrap,
-                "own": True,
-                "version": st.version,
-                "heap": kafka.heap,
-                "data_dir": str(kafka_home),
-                "data_filesystem": filesystem_of(kafka_home),
-            }
+            kafka, info = start_broker(work, args.broker_dir)
+            bootstrap, broker_pid = info["bootstrap"], info.pop("pid")
+            result["broker"] = {**info, "data_filesystem": filesystem_of(kafka.home)}
         run_id = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
         backlog = Topics(f"bench-{run_id}-tx", f"bench-{run_id}-clicks", f"bench-{run_id}-labels")
         ctx = Ctx(bootstrap, registry, work, backlog, msgs, run_id, args.timeout, broker_pid, args.profile)

@@ -88,6 +88,39 @@ async def seed_changelogs(bootstrap: str, logs: dict[str, tuple[Mapping[str, byt
     await write_snapshots(bootstrap, logs)
 
 
+def start_broker(work: Path, broker_dir: Path | None) -> tuple[Any, dict[str, Any]]:
+    """A local Kafka broker (``streams.broker.local``) on free ports, its data under ``work`` or
+    in a folder of its own under ``broker_dir`` (/dev/shm: in memory); the broker and what the
+    results record about it."""
+    import tempfile
+
+    from modeling.settings import load_settings
+    from streams.broker.local import LocalKafka, free_port_pair
+
+    port, controller_port = free_port_pair()  # distinct: two free_port() calls may repeat
+    home = work / "kafka"
+    if broker_dir is not None:
+        home = Path(tempfile.mkdtemp(prefix="bench-kafka-", dir=broker_dir))
+    kafka = LocalKafka(
+        home,
+        port=port,
+        controller_port=controller_port,
+        lib_dir=load_settings().kafka_home / "lib",
+        partitions=PARTITIONS,
+    )
+    print("starting a local Kafka broker ...", flush=True)
+    st = kafka.start()
+    info = {
+        "bootstrap": st.bootstrap,
+        "pid": st.pid,
+        "own": True,
+        "version": st.version,
+        "heap": kafka.heap,
+        "data_dir": str(home),
+    }
+    return kafka, info
+
+
 # ------------------------------------------------------------------------------------ relay role
 
 

@@ -39,13 +39,11 @@ import argparse
 import asyncio
 import json
 import logging
-import re
 import shutil
 import signal
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,76 +58,12 @@ from workerbench.measure import _interp, batch_stats, start_profile
 from workerbench.messages import build_warm_state, load_messages, train_registry
 from workerbench.procs import Ctx, Proc, riskstream_env, seed_worker
 from workerbench.system import loadavg, machine_info, peak_rss_mb, tree_cpu_seconds
+from workerbench.tables import recovery_after, scrape_tables
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "standby0": {"table_standby_replicas": 0},  # riskstream's default
     "standby1": {"table_standby_replicas": 1},  # Faust's default
 }
-
-# ------------------------------------------------------------------------------- Faust's log
-
-_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\] \[\d+\] \[\w+\] (.*)$")
-_ROW = re.compile(r"^\| (\S+)\s+\| (\d+)\s+\| (-?\d+)\s+\|")
-
-
-def recovery_after(log: str, since: float, changelog: str) -> dict[str, Any]:
-    """The first recovery a worker's log shows after ``since`` (seconds since the epoch): when
-    it logged "Worker ready", and for each partition of ``changelog`` Faust read as active where
-    it started reading (``start``, -1: from the beginning) and the partition's last offset
-    (``highwater``), from Faust's "Reading Starts At - Active" and "Highwater - Active" tables.
-    Log times are local."""
-    ready: float | None = None
-    starts: dict[int, int] = {}
-    highs: dict[int, int] = {}
-    table: dict[int, int] | None = None
-    topic = ""
-    t: float | None = None
-    for line in log.splitlines():
-        m = _LINE.match(line)
-        if m:
-            t = time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S")) + int(m[2]) / 1000.0
-            table = None
-            if t >= since and m[3].rstrip().endswith("Worker ready"):
-                ready = t
-                break
-            continue
-        if t is None or t < since:
-            continue
-        if line.startswith("+Highwater - Active"):
-            table = highs
-        elif line.startswith("+Reading Starts At - Active"):
-            table = starts
-        elif table is not None and (r := _ROW.match(line)):
-            topic = topic if r[1] == "\u3003" else r[1]  # 〃: the row above's topic
-            if topic == changelog:
-                table[int(r[2])] = int(r[3])
-    parts = {p: {"start": starts.get(p), "highwater": h} for p, h in sorted(highs.items())}
-    return {
-        "ready_after_s": None if ready is None else round(ready - since, 2),
-        "partitions": parts,
-        "records_read": sum(h - s for p, h in highs.items() if (s := starts.get(p)) is not None),
-    }
-
-
-# ----------------------------------------------------------------------------------- metrics
-
-
-def scrape(proc: Proc) -> dict[str, Any]:
-    """User states held and user-state changelog partitions by role, from the worker's metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    url = f"http://127.0.0.1:{proc.env['RISKSTREAM_METRICS_PORT']}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as r:
-        text = r.read().decode()
-    out: dict[str, Any] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if fam.name == "riskstream_states" and s.labels.get("kind") == "user":
-                out["user_states"] = int(s.value)
-            elif fam.name == "riskstream_table_partitions" and s.labels.get("table") == "user":
-                out[f"user_partitions_{s.labels['role']}"] = int(s.value)
-    return out
-
 
 # ---------------------------------------------------------------------------------------- runs
 
@@ -177,7 +111,7 @@ async def run_pair(ctx: Ctx, label: str, timeout: float) -> dict[str, Any]:
         # what each worker's standby partitions held at the end: the other worker's writes
         res["user_changelog_records"] = await end_count(watcher, f"{app_id}-user-state-changelog")
         await asyncio.sleep(6.0)  # the gauges are reported every 5 s
-        res["workers"] = [{**scrape(p), "peak_rss_mb": peak_rss_mb(p.pid)} for p in procs]
+        res["workers"] = [{**scrape_tables(p), "peak_rss_mb": peak_rss_mb(p.pid)} for p in procs]
         stopped = time.time()
         procs[1].stop()
         log = ""

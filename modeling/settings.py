@@ -163,6 +163,11 @@ class Settings(BaseSettings):
     # one batch, with Faust's own store call and offset books (streams/replica.py). Off: every
     # record takes Faust's per-record recovery path.
     terminal_replica_direct: bool = True
+    # A started worker rebuilds its user states from the changelog (the memory store keeps
+    # nothing on disk). While Faust's recovery reads a partition, the worker applies each fetch's
+    # records in one batch, keeping Faust's offsets and ending the recovery as Faust does
+    # (streams/replica.py). Off: every record takes Faust's per-record recovery path.
+    user_recovery_direct: bool = True
     # Standby copies of other workers' user-state partitions (Faust's table_standby_replicas).
     # With the memory store, the only one, a standby copy is never used: Faust drops a standby
     # partition's keys at the end of every recovery, and a partition that becomes active replays

@@ -182,11 +182,15 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     app.batch_topics(inputs, in_buffer)
     term_buffer = InputBuffer(high_water=4 * settings.pipeline_max_batch)
     app.batch_topics(term_topic, term_buffer)
+    replicas = []
     if settings.terminal_replica_direct:
         replica_records = metrics.terminal_replica_records
-        app.direct_replica = DirectReplica(
-            app, terminals, lambda path, n: replica_records.labels(path).inc(n)
-        )
+        replicas.append(DirectReplica(app, terminals, lambda path, n: replica_records.labels(path).inc(n)))
+    if settings.user_recovery_direct:
+        user_records = metrics.user_state_records_read
+        on_user = user_records.labels
+        replicas.append(DirectReplica(app, users, lambda path, n: on_user(path).inc(n), during_recovery=True))
+    app.direct_replicas = tuple(replicas)
     out = BatchOutput(app, metrics.stage_cpu_seconds.labels("output"))
     terminal_keys = ChangelogKeys(terminals)
     terminal_log = terminals.changelog_topic.get_topic_name()

@@ -298,7 +298,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         deferred: list[tuple[Any, Any]] = []
         on_fetch = getattr(app, "on_fetch", lambda n: None)
         on_poll = getattr(app, "on_poll", None)  # every poll, empty ones too (streams/fetch_pacer.py)
-        replica = getattr(app, "direct_replica", None)  # the terminal table's (streams/replica.py)
+        replicas = getattr(app, "direct_replicas", ())  # the tables' (streams/replica.py)
 
         async def deliver(records: list[tuple[Any, Any]]) -> None:
             # Faust's per-record delivery, in order; a suspension cancels what is left (the
@@ -367,7 +367,9 @@ class BatchingConsumer(faust_aiokafka.Consumer):
                     on_fetch(n_fetched)
                 if on_poll is not None:
                     on_poll(n_fetched)
-                if deferred and replica is not None:
+                for replica in replicas:
+                    if not deferred:
+                        break
                     deferred = await replica.take(deferred, get_read_offset, set_read_offset)
                 if deferred:
                     await self.wait_first(deliver(deferred), self.suspend_flow.wait())
@@ -461,7 +463,7 @@ class BatchingApp(faust.App):
     fetch_settings: tuple[int, int] | None  # (fetch_min_bytes, fetch_max_wait_ms); None: Faust's
     on_fetch: Any  # called with the number of records of each fetch (a metric's observe)
     on_poll: Any  # called after every poll of the fetcher, with its records (0 too), or None
-    direct_replica: Any = None  # streams/replica.py's DirectReplica for the terminal table, or None
+    direct_replicas: tuple[Any, ...] = ()  # streams/replica.py's DirectReplica of each table that has one
 
     def __init__(
         self,

@@ -185,6 +185,14 @@ class Metrics:
             ["path"],
             registry=r,
         )
+        self.user_state_records_read = Counter(
+            "riskstream_user_state_records_read",
+            "Records of the user-state changelog read back into this worker's store (its recovery, "
+            "standby copies), by path: direct (a fetch's records in one batch; streams/replica.py) "
+            "or faust (Faust's per-record recovery path)",
+            ["path"],
+            registry=r,
+        )
         self.fetch_long_poll = Gauge(
             "riskstream_fetch_long_poll",
             "1 while the consumer long-polls because nothing was fetched for a second "

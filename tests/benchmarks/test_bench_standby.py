@@ -1,5 +1,5 @@
-"""``bench_standby.recovery_after``: a failover's recovery read from a worker's log, in the
-format Faust 0.15 writes (lines and tables as a worker logged them, offsets changed)."""
+"""``workerbench.tables``: a recovery read from a worker's log, in the format Faust 0.15 writes
+(lines and tables as a worker logged them, offsets changed); ``bench_standby``'s run order."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from bench_standby import order, recovery_after
+from bench_standby import order
+from workerbench.tables import log_times, recovery_after
 
 _LINES = """\
 [2026-12-04 17:00:25,301] [6212] [INFO] [^---Recovery]: active offsets at start of reading:
@@ -73,3 +74,10 @@ def test_a_recovery_before_the_stop_does_not_count() -> None:
 
 def test_each_setting_runs_first_as_often() -> None:
     assert order(3) == ["standby0", "standby1", "standby1--2", "standby0--2", "standby0--3", "standby1--3"]
+
+
+def test_log_times_finds_the_first_line_after_since() -> None:
+    got = log_times(LOG, _at("2026-12-04 17:00:26"), ("Worker ready", "Recovery complete", "Restoring state"))
+    assert got["Worker ready"] == _at("2026-12-04 17:00:28") + 0.554  # not 17:00:25's
+    assert got["Recovery complete"] == _at("2026-12-04 17:00:28") + 0.498
+    assert got["Restoring state"] is None

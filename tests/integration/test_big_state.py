@@ -87,6 +87,10 @@ def test_a_state_over_one_megabyte_is_written_kept_and_restored(
         # scored on the restored 1.2 MB state: as a replay of every event scores it
         want = served_scorer(reg, settings).score([second], [runner.on_transaction(second)])[0].score
         assert got["big-2"] == pytest.approx(want, abs=1e-5)
+        # restored by the worker's own recovery path (streams/replica.py, during_recovery), not
+        # Faust's per-record one
+        assert w2.metric("riskstream_user_state_records_read_total", path="direct") >= 1
+        assert w2.metric("riskstream_user_state_records_read_total", path="faust") == 0
         w2.check_alive()
     finally:
         w2.stop()

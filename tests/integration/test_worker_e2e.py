@@ -308,6 +308,9 @@ def test_worker_joining_mid_stream_rebalances_without_hang_or_loss(
         for w in (w1, w2):
             w.check_alive()
             assert w.metric("riskstream_events_in_total") > 0, "each worker must own partitions"
+        # the joiner recovered the states of the partitions it took a fetch at a time
+        # (streams/replica.py, during_recovery)
+        assert w2.metric("riskstream_user_state_records_read_total", path="direct") > 0
         # A revocation runs a full collection (streams/gc_pauses.py): w1's first assignment and
         # the rebalance w2's joining made.
         assert w1.metric("riskstream_gc_pause_seconds_count", generation="sweep") >= 2

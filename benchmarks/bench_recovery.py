@@ -1,0 +1,233 @@
+"""How long a started worker takes to rebuild its user states from the changelog, by state count.
+
+    python benchmarks/bench_recovery.py [--users 50000,200000] [--paths direct,faust] [--repeat 2]
+                                        [--registry DIR] [--broker-dir /dev/shm]
+                                        [--out benchmarks/results/recovery.json]
+
+About 6 minutes on 2 shared cores with the defaults and ``--registry``.
+
+The worker's tables are Faust memory stores, so a started worker replays its partitions' whole
+user-state changelog (faust-streaming #284), one record per user once compacted. This seeds a
+fresh changelog with N user states and starts one worker (default settings, empty input topics)
+on it. The states are the 4,814 real snapshots of ``bench_worker.py``'s warm state (every event of
+handbook_2w before its message window), repeated under new keys. Each count runs with both
+recovery paths (``--paths``, alternated, the order reversed in every other round): ``direct``
+(``user_recovery_direct``, the default: a fetch's records applied at a time,
+``streams/replica.py``) and ``faust`` (every record through Faust's recovery loop). Recorded per run:
+
+* from Faust's log: seconds from "Restoring state from changelog topics" to "Done reading from
+  changelog topics" (the replay), from the process's start to "Worker ready", and the records
+  its recovery read (``workerbench.tables.recovery_after``);
+* from the worker's metrics once ready: the user states it holds (must be N), and the records
+  read back by path (``riskstream_user_state_records_read_total``);
+* the worker's CPU seconds and peak resident memory when ready.
+
+Results go to ``--out`` (JSON: every run; per state count, replay records per second and the
+peak memory added per state against the smallest count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # workerbench/
+
+from workerbench.config import DATA, DEFAULT_WORKER, PARTITIONS
+from workerbench.kafka import Topics, create_topics, seed_changelogs, start_broker
+from workerbench.messages import build_warm_state, load_messages, train_registry
+from workerbench.procs import Ctx, Proc, riskstream_env
+from workerbench.system import cpu_seconds, machine_info, peak_rss_mb
+from workerbench.tables import log_times, recovery_after, scrape_tables
+
+RESTORING = "Restoring state from changelog topics..."
+DONE = "Done reading from changelog topics"
+READY = "Worker ready"
+
+
+def states(base: dict[str, bytes], n: int) -> dict[str, bytes]:
+    """``n`` states: ``base``'s snapshots in turn under new keys (``base`` itself first)."""
+    items = list(base.items())
+    out: dict[str, bytes] = {}
+    for i in range(n):
+        key, raw = items[i % len(items)]
+        out[key if i < len(items) else f"{key}~{i // len(items)}"] = raw
+    return out
+
+
+# user_recovery_direct: the worker applies a fetch's changelog records at a time while Faust's
+# recovery reads them (streams/replica.py), or every record takes Faust's path
+PATHS = {"direct": True, "faust": False}
+
+
+async def run_one(ctx: Ctx, label: str, users: dict[str, bytes], path: str, timeout: float) -> dict[str, Any]:
+    app_id = ctx.name(label)
+    topics = Topics(f"{app_id}-tx", f"{app_id}-clicks", f"{app_id}-labels")
+    out = f"{app_id}-risk"
+    await create_topics(ctx.bootstrap, [*topics.inputs, out, f"{out}-dlq"])
+    await seed_changelogs(ctx.bootstrap, {f"{app_id}-user-state-changelog": (users, PARTITIONS)})
+    env = riskstream_env(ctx, app_id, topics, out, {**DEFAULT_WORKER, "user_recovery_direct": PATHS[path]})
+    cmd = [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"]
+    proc = Proc(cmd, env, ctx.work / f"{app_id}.log").start()
+    res: dict[str, Any] = {"label": label, "users": len(users), "path": path, "status": "ok"}
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            log = proc.log.read_text(errors="replace")
+            if log_times(log, proc.started, (READY,))[READY] is not None:
+                break
+            if not proc.alive() or time.monotonic() > deadline:
+                res["status"] = "exited" if not proc.alive() else f"timeout after {timeout:.0f} s"
+                return res
+            await asyncio.sleep(0.2)
+        res["cpu_s_when_ready"] = cpu_seconds(proc.pid)
+        res["peak_rss_mb_when_ready"] = peak_rss_mb(proc.pid)
+        times = log_times(log, proc.started, (RESTORING, DONE, READY))
+        rec = recovery_after(log, proc.started, f"{app_id}-user-state-changelog")
+        t_restore, t_done, t_ready = times[RESTORING], times[DONE], times[READY]
+        replay = t_done - t_restore if t_restore is not None and t_done is not None else None
+        res.update(
+            {
+                "ready_after_start_s": None if t_ready is None else round(t_ready - proc.started, 2),
+                "replay_s": None if replay is None else round(replay, 2),
+                "records_read": rec["records_read"],
+                "replay_records_per_s": round(rec["records_read"] / replay, 1) if replay else None,
+            }
+        )
+        await asyncio.sleep(6.0)  # the gauges are reported every 5 s
+        res.update(scrape_tables(proc))
+        res["records_by_path"] = read_paths(proc)
+    finally:
+        proc.stop()
+    return res
+
+
+def read_paths(proc: Proc) -> dict[str, float]:
+    """``riskstream_user_state_records_read_total`` by path, from the worker's metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{proc.env['RISKSTREAM_METRICS_PORT']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    return {
+        s.labels["path"]: s.value
+        for fam in text_string_to_metric_families(text)
+        if fam.name == "riskstream_user_state_records_read"
+        for s in fam.samples
+        if s.name.endswith("_total")
+    }
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = [r for r in runs if r["status"] == "ok" and r.get("replay_s")]
+    counts = sorted({r["users"] for r in ok})
+    out: dict[str, Any] = {}
+    for n, path in ((n, p) for n in counts for p in PATHS):
+        rs = [r for r in ok if r["users"] == n and r["path"] == path]
+        if not rs:
+            continue
+        out[f"{n} {path}"] = {
+            "runs": len(rs),
+            "replay_s": [r["replay_s"] for r in rs],
+            "replay_records_per_s": [r["replay_records_per_s"] for r in rs],
+            "ready_after_start_s": [r["ready_after_start_s"] for r in rs],
+            "peak_rss_mb_when_ready": [r["peak_rss_mb_when_ready"] for r in rs],
+            "user_states": [r.get("user_states") for r in rs],
+        }
+    if len(counts) > 1:
+        lo, hi = counts[0], counts[-1]
+
+        def rss(n: int) -> float:
+            xs = [float(r["peak_rss_mb_when_ready"]) for r in ok if r["users"] == n and r["path"] == "direct"]
+            return sum(xs) / len(xs) if xs else float("nan")
+
+        out["peak_rss_kb_per_added_state"] = round((rss(hi) - rss(lo)) * 1024 / (hi - lo), 2)
+    return out
+
+
+async def bench(
+    ctx: Ctx, counts: list[int], paths: list[str], repeat: int, timeout: float, result: dict[str, Any]
+) -> None:
+    assert ctx.warm is not None
+    for i in range(repeat):
+        for n in counts if i % 2 == 0 else counts[::-1]:
+            users = states(ctx.warm.users, n)
+            for path in paths if i % 2 == 0 else paths[::-1]:
+                label = f"u{n}-{path}-{i + 1}"
+                print(f"worker starting on {n:,} user states, {path} ({label})", flush=True)
+                r = await run_one(ctx, label, users, path, timeout)
+                result["runs"].append(r)
+                print(f"  {r}", flush=True)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--users", default="50000,200000", help="comma-separated user-state counts")
+    ap.add_argument(
+        "--paths", default="direct,faust", help="user_recovery_direct on (direct), off (faust), or both"
+    )
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each count, order reversed each time")
+    ap.add_argument("--file", type=Path, default=DATA)
+    ap.add_argument("--registry", type=Path, help="reuse a registry with a published behaviour model")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds a worker may take to be ready")
+    ap.add_argument("--broker-dir", type=Path, help="the broker's data in this folder (/dev/shm)")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "recovery.json")
+    args = ap.parse_args(argv)
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    counts = [int(x) for x in args.users.split(",")]
+    result: dict[str, Any] = {
+        "command": " ".join(["python", "benchmarks/bench_recovery.py", *argv]),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine_info(),
+        "runs": [],
+    }
+    work = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
+    kafka = None
+    try:
+        msgs = load_messages(args.file, 1000, 7.0)  # the window is not used: its history is
+        registry = args.registry or train_registry(work / "registry")
+        signal.signal(signal.SIGTERM, _interrupt)  # after Paddle's import: unwind, stop the broker
+        kafka, info = start_broker(work, args.broker_dir)
+        result["broker"] = info
+        run_id = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]
+        unused = Topics("unused", "unused", "unused")
+        ctx = Ctx(info["bootstrap"], registry, work, unused, msgs, run_id, args.timeout, info["pid"])
+        ctx.warm = build_warm_state(msgs.history)
+        sizes = [len(v) for v in ctx.warm.users.values()]
+        mean = round(sum(sizes) / len(sizes), 1)
+        result["base_states"] = {"users": len(sizes), "snapshot_bytes_mean": mean}
+        asyncio.run(bench(ctx, counts, args.paths.split(","), args.repeat, args.timeout, result))
+    finally:
+        if kafka is not None:
+            kafka.stop()
+        result["summary"] = summarize(result["runs"])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result["summary"], indent=2))
+        print(f"wrote {args.out}")
+        shutil.rmtree(work, ignore_errors=True)
+        if kafka is not None and not kafka.home.is_relative_to(work):
+            shutil.rmtree(kafka.home, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""What a worker's state tables did: Faust's recovery as its log tells it, and the states and
+changelog partitions its metrics report."""
+
+from __future__ import annotations
+
+import re
+import time
+import urllib.request
+from typing import Any
+
+from workerbench.procs import Proc
+
+# ------------------------------------------------------------------------------- Faust's log
+
+_LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\] \[\d+\] \[\w+\] (.*)$")
+_ROW = re.compile(r"^\| (\S+)\s+\| (\d+)\s+\| (-?\d+)\s+\|")
+
+
+def recovery_after(log: str, since: float, changelog: str) -> dict[str, Any]:
+    """The first recovery a worker's log shows after ``since`` (seconds since the epoch): when
+    it logged "Worker ready", and for each partition of ``changelog`` Faust read as active where
+    it started reading (``start``, -1: from the beginning) and the partition's last offset
+    (``highwater``), from Faust's "Reading Starts At - Active" and "Highwater - Active" tables.
+    Log times are local."""
+    ready: float | None = None
+    starts: dict[int, int] = {}
+    highs: dict[int, int] = {}
+    table: dict[int, int] | None = None
+    topic = ""
+    t: float | None = None
+    for line in log.splitlines():
+        m = _LINE.match(line)
+        if m:
+            t = time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S")) + int(m[2]) / 1000.0
+            table = None
+            if t >= since and m[3].rstrip().endswith("Worker ready"):
+                ready = t
+                break
+            continue
+        if t is None or t < since:
+            continue
+        if line.startswith("+Highwater - Active"):
+            table = highs
+        elif line.startswith("+Reading Starts At - Active"):
+            table = starts
+        elif table is not None and (r := _ROW.match(line)):
+            topic = topic if r[1] == "\u3003" else r[1]  # 〃: the row above's topic
+            if topic == changelog:
+                table[int(r[2])] = int(r[3])
+    parts = {p: {"start": starts.get(p), "highwater": h} for p, h in sorted(highs.items())}
+    return {
+        "ready_after_s": None if ready is None else round(ready - since, 2),
+        "partitions": parts,
+        "records_read": sum(h - s for p, h in highs.items() if (s := starts.get(p)) is not None),
+    }
+
+
+# ----------------------------------------------------------------------------------- metrics
+
+
+def scrape_tables(proc: Proc) -> dict[str, Any]:
+    """User states held and user-state changelog partitions by role, from the worker's metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{proc.env['RISKSTREAM_METRICS_PORT']}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, Any] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if fam.name == "riskstream_states" and s.labels.get("kind") == "user":
+                out["user_states"] = int(s.value)
+            elif fam.name == "riskstream_table_partitions" and s.labels.get("table") == "user":
+                out[f"user_partitions_{s.labels['role']}"] = int(s.value)
+    return out
+
+
+def log_times(log: str, since: float, endings: tuple[str, ...]) -> dict[str, float | None]:
+    """For each of ``endings``, the time (seconds since the epoch) of the first log line at or
+    after ``since`` whose message ends with it; None where none does."""
+    found: dict[str, float | None] = dict.fromkeys(endings)
+    for line in log.splitlines():
+        m = _LINE.match(line)
+        if not m:
+            continue
+        t = time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S")) + int(m[2]) / 1000.0
+        if t < since:
+            continue
+        msg = m[3].rstrip()
+        for e in endings:
+            if found[e] is None and msg.endswith(e):
+                found[e] = t
+    return found

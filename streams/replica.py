@@ -18,10 +18,10 @@ these hold, and otherwise hands the records to Faust's path as before:
 
 * no recovery or rebalance is running (Faust reads and seeks changelogs itself then);
 * the partition is one Faust's recovery tracks (an active or standby changelog partition);
-* Faust has taken every record of the partition handed to it: its queue is empty, or its
-  recorded offset has reached the last offset handed over. A record still on Faust's queue
-  could otherwise land after a newer one applied here and put an older state back (it would
-  also be skipped as seen); what Faust took and buffered is applied first;
+* Faust has taken every record of the partition handed to it: its recorded offset has reached
+  the last offset handed over. A record still on Faust's queue would otherwise be skipped as
+  older than one applied here, and its key keep an older state; what Faust took and buffered
+  is applied first;
 * the table has no changelog-event callback (Faust's path would call it per record).
 
 **During a recovery** (``during_recovery``: the user-state table's instance). A started worker
@@ -31,9 +31,9 @@ records a second, a fetch at a time here 44.4k-63.9k (``benchmarks/results/recov
 While Faust's recovery reads a partition as active (its start offset and highwater built, no
 new recovery pending), this instance applies each fetch's records of it the same way, with the
 same ordering rule as above. Faust's recovery buffer is applied first: Faust applies a table's
-recovered records 1,000 at a time, so records it took may still wait there. When the batch brings every active partition to its
-highwater, it ends the recovery as Faust's loop does on its next record: buffers flushed,
-recovery marked ended, the recovery-end signal set.
+recovered records 1,000 at a time, so records it took may still wait there. When the batch
+brings every active partition to its highwater, it ends the recovery as Faust's loop does on
+its next record: buffers flushed, recovery marked ended, the recovery-end signal set.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class DirectReplica:
         self.on_applied = on_applied  # (path, records): "direct" or "faust"
         self.during_recovery = during_recovery
         # The last offset handed to Faust's path, per partition (a TP): its recovery loop has
-        # taken everything handed to it once its recorded offset equals this.
+        # taken everything handed to it once its recorded offset reaches this.
         self.handed: dict[Any, int] = {}
 
     def _offsets(self, tp: Any) -> Any:
@@ -86,10 +86,13 @@ class DirectReplica:
         else:
             return None
         handed = self.handed.get(tp)
-        if handed is not None and not recovery.tables.changelog_queue.empty():
+        if handed is not None:
             seen = offsets.get(tp)
             if seen is None or seen < handed:
-                return None  # Faust's queue may still hold some of them
+                # Faust's queue may still hold some of them. An empty queue is not enough: its
+                # loop takes a record off it (asyncio.wait_for's own task) a step before it
+                # records the offset, and would then skip the record as older than ours.
+                return None
         return offsets
 
     def _recovering(self, recovery: Any, tp: Any) -> bool:

@@ -157,6 +157,18 @@ def test_another_partition_s_records_on_faust_s_queue_do_not_hold_this_one_back(
     assert w.store() == {"T1": b"b"}
 
 
+def test_an_empty_queue_is_not_enough() -> None:
+    """Faust's loop takes a record off its queue a step before it records the offset: with the
+    queue empty and the offset not recorded yet, the record is still Faust's to apply."""
+    w = World()
+    w.recovery.add_standby(w.table, w.tp)
+    w.recovery.completed.set()
+    w.recovery.in_recovery = True
+    w.take([w.msg(0, "T1", b"a")])  # handed to Faust, taken off its queue, offset not recorded
+    w.recovery.in_recovery = False
+    assert len(w.take([w.msg(1, "T2", b"b")])) == 1
+
+
 def test_an_active_partition_keeps_its_active_offset() -> None:
     """The worker that owns the table's partition reads it as active after recovery
     (``recovery_buffer_size=1``): its offset is the active one."""

@@ -26,8 +26,8 @@ these hold, and otherwise hands the records to Faust's path as before:
 
 **During a recovery** (``during_recovery``: the user-state table's instance). A started worker
 rebuilds its partitions' user states from the changelog (the memory store has nothing on disk,
-faust-streaming #284), one record per user once compacted: through Faust's loop 11.1k-16.8k
-records a second, a fetch at a time here 44.4k-63.9k (``benchmarks/results/recovery.json``).
+faust-streaming #284), one record per user once compacted: through Faust's loop 13.2k-16.6k
+records a second, a fetch at a time here 43.0k-56.6k (``benchmarks/results/recovery.json``).
 While Faust's recovery reads a partition as active (its start offset and highwater built, no
 new recovery pending), this instance applies each fetch's records of it the same way, with the
 same ordering rule as above. Faust's recovery buffer is applied first: Faust applies a table's

@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import shutil
 import signal
 import sys
 import tempfile
@@ -47,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # workerbench/
 
 from workerbench.config import DATA, DEFAULT_WORKER, PARTITIONS
-from workerbench.kafka import Topics, create_topics, seed_changelogs, start_broker
+from workerbench.kafka import Topics, create_topics, finish, seed_changelogs, start_broker
 from workerbench.messages import build_warm_state, load_messages, train_registry
 from workerbench.procs import Ctx, Proc, riskstream_env
 from workerbench.system import cpu_seconds, machine_info, peak_rss_mb
@@ -216,16 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["base_states"] = {"users": len(sizes), "snapshot_bytes_mean": mean}
         asyncio.run(bench(ctx, counts, args.paths.split(","), args.repeat, args.timeout, result))
     finally:
-        if kafka is not None:
-            kafka.stop()
         result["summary"] = summarize(result["runs"])
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps(result["summary"], indent=2))
-        print(f"wrote {args.out}")
-        shutil.rmtree(work, ignore_errors=True)
-        if kafka is not None and not kafka.home.is_relative_to(work):
-            shutil.rmtree(kafka.home, ignore_errors=True)
+        finish(kafka, work, args.out, result)
     return 0
 
 

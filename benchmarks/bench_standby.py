@@ -39,7 +39,6 @@ import argparse
 import asyncio
 import json
 import logging
-import shutil
 import signal
 import sys
 import tempfile
@@ -53,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # workerbench/
 
 from workerbench.config import DATA, DEFAULT_WORKER, sweep_entry
-from workerbench.kafka import Topics, create_topics, end_count, read_all, settings_for, start_broker
+from workerbench.kafka import Topics, create_topics, end_count, finish, read_all, settings_for, start_broker
 from workerbench.measure import _interp, batch_stats, start_profile
 from workerbench.messages import build_warm_state, load_messages, train_registry
 from workerbench.procs import Ctx, Proc, riskstream_env, seed_worker
@@ -255,18 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["warm_state"] = {"users": len(ctx.warm.users), "terminals": len(ctx.warm.terminals)}
         asyncio.run(bench(ctx, args.rounds, args.timeout, result))
     finally:
-        if kafka is not None:
-            kafka.stop()
         result["summary"] = summarize(result["runs"])
         if ctx is not None and ctx.profiles:
             result["profiles"] = ctx.profiles
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps(result["summary"], indent=2))
-        print(f"wrote {args.out}")
-        shutil.rmtree(work, ignore_errors=True)
-        if kafka is not None and not kafka.home.is_relative_to(work):
-            shutil.rmtree(kafka.home, ignore_errors=True)
+        finish(kafka, work, args.out, result)
     return 0
 
 

@@ -121,6 +121,23 @@ def start_broker(work: Path, broker_dir: Path | None) -> tuple[Any, dict[str, An
     return kafka, info
 
 
+def finish(kafka: Any, work: Path, out: Path, result: dict[str, Any]) -> None:
+    """The end of a benchmark with its own broker (``start_broker``): the broker stopped,
+    ``result`` written to ``out`` and its summary printed, the temporary folders removed."""
+    import json
+    import shutil
+
+    if kafka is not None:
+        kafka.stop()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result.get("summary"), indent=2))
+    print(f"wrote {out}")
+    shutil.rmtree(work, ignore_errors=True)
+    if kafka is not None and not kafka.home.is_relative_to(work):
+        shutil.rmtree(kafka.home, ignore_errors=True)
+
+
 # ------------------------------------------------------------------------------------ relay role
 
 

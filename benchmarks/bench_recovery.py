@@ -4,7 +4,7 @@
                                         [--registry DIR] [--broker-dir /dev/shm]
                                         [--out benchmarks/results/recovery.json]
 
-About 6 minutes on 2 shared cores with the defaults and ``--registry``.
+About 3 minutes on 2 shared cores with the defaults and ``--registry`` (measured).
 
 The worker's tables are Faust memory stores, so a started worker replays its partitions' whole
 user-state changelog (faust-streaming #284), one record per user once compacted. This seeds a
@@ -19,7 +19,7 @@ recovery paths (``--paths``, alternated, the order reversed in every other round
   changelog topics" (the replay), from the process's start to "Worker ready", and the records
   its recovery read (``workerbench.tables.recovery_after``);
 * from the worker's metrics once ready: the user states it holds (must be N), and the records
-  read back by path (``riskstream_user_state_records_read_total``);
+  read back by path (``riskstream_user_state_records_read_total``, ``records_by_path``);
 * the worker's CPU seconds and peak resident memory when ready.
 
 Results go to ``--out`` (JSON: every run; per state count, replay records per second and the
@@ -35,7 +35,6 @@ import signal
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,26 +106,9 @@ async def run_one(ctx: Ctx, label: str, users: dict[str, bytes], path: str, time
         )
         await asyncio.sleep(6.0)  # the gauges are reported every 5 s
         res.update(scrape_tables(proc))
-        res["records_by_path"] = read_paths(proc)
     finally:
         proc.stop()
     return res
-
-
-def read_paths(proc: Proc) -> dict[str, float]:
-    """``riskstream_user_state_records_read_total`` by path, from the worker's metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    url = f"http://127.0.0.1:{proc.env['RISKSTREAM_METRICS_PORT']}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as r:
-        text = r.read().decode()
-    return {
-        s.labels["path"]: s.value
-        for fam in text_string_to_metric_families(text)
-        if fam.name == "riskstream_user_state_records_read"
-        for s in fam.samples
-        if s.name.endswith("_total")
-    }
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -171,7 +171,7 @@ class Settings(BaseSettings):
     # Standby copies of other workers' user-state partitions (Faust's table_standby_replicas).
     # With the memory store, the only one, a standby copy is never used: Faust drops a standby
     # partition's keys at the end of every recovery, and a partition that becomes active replays
-    # its changelog from the start whatever it held (DEVELOPERS.md, "Standby replicas"). Each
+    # its changelog from the start whatever it held (DEVELOPERS.md, "No standby copies"). Each
     # copy costs a worker memory and a read of every changelog record of the partitions it
     # stands by for. 0: none (Faust's default is 1).
     table_standby_replicas: int = Field(default=0, ge=0)

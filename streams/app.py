@@ -184,12 +184,11 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     app.batch_topics(term_topic, term_buffer)
     replicas = []
     if settings.terminal_replica_direct:
-        replica_records = metrics.terminal_replica_records
-        replicas.append(DirectReplica(app, terminals, lambda path, n: replica_records.labels(path).inc(n)))
+        on_terminal = metrics.count_by_path(metrics.terminal_replica_records)
+        replicas.append(DirectReplica(app, terminals, on_terminal))
     if settings.user_recovery_direct:
-        user_records = metrics.user_state_records_read
-        on_user = user_records.labels
-        replicas.append(DirectReplica(app, users, lambda path, n: on_user(path).inc(n), during_recovery=True))
+        on_user = metrics.count_by_path(metrics.user_state_records_read)
+        replicas.append(DirectReplica(app, users, on_user, during_recovery=True))
     app.direct_replicas = tuple(replicas)
     out = BatchOutput(app, metrics.stage_cpu_seconds.labels("output"))
     terminal_keys = ChangelogKeys(terminals)

@@ -7,7 +7,7 @@ defined here; tests compare their queries with what a live worker serves on its 
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -358,6 +358,12 @@ class Metrics:
         and no longer owns is removed: left in place, its last value would be summed with the
         new owner's (dashboard, RiskstreamBehind)."""
         self._set_per_partition(self.consumer_lag, lags)
+
+    @staticmethod
+    def count_by_path(counter: Counter) -> Callable[[str, int], None]:
+        """``(path, n)``: ``n`` added to ``counter``'s ``path`` label (streams/replica.py's
+        ``on_applied``)."""
+        return lambda path, n: counter.labels(path).inc(n)
 
     def set_table_partitions(self, table: str, active: int, standby: int) -> None:
         self.table_partitions.labels(table, "active").set(active)

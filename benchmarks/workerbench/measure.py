@@ -183,14 +183,10 @@ def scrape_stalls(proc: Proc) -> dict[str, Any] | None:
     (``align_expired``), what the collector freed by generation (``gc_collected``) and the waits
     for the terminal table (``terminal_overlay``: transactions scored with forwarded labels on
     top of the terminal table); all cumulative since start."""
-    import urllib.request
-
     from prometheus_client.parser import text_string_to_metric_families
 
-    url = f"http://127.0.0.1:{proc.env['RISKSTREAM_METRICS_PORT']}/metrics"
     try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            text = r.read().decode()
+        text = proc.metrics()
     except OSError as exc:
         return {"error": repr(exc)}
     wanted = {

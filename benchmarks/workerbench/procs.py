@@ -67,6 +67,14 @@ class Proc:
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait(10)
 
+    def metrics(self) -> str:
+        """The worker's Prometheus exposition (its ``RISKSTREAM_METRICS_PORT``)."""
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.env['RISKSTREAM_METRICS_PORT']}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return str(r.read().decode())
+
     def tail(self, n: int = 30) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import time
-import urllib.request
 from typing import Any
 
 from workerbench.procs import Proc
@@ -14,6 +13,11 @@ from workerbench.procs import Proc
 
 _LINE = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\] \[\d+\] \[\w+\] (.*)$")
 _ROW = re.compile(r"^\| (\S+)\s+\| (\d+)\s+\| (-?\d+)\s+\|")
+
+
+def _line_time(m: re.Match[str]) -> float:
+    """A log line's time (``_LINE``'s groups 1 and 2; local time), in seconds since the epoch."""
+    return time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S")) + int(m[2]) / 1000.0
 
 
 def recovery_after(log: str, since: float, changelog: str) -> dict[str, Any]:
@@ -31,7 +35,7 @@ def recovery_after(log: str, since: float, changelog: str) -> dict[str, Any]:
     for line in log.splitlines():
         m = _LINE.match(line)
         if m:
-            t = time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S")) + int(m[2]) / 1000.0
+            t = _line_time(m)
             table = None
             if t >= since and m[3].rstrip().endswith("Worker ready"):
                 ready = t
@@ -59,19 +63,19 @@ def recovery_after(log: str, since: float, changelog: str) -> dict[str, Any]:
 
 
 def scrape_tables(proc: Proc) -> dict[str, Any]:
-    """User states held and user-state changelog partitions by role, from the worker's metrics."""
+    """From the worker's metrics: the user states it holds, its user-state changelog partitions
+    by role, and the user-state records it read back by path (``records_by_path``)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    url = f"http://127.0.0.1:{proc.env['RISKSTREAM_METRICS_PORT']}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as r:
-        text = r.read().decode()
-    out: dict[str, Any] = {}
-    for fam in text_string_to_metric_families(text):
+    out: dict[str, Any] = {"records_by_path": {}}
+    for fam in text_string_to_metric_families(proc.metrics()):
         for s in fam.samples:
             if fam.name == "riskstream_states" and s.labels.get("kind") == "user":
                 out["user_states"] = int(s.value)
             elif fam.name == "riskstream_table_partitions" and s.labels.get("table") == "user":
                 out[f"user_partitions_{s.labels['role']}"] = int(s.value)
+            elif fam.name == "riskstream_user_state_records_read" and s.name.endswith("_total"):
+                out["records_by_path"][s.labels["path"]] = int(s.value)
     return out
 
 
@@ -83,7 +87,7 @@ def log_times(log: str, since: float, endings: tuple[str, ...]) -> dict[str, flo
         m = _LINE.match(line)
         if not m:
             continue
-        t = time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S")) + int(m[2]) / 1000.0
+        t = _line_time(m)
         if t < since:
             continue
         msg = m[3].rstrip()

@@ -51,6 +51,7 @@ from modeling.settings import Settings, feature_config
 from streams.batch_loop import BatchLoop
 from streams.broker.topics import terminal_labels_topic
 from streams.fetch_pacer import FetchPacer, aiokafka_fetcher
+from streams.housekeeping import Rounds, consumer_lags
 from streams.in_loop import InLoopTransport
 from streams.input_buffer import InputBuffer
 from streams.intake import BatchingApp, BatchingConsumer, BatchingTransport
@@ -269,13 +270,17 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     async def loop_lag() -> None:
         await watch_loop_lag(metrics.event_loop_lag_seconds, cpu_counter=metrics.event_loop_cpu_seconds)
 
-    @app.timer(interval=settings.registry_poll_s)  # type: ignore[untyped-decorator]
+    # A failed round of any timer below is logged and counted, never the worker's end
+    # (streams/housekeeping.py).
+    rounds = Rounds(metrics.housekeeping_errors)
+
     async def refresh_model() -> None:
         await watcher.poll()
 
+    app.timer(interval=settings.registry_poll_s)(rounds.guard("model_refresh", refresh_model))
+
     if settings.state_sweep_interval_s > 0:
 
-        @app.timer(interval=settings.state_sweep_interval_s)  # type: ignore[untyped-decorator]
         async def sweep_states() -> None:
             for kind, swept in (("user", sweeper), ("terminal", terminal_sweeper)):
                 t0 = time.monotonic()
@@ -291,6 +296,8 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
                         time.monotonic() - t0,
                     )
 
+        app.timer(interval=settings.state_sweep_interval_s)(rounds.guard("state_sweep", sweep_states))
+
     async def report_uncommitted(consumer: BatchingConsumer) -> None:
         try:
             counts = await consumer.uncommitted(kinds)
@@ -299,20 +306,8 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
             return
         metrics.set_consumer_uncommitted(counts)
 
-    @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
-    async def report_lag() -> None:
-        consumer = app.consumer
-        lags = {}
-        for tp in consumer.assignment():
-            if tp.topic not in kinds:
-                continue
-            hw = consumer.highwater(tp)
-            pos = await consumer.position(tp)
-            if hw is not None and pos is not None:
-                lags[(tp.topic, tp.partition)] = max(hw - pos, 0)
-        metrics.set_consumer_lag(lags)  # partitions given away in a rebalance leave the gauge
-        if isinstance(consumer, BatchingConsumer):  # BatchingApp's, on the loop or not
-            await report_uncommitted(consumer)
+    async def report() -> None:
+        # What needs no await first: a rebalance can change the assignment at every await below.
         metrics.states.labels("user").set(len(store_dict(users)))
         tables: Any = app.tables  # faust's TableManager: TableManagerT does not declare .recovery
         recovery = tables.recovery
@@ -333,6 +328,20 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         wm = processor.watermark.value(time.time() * 1000.0)
         if wm is not None:
             metrics.watermark_seconds.set(wm / 1000.0)
+        consumer = app.consumer
+        # partitions given away in a rebalance leave the gauge
+        metrics.set_consumer_lag(await consumer_lags(consumer, kinds))
+        if isinstance(consumer, BatchingConsumer):  # BatchingApp's, on the loop or not
+            await report_uncommitted(consumer)
+
+    report_round = rounds.guard("metrics_report", report)
+    app.timer(interval=5.0)(report_round)
+
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]
+    async def report_now(sender: Any, **kwargs: Any) -> None:
+        # The tables are recovered: the gauges hold this worker's partitions and states now,
+        # not up to 5 s later (until first set, a labelled gauge has no series to scrape).
+        await report_round()
 
     if feed is not None:
 

@@ -219,6 +219,15 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.housekeeping_errors = Counter(
+            "riskstream_housekeeping_errors",
+            "Periodic rounds that failed and were skipped (streams/housekeeping.py): model "
+            "refresh (model_refresh), state sweeps (state_sweep), the metrics report (metrics_report). "
+            "Scoring goes on; the round runs "
+            "again at its next interval, and the worker's log says why it failed",
+            ["round"],
+            registry=r,
+        )
 
         self.shadow_scores = Histogram(
             "riskstream_shadow_score", "Fraud scores of the shadow model", buckets=_SCORE, registry=r

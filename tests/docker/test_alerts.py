@@ -149,6 +149,23 @@ CASES: list[dict[str, Any]] = [
         ],
     },
     {
+        # w1 cannot read the registry from 5 min on (a round every 5 s); w2's metrics report
+        # failed once, in a rebalance: not an alert
+        "name": "a worker's model refresh keeps failing",
+        "series": [
+            _s("riskstream_housekeeping_errors_total", {**W1, "round": "model_refresh"}, "0x20 3+3x20"),
+            _s("riskstream_housekeeping_errors_total", {**W2, "round": "metrics_report"}, "0x20 1x20"),
+        ],
+        "expect": [
+            ("4m", "RiskstreamHousekeepingFailing", []),
+            (
+                "6m",
+                "RiskstreamHousekeepingFailing",
+                [({**W1, "round": "model_refresh"}, "Worker w1:9464: its model_refresh rounds keep failing")],
+            ),
+        ],
+    },
+    {
         "name": "a stored state cannot be read",
         "series": [
             _s("riskstream_states_unreadable_total", {**W1, "kind": "user"}, "0x20 1x20"),

@@ -1,6 +1,7 @@
 """A challenger in shadow through the real broker: published while the worker runs, scored on
 every transaction next to the served model without changing a decision, promoted without a
-restart; a shadow bundle that fails verification is refused while the served model goes on."""
+restart; a shadow bundle that fails verification is refused while the served model goes on, and
+so does an unreadable CURRENT pointer."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from harness import Scenario, WorkerProc, consume, run, wait_caught_up, wait_mod
 
 from modeling.features import FeatureConfig
 from modeling.records import Transaction, parse_risk_event
-from modeling.registry import MANIFEST, ModelRegistry
+from modeling.registry import CURRENT, MANIFEST, ModelRegistry
 from streams.replay import replay_events
 from training.history import event_stream, load_history
 
@@ -70,8 +71,25 @@ def test_shadow_model_scores_beside_the_served_one_and_is_promoted_live(
         while w.metric("riskstream_model_rejections_total", kind="shadow") < 1:
             assert time.monotonic() < deadline, w.log_tail()
             time.sleep(0.5)
-        run(replay_events(thirds[2], sc.settings(), progress=False))
+        # An unreadable CURRENT pointer (a hand edit, a torn copy): the model refresh fails,
+        # is counted, and the worker scores on with the model it has (before, the error left
+        # Faust's timer task and crashed the worker).
+        pointer = reg_dir / "behaviour" / CURRENT
+        good = pointer.read_bytes()
+        pointer.write_bytes(b'{"version": ')
+        deadline = time.monotonic() + 60
+        while w.metric("riskstream_housekeeping_errors_total", round="model_refresh") < 2:
+            w.check_alive()
+            assert time.monotonic() < deadline, w.log_tail()
+            time.sleep(0.5)
+        run(replay_events(thirds[2][: len(thirds[2]) // 2], sc.settings(), progress=False))
         wait_caught_up(sc, worker=w)
+        w.check_alive()
+        assert "model_refresh failed (RegistryError" in w.log_tail(400)
+        pointer.write_bytes(good)
+        run(replay_events(thirds[2][len(thirds[2]) // 2 :], sc.settings(), progress=False))
+        wait_caught_up(sc, worker=w)
+        assert w.metric("riskstream_housekeeping_errors_total", round="metrics_report") == 0
         in_shadow = sum(isinstance(e, Transaction) for e in thirds[1])
         pairs = {
             (s["decision"], s["shadow_decision"]) for s in w.label_sets("riskstream_shadow_decisions_total")

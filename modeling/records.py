@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Annotated, Any, Final
 
 import msgspec
@@ -217,6 +218,13 @@ def _str(d: dict[str, Any], key: str, *, optional: bool = False, max_len: int = 
         raise ValidationError(key, "empty")
     if len(v) > max_len:
         raise ValidationError(key, f"longer than {max_len} characters")
+    if not v.isascii():
+        try:
+            v.encode()
+        except UnicodeEncodeError:
+            raise ValidationError(
+                key, "not valid Unicode: a lone surrogate (an unpaired \\ud800-\\udfff escape)"
+            ) from None
     return v
 
 
@@ -260,10 +268,23 @@ _DECODE_CLICK = msgspec.json.Decoder(ClickEvent).decode
 _DECODE_LABEL = msgspec.json.Decoder(Label).decode
 
 
+# A JSON escape of a UTF-16 surrogate. msgspec decodes one without its pair into a lone
+# surrogate, a str that no UTF-8 encoder takes: the risk event, the changelog key and the
+# forwarded label of such a record could not be written, and the worker would stop on the same
+# message after every restart. Messages holding one go to the checked parser, which refuses a
+# lone surrogate (a proper pair, such as an escaped emoji, passes).
+_SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")
+_BACKSLASH: Final = ord("\\")
+
+
 def _fast(decode: Any, raw: bytes | str | dict[str, Any], max_bytes: int) -> Any:
-    """The record msgspec decodes from ``raw``, or ``None``: refused, too large, or a dict (the
-    checked parser then decides and names the field)."""
+    """The record msgspec decodes from ``raw``, or ``None``: refused, too large, a dict or
+    holding a surrogate escape (the checked parser then decides and names the field)."""
     if isinstance(raw, dict) or len(raw) > max_bytes:
+        return None
+    if isinstance(raw, str):
+        raw = raw.encode(errors="surrogatepass")
+    if _BACKSLASH in raw and _SURROGATE_ESCAPE.search(raw) is not None:  # int `in`: a memchr
         return None
     try:
         return decode(raw)

@@ -83,6 +83,9 @@ def test_n_in_n_out_and_dead_letters(
             orjson.dumps({**good, "text": "x" * 70_000}),
             orjson.dumps({**good, "event_time": "2018-06-01"}),
             orjson.dumps({**good, "schema": "transaction/9"}),
+            # an unpaired surrogate escape: no UTF-8 for its risk event or state key (a poison
+            # pill that stopped the worker after every restart, until session 34)
+            orjson.dumps({**good, "terminal_id": "PLACEHOLDER"}).replace(b"PLACEHOLDER", b"\\udc00"),
         ]
         run(
             produce(
@@ -104,7 +107,7 @@ def test_n_in_n_out_and_dead_letters(
             assert int(h["riskstream-source-offset"]) >= 0
             assert h["riskstream-error"] and h["riskstream-error-field"]
         fields = {dict(r.headers)["riskstream-error-field"].decode() for r in dead}
-        assert {"<message>", "amount", "user_id", "event_time", "schema"} <= fields
+        assert {"<message>", "amount", "user_id", "event_time", "schema", "terminal_id"} <= fields
         ev = parse_risk_event(
             next(r.value for r in run(consume(sc.bootstrap, sc.topics["risk_events"], until=1, timeout=30)))
         )

@@ -101,6 +101,44 @@ def test_bad_json_and_huge_payloads() -> None:
         parse_transaction(b" " * 70_000)
 
 
+_CLICK = ClickEvent("42", T, "login", "s", "d", "ip").to_dict()
+_LABEL = Label("t1", "42", "7", True, T, T + 1).to_dict()
+_STRING_FIELDS = (
+    [
+        (parse_transaction, GOOD_TXN, f)
+        for f in ("transaction_id", "user_id", "terminal_id", "device_id", "ip", "text")
+    ]
+    + [(parse_click, _CLICK, f) for f in ("user_id", "session_id", "device_id", "ip")]
+    + [(parse_label, _LABEL, f) for f in ("transaction_id", "user_id", "terminal_id")]
+)
+
+
+@pytest.mark.parametrize(("parse", "good", "field"), _STRING_FIELDS)
+def test_a_lone_surrogate_is_refused_and_a_pair_accepted(
+    parse: Any, good: dict[str, Any], field: str
+) -> None:
+    """A string with an unpaired UTF-16 surrogate cannot be encoded as UTF-8, so its risk event,
+    changelog key or forwarded label could never be written: before session 34 msgspec's fast
+    path accepted one, and the worker stopped on that message after every restart."""
+    for lone in (b"\\ud800", b"a\\uDFFFb", b"\\ude00\\ud83d"):  # high alone, low alone, swapped
+        raw = orjson.dumps({**good, field: "PLACEHOLDER"}).replace(b"PLACEHOLDER", lone)
+        with pytest.raises(ValidationError, match="lone surrogate") as exc:
+            parse(raw)
+        assert exc.value.field == field
+        with pytest.raises(ValidationError, match="lone surrogate"):
+            parse(raw.decode())  # a str holding the escape
+        with pytest.raises(ValidationError, match="lone surrogate"):
+            parse(json.loads(raw))  # a dict holding the lone surrogate itself
+    # the same bytes a CESU-8 encoder writes for U+D800: json's lenient fallback reads them
+    cesu = orjson.dumps({**good, field: "PLACEHOLDER"}).replace(b"PLACEHOLDER", b"\xed\xa0\x80")
+    with pytest.raises(ValidationError):
+        parse(cesu)
+    pair = orjson.dumps({**good, field: "PLACEHOLDER"}).replace(b"PLACEHOLDER", b"x\\ud83d\\ude00")
+    assert getattr(parse(pair), field) == "x\U0001f600"
+    escaped = orjson.dumps({**good, field: "\\ud800"})  # a backslash, then "ud800": plain text
+    assert getattr(parse(escaped), field) == "\\ud800"
+
+
 def test_click_and_label_validation() -> None:
     good = ClickEvent("42", T, "login", "s", "d", "ip").to_dict()
     with pytest.raises(ValidationError) as exc:

@@ -35,7 +35,7 @@ from modeling.records import (
 )
 from modeling.scoring import Scorer
 from streams.terminal_overlay import Group, TerminalOverlay
-from streams.unreadable import DeadLetter, terminal_or_new, user_or_new
+from streams.unreadable import DeadLetter, input_dead_letter, terminal_or_new, user_or_new
 
 # Final: compiled by mypyc (modeling/native.py), a constant is a C static, not a module-dict lookup
 KIND_TXN: Final = "transaction"
@@ -292,7 +292,7 @@ class BatchProcessor:
             try:
                 rec = _PARSERS[m.kind](m.value, self.max_bytes)
             except ValidationError as exc:
-                out.dead_letters.append(_dead_letter(m, exc))
+                out.dead_letters.append(input_dead_letter(m, exc))
                 out.dead_fields.append((m.topic, exc.field))
                 continue
             st = self._user(rec.user_id, touched)
@@ -438,17 +438,3 @@ class BatchProcessor:
         self.dirty_partition = {}
         self.flushing = {}
         self.watermark.forget()
-
-
-def _dead_letter(m: InMessage, exc: ValidationError) -> DeadLetter:
-    return DeadLetter(
-        key=m.key,
-        value=m.value,
-        headers=[
-            ("riskstream-source-topic", m.topic.encode()),
-            ("riskstream-source-partition", str(m.partition).encode()),
-            ("riskstream-source-offset", str(m.offset).encode()),
-            ("riskstream-error-field", exc.field.encode()),
-            ("riskstream-error", str(exc).encode()[:1000]),
-        ],
-    )

@@ -11,10 +11,12 @@ feeds (:data:`~streams.terminal_feed.PROGRESS_KEY`) share the topic and are skip
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+from modeling.errors import ValidationError
 from modeling.features import FeatureEngine, TerminalState
 from modeling.records import parse_label
 from modeling.settings import Settings
@@ -22,7 +24,9 @@ from streams.metrics import Metrics
 from streams.output import BatchOutput
 from streams.terminal_feed import PROGRESS_KEY
 from streams.terminal_overlay import APPLIED_KEY, encode_position
-from streams.unreadable import KIND_TERMINAL_STATE, terminal_or_new
+from streams.unreadable import KIND_TERMINAL_STATE, input_dead_letter, terminal_or_new
+
+log = logging.getLogger("riskstream.worker")
 
 
 class TerminalLoop:
@@ -70,7 +74,11 @@ class TerminalLoop:
         for _, m in taken:
             if m.key == PROGRESS_KEY:
                 continue  # another worker's label floors, for the terminal feeds
-            lb = parse_label(m.value, self.settings.max_message_bytes)
+            try:
+                lb = parse_label(m.value, self.settings.max_message_bytes)
+            except ValidationError as exc:  # not a worker's forwarded label: another writer's
+                self._dead_letter(m, exc, records)
+                continue
             ts = touched.get(lb.terminal_id)
             if ts is None:
                 ts = self.own.get(lb.terminal_id)
@@ -94,6 +102,17 @@ class TerminalLoop:
         self.metrics.events_in.labels(self.labels_topic).inc(len(taken))
         self._cpu.inc(time.thread_time() - t0)
         return await self.out.send(records)
+
+    def _dead_letter(self, m: Any, exc: ValidationError, records: list[Any]) -> None:
+        """A record of the terminal-labels topic that is no label: the workers forward only
+        labels that passed validation, so something else wrote it (another release, a tool).
+        Dead-lettered as input is, so that it cannot stop the loop on every restart."""
+        dead = self.settings.topic_dead_letter
+        dl = input_dead_letter(m, exc)
+        records.append((dead, None, dl.key, dl.value, dl.headers))
+        self.metrics.dead_letters.labels(self.labels_topic, exc.field).inc()
+        self.metrics.events_out.labels(dead).inc()
+        log.warning("%s[%d]@%d is not a label (%s): dead-lettered", m.topic, m.partition, m.offset, exc)
 
     def _decode(self, tid: str, raw: bytes, records: list[Any]) -> TerminalState:
         """A stored terminal state; an unreadable one is dead-lettered into ``records`` and the

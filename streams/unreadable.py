@@ -20,9 +20,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
-from modeling.errors import StateError, StateVersionError
+from modeling.errors import StateError, StateVersionError, ValidationError
 from modeling.features import FeatureEngine, TerminalState, UserState
 
 log = logging.getLogger("riskstream.worker")
@@ -36,6 +36,32 @@ class DeadLetter:
     key: bytes | None
     value: bytes  # the original bytes, untouched
     headers: list[tuple[str, bytes]]
+
+
+class _Message(Protocol):
+    """An input message: streams.pipeline's InMessage, or a Faust message."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+def input_dead_letter(m: _Message, exc: ValidationError) -> DeadLetter:
+    """An input message that failed validation, as a dead letter: its bytes and key untouched,
+    headers naming where it came from, the field and the reason."""
+    return DeadLetter(
+        key=m.key,
+        value=m.value,
+        headers=[
+            ("riskstream-source-topic", m.topic.encode()),
+            ("riskstream-source-partition", str(m.partition).encode()),
+            ("riskstream-source-offset", str(m.offset).encode()),
+            ("riskstream-error-field", exc.field.encode()),
+            ("riskstream-error", str(exc).encode()[:1000]),
+        ],
+    )
 
 
 def state_dead_letter(kind: str, key: str, raw: bytes, exc: StateError) -> DeadLetter:

@@ -25,6 +25,7 @@ from harness import (
 from modeling.features import FeatureConfig, FeatureEngine, FeatureRunner, TerminalState, UserState
 from modeling.records import ClickEvent, Label, Transaction, parse_risk_event
 from modeling.registry import ModelRegistry
+from streams.broker.topics import terminal_labels_topic
 from streams.replay import replay_events
 from streams.terminal_overlay import APPLIED_KEY, decode_position
 from training.history import event_stream, load_history
@@ -93,17 +94,23 @@ def test_n_in_n_out_and_dead_letters(
             )
         )
         run(produce(sc.bootstrap, sc.topics["clickstream"], [(b"u1", b'{"schema": "click/1"}')]))
+        # the internal terminal-labels topic holds only labels the workers validated; a record
+        # written there by anything else must not stop the terminal loop on every restart
+        internal = terminal_labels_topic(sc.settings())
+        run(produce(sc.bootstrap, internal, [(b"t1", b'{"schema": "label/0"}')]))
         run(produce(sc.bootstrap, sc.topics["transactions"], [(b"u1", orjson.dumps(good))]))
         n = len(df) + 1
         ids = _risk_ids(sc, n)
         assert Counter(ids) == Counter([*df["transaction_id"].tolist(), "ok-1"])  # exactly N, no duplicates
-        dead = run(consume(sc.bootstrap, sc.topics["dead_letter"], until=len(bad) + 1, timeout=60))
-        assert len(dead) == len(bad) + 1
+        dead = run(consume(sc.bootstrap, sc.topics["dead_letter"], until=len(bad) + 2, timeout=60))
+        assert len(dead) == len(bad) + 2
         originals = {bytes(r.value) for r in dead}
         assert set(bad) <= originals  # the original bytes, untouched
+        sources = (sc.topics["transactions"], sc.topics["clickstream"], internal)
+        assert {dict(r.headers)["riskstream-source-topic"].decode() for r in dead} == set(sources)
         for r in dead:
             h = {k: v.decode() for k, v in r.headers}
-            assert h["riskstream-source-topic"] in (sc.topics["transactions"], sc.topics["clickstream"])
+            assert h["riskstream-source-topic"] in sources
             assert int(h["riskstream-source-offset"]) >= 0
             assert h["riskstream-error"] and h["riskstream-error-field"]
         fields = {dict(r.headers)["riskstream-error-field"].decode() for r in dead}
@@ -114,7 +121,8 @@ def test_n_in_n_out_and_dead_letters(
         assert ev.model_version.startswith("behaviour-") and ev.feature_set == FeatureConfig().feature_set
         assert set(ev.latency_ms) == {"queue", "inference", "end_to_end"}
         w.check_alive()  # the worker carried on
-        assert w.metric("riskstream_dead_letters_total") == len(bad) + 1
+        assert w.metric("riskstream_dead_letters_total") == len(bad) + 2
+        assert w.metric("riskstream_dead_letters_total", topic=internal, field="schema") == 1
         assert w.metric("riskstream_events_out_total", topic=sc.topics["risk_events"]) == n
         assert w.metric("riskstream_batch_size_count") > 0
         # Everything scored is committed: nothing after the group's committed offsets (what

@@ -61,6 +61,13 @@ class Settings(BaseSettings):
     topic_replication: int = Field(default=1, ge=1)
     app_id: str = "riskstream"
     max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Every input message's Kafka key must be its user id (UTF-8 bytes), so that one user's
+    # transactions, clicks and labels meet in one partition, whose worker alone writes the
+    # user's state. A message keyed otherwise, or not keyed, is dead-lettered (field "<key>"):
+    # scored from another partition it would build a second state for the user there, and the
+    # two would overwrite each other in the changelog. False: trust the producers to key each
+    # user's events alike some other way (a JSON-quoted id, say).
+    require_user_keys: bool = True
     # The largest state snapshot the changelog takes: the changelog topics' max.message.bytes
     # (set when they are created) and the producers' request limit. A key's state is bounded
     # (FeatureConfig's max_user_* and max_terminal_labels); with the wire format's longest ids a

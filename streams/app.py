@@ -150,6 +150,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         lambda tid: store_dict(terminals).get(tid),
         shadow=watcher.shadow,
         max_message_bytes=settings.max_message_bytes,
+        require_user_keys=settings.require_user_keys,
         terminal_overlay=TerminalOverlay(
             engine, lambda: decode_position(store_dict(terminals).get(APPLIED_KEY))
         )

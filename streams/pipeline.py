@@ -165,8 +165,10 @@ class BatchProcessor:
         terminal_overlay: TerminalOverlay | None = None,
         user_cache_bytes: int = 1 << 30,
         terminal_cache_bytes: int = 1 << 30,
+        require_user_keys: bool = True,
     ) -> None:
         self.engine = engine
+        self.require_user_keys = require_user_keys  # Settings.require_user_keys
         # Labels this worker forwarded, on top of the terminal table until it holds them
         # (streams/terminal_overlay.py); None: the table alone
         self.overlay = terminal_overlay
@@ -291,6 +293,8 @@ class BatchProcessor:
         for i, m in enumerate(batch):
             try:
                 rec = _PARSERS[m.kind](m.value, self.max_bytes)
+                if self.require_user_keys and m.key != rec.user_id.encode():
+                    raise _misrouted(m.key, rec.user_id)
             except ValidationError as exc:
                 out.dead_letters.append(input_dead_letter(m, exc))
                 out.dead_fields.append((m.topic, exc.field))
@@ -438,3 +442,12 @@ class BatchProcessor:
         self.dirty_partition = {}
         self.flushing = {}
         self.watermark.forget()
+
+
+def _misrouted(key: bytes | None, user_id: str) -> ValidationError:
+    shown = "none" if key is None else repr(key[:80])
+    return ValidationError(
+        "<key>",
+        f"the Kafka key ({shown}) is not the user id {user_id!r}: one user's events must all be keyed by "
+        "its id to meet in one partition (setting require_user_keys)",
+    )

@@ -98,14 +98,18 @@ def test_n_in_n_out_and_dead_letters(
         # written there by anything else must not stop the terminal loop on every restart
         internal = terminal_labels_topic(sc.settings())
         run(produce(sc.bootstrap, internal, [(b"t1", b'{"schema": "label/0"}')]))
+        # a valid transaction of u1 keyed by another id: it would build u1 a second state in
+        # another partition (require_user_keys)
+        miskeyed = orjson.dumps({**good, "transaction_id": "ok-2"})
+        run(produce(sc.bootstrap, sc.topics["transactions"], [(b"u2", miskeyed)]))
         run(produce(sc.bootstrap, sc.topics["transactions"], [(b"u1", orjson.dumps(good))]))
         n = len(df) + 1
         ids = _risk_ids(sc, n)
         assert Counter(ids) == Counter([*df["transaction_id"].tolist(), "ok-1"])  # exactly N, no duplicates
-        dead = run(consume(sc.bootstrap, sc.topics["dead_letter"], until=len(bad) + 2, timeout=60))
-        assert len(dead) == len(bad) + 2
+        dead = run(consume(sc.bootstrap, sc.topics["dead_letter"], until=len(bad) + 3, timeout=60))
+        assert len(dead) == len(bad) + 3
         originals = {bytes(r.value) for r in dead}
-        assert set(bad) <= originals  # the original bytes, untouched
+        assert set(bad) | {miskeyed} <= originals  # the original bytes, untouched
         sources = (sc.topics["transactions"], sc.topics["clickstream"], internal)
         assert {dict(r.headers)["riskstream-source-topic"].decode() for r in dead} == set(sources)
         for r in dead:
@@ -114,14 +118,14 @@ def test_n_in_n_out_and_dead_letters(
             assert int(h["riskstream-source-offset"]) >= 0
             assert h["riskstream-error"] and h["riskstream-error-field"]
         fields = {dict(r.headers)["riskstream-error-field"].decode() for r in dead}
-        assert {"<message>", "amount", "user_id", "event_time", "schema", "terminal_id"} <= fields
+        assert {"<message>", "amount", "user_id", "event_time", "schema", "terminal_id", "<key>"} <= fields
         ev = parse_risk_event(
             next(r.value for r in run(consume(sc.bootstrap, sc.topics["risk_events"], until=1, timeout=30)))
         )
         assert ev.model_version.startswith("behaviour-") and ev.feature_set == FeatureConfig().feature_set
         assert set(ev.latency_ms) == {"queue", "inference", "end_to_end"}
         w.check_alive()  # the worker carried on
-        assert w.metric("riskstream_dead_letters_total") == len(bad) + 2
+        assert w.metric("riskstream_dead_letters_total") == len(bad) + 3
         assert w.metric("riskstream_dead_letters_total", topic=internal, field="schema") == 1
         assert w.metric("riskstream_events_out_total", topic=sc.topics["risk_events"]) == n
         assert w.metric("riskstream_batch_size_count") > 0

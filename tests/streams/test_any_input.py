@@ -108,11 +108,17 @@ def _message(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
     return kind, d
 
 
-def _batch(messages: list[tuple[str, dict[str, Any]]], offsets: dict[str, int]) -> list[InMessage]:
+_KEYS = st.sampled_from(["user", "user", "user", "user", "none", "quoted"])  # how it is keyed
+
+
+def _batch(messages: list[tuple[str, dict[str, Any], str]], offsets: dict[str, int]) -> list[InMessage]:
     out = []
-    for kind, d in messages:
+    for kind, d, keyed in messages:
         raw = json.dumps(d).encode()  # ensure_ascii: a lone surrogate becomes its \u escape
-        key = json.dumps(d.get("user_id")).encode()
+        uid = d.get("user_id")
+        key = None if keyed == "none" else json.dumps(uid).encode() if keyed == "quoted" else None
+        if keyed == "user" and isinstance(uid, str):
+            key = uid.encode(errors="surrogatepass")
         out.append(InMessage(kind, _TOPIC[kind], 0, offsets[kind], key, raw, T0, 0.0))
         offsets[kind] += 1
     return out
@@ -120,17 +126,18 @@ def _batch(messages: list[tuple[str, dict[str, Any]]], offsets: dict[str, int]) 
 
 def _accepted(m: InMessage) -> bool:
     try:
-        _PARSE[m.kind](m.value)
+        rec = _PARSE[m.kind](m.value)
     except ValidationError:
         return False
-    return True
+    return m.key == rec.user_id.encode()  # keyed by anything else: dead-lettered
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.lists(_message(), min_size=1, max_size=12), min_size=1, max_size=3))
+@given(st.lists(st.lists(st.tuples(_message(), _KEYS), min_size=1, max_size=12), min_size=1, max_size=3))
 def test_every_message_is_scored_or_dead_lettered_and_states_round_trip(
-    scorer: Scorer, batches: list[list[tuple[str, dict[str, Any]]]]
+    scorer: Scorer, drawn: list[list[tuple[tuple[str, dict[str, Any]], str]]]
 ) -> None:
+    batches = [[(kind, d, keyed) for (kind, d), keyed in batch] for batch in drawn]
     store: dict[str, bytes] = {}
     terminals: dict[str, bytes] = {}
     offsets = {KIND_TXN: 0, KIND_CLICK: 0, KIND_LABEL: 0}

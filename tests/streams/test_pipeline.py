@@ -383,3 +383,41 @@ def test_a_state_in_another_format_version_stops_the_batch() -> None:
     msg = InMessage(KIND_TXN, "transactions", 0, 0, b"u1", orjson.dumps(t.to_dict()), T0, 0.0)
     with pytest.raises(StateVersionError, match="format version 2; this build reads 1"):
         proc.prepare([msg])
+
+
+def test_a_message_keyed_by_anything_but_its_user_id_is_dead_lettered() -> None:
+    """One user's events meet in one partition only if all are keyed by the user id: a message
+    keyed otherwise would build a second state for the user in another partition (and its
+    worker). It goes to the dead-letter topic, unless ``require_user_keys`` is off."""
+    t = Transaction("t1", "u1", "term1", 20.0, T0)
+    c = ClickEvent("u1", T0 - 1000, "login", "s1", "d1", "10.0.0.1")
+    msgs = [
+        InMessage(KIND_TXN, "transactions", 0, 0, b'"u1"', orjson.dumps(t.to_dict()), T0, 0.0),
+        InMessage(KIND_CLICK, "clickstream", 0, 0, None, orjson.dumps(c.to_dict()), T0, 0.0),
+        InMessage(
+            KIND_TXN,
+            "transactions",
+            0,
+            1,
+            b"u1",
+            orjson.dumps({**t.to_dict(), "transaction_id": "t2"}),
+            T0,
+            0.0,
+        ),
+    ]
+
+    def prepare(require: bool) -> Prepared:
+        proc = BatchProcessor(
+            FeatureEngine(CONFIG), lambda: None, {}.get, lambda t: None, require_user_keys=require
+        )  # type: ignore[arg-type,return-value]
+        return proc.prepare(msgs)
+
+    strict = prepare(True)
+    assert [tx.transaction_id for tx in strict.txns] == ["t2"]
+    assert [(dl.key, dl.value) for dl in strict.out.dead_letters] == [(m.key, m.value) for m in msgs[:2]]
+    reasons = [dict(dl.headers)["riskstream-error"].decode() for dl in strict.out.dead_letters]
+    assert "(b'\"u1\"') is not the user id 'u1'" in reasons[0] and "(none)" in reasons[1]
+    assert all("require_user_keys" in r for r in reasons)
+    assert strict.out.dead_fields == [("transactions", "<key>"), ("clickstream", "<key>")]
+    lenient = prepare(False)
+    assert [tx.transaction_id for tx in lenient.txns] == ["t1", "t2"] and not lenient.out.dead_letters

@@ -1,7 +1,8 @@
-"""How long a started worker takes to rebuild its user states from the changelog, by state count.
+"""How long a started worker takes to rebuild its user (or terminal) states from the changelog,
+by state count.
 
     python benchmarks/bench_recovery.py [--users 50000,200000] [--paths direct,faust] [--repeat 2]
-                                        [--registry DIR] [--broker-dir /dev/shm]
+                                        [--table user|terminal] [--registry DIR] [--broker-dir /dev/shm]
                                         [--out benchmarks/results/recovery.json]
 
 About 3 minutes on 2 shared cores with the defaults and ``--registry`` (measured).
@@ -21,6 +22,11 @@ recovery paths (``--paths``, alternated, the order reversed in every other round
 * from the worker's metrics once ready: the user states it holds (must be N), and the records
   read back by path (``riskstream_user_state_records_read_total``, ``records_by_path``);
 * the worker's CPU seconds and peak resident memory when ready.
+
+``--table terminal`` does the same for the global terminal table (one changelog partition,
+which every worker reads whole): N terminal states from the warm state's terminals, the paths
+``terminal_replica_direct`` on and off, records by path from
+``riskstream_terminal_replica_records_total``. ``--users`` then counts terminal states.
 
 Results go to ``--out`` (JSON: every run; per state count, replay records per second and the
 peak memory added per state against the smallest count).
@@ -65,21 +71,27 @@ def states(base: dict[str, bytes], n: int) -> dict[str, bytes]:
     return out
 
 
-# user_recovery_direct: the worker applies a fetch's changelog records at a time while Faust's
-# recovery reads them (streams/replica.py), or every record takes Faust's path
+# The setting that has the worker apply a fetch's changelog records at a time while Faust's
+# recovery reads them (streams/replica.py), or every record take Faust's path; and the table's
+# changelog partitions
 PATHS = {"direct": True, "faust": False}
+TABLES = {"user": ("user_recovery_direct", PARTITIONS), "terminal": ("terminal_replica_direct", 1)}
 
 
-async def run_one(ctx: Ctx, label: str, users: dict[str, bytes], path: str, timeout: float) -> dict[str, Any]:
+async def run_one(
+    ctx: Ctx, label: str, users: dict[str, bytes], path: str, timeout: float, table: str = "user"
+) -> dict[str, Any]:
     app_id = ctx.name(label)
     topics = Topics(f"{app_id}-tx", f"{app_id}-clicks", f"{app_id}-labels")
     out = f"{app_id}-risk"
+    setting, partitions = TABLES[table]
+    changelog = f"{app_id}-{table}-state-changelog"
     await create_topics(ctx.bootstrap, [*topics.inputs, out, f"{out}-dlq"])
-    await seed_changelogs(ctx.bootstrap, {f"{app_id}-user-state-changelog": (users, PARTITIONS)})
-    env = riskstream_env(ctx, app_id, topics, out, {**DEFAULT_WORKER, "user_recovery_direct": PATHS[path]})
+    await seed_changelogs(ctx.bootstrap, {changelog: (users, partitions)})
+    env = riskstream_env(ctx, app_id, topics, out, {**DEFAULT_WORKER, setting: PATHS[path]})
     cmd = [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"]
     proc = Proc(cmd, env, ctx.work / f"{app_id}.log").start()
-    res: dict[str, Any] = {"label": label, "users": len(users), "path": path, "status": "ok"}
+    res: dict[str, Any] = {"label": label, "table": table, "users": len(users), "path": path, "status": "ok"}
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -93,7 +105,7 @@ async def run_one(ctx: Ctx, label: str, users: dict[str, bytes], path: str, time
         res["cpu_s_when_ready"] = cpu_seconds(proc.pid)
         res["peak_rss_mb_when_ready"] = peak_rss_mb(proc.pid)
         times = log_times(log, proc.started, (RESTORING, DONE, READY))
-        rec = recovery_after(log, proc.started, f"{app_id}-user-state-changelog")
+        rec = recovery_after(log, proc.started, changelog)
         t_restore, t_done, t_ready = times[RESTORING], times[DONE], times[READY]
         replay = t_done - t_restore if t_restore is not None and t_done is not None else None
         res.update(
@@ -105,7 +117,7 @@ async def run_one(ctx: Ctx, label: str, users: dict[str, bytes], path: str, time
             }
         )
         await asyncio.sleep(6.0)  # the gauges are reported every 5 s
-        res.update(scrape_tables(proc))
+        res.update(scrape_tables(proc, table))
     finally:
         proc.stop()
     return res
@@ -125,7 +137,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "replay_records_per_s": [r["replay_records_per_s"] for r in rs],
             "ready_after_start_s": [r["ready_after_start_s"] for r in rs],
             "peak_rss_mb_when_ready": [r["peak_rss_mb_when_ready"] for r in rs],
-            "user_states": [r.get("user_states") for r in rs],
+            "states": [r.get(f"{r.get('table', 'user')}_states") for r in rs],
         }
     if len(counts) > 1:
         lo, hi = counts[0], counts[-1]
@@ -139,16 +151,23 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def bench(
-    ctx: Ctx, counts: list[int], paths: list[str], repeat: int, timeout: float, result: dict[str, Any]
+    ctx: Ctx,
+    counts: list[int],
+    paths: list[str],
+    repeat: int,
+    timeout: float,
+    result: dict[str, Any],
+    table: str = "user",
 ) -> None:
     assert ctx.warm is not None
+    base = ctx.warm.users if table == "user" else ctx.warm.terminals
     for i in range(repeat):
         for n in counts if i % 2 == 0 else counts[::-1]:
-            users = states(ctx.warm.users, n)
+            seeded = states(base, n)
             for path in paths if i % 2 == 0 else paths[::-1]:
-                label = f"u{n}-{path}-{i + 1}"
-                print(f"worker starting on {n:,} user states, {path} ({label})", flush=True)
-                r = await run_one(ctx, label, users, path, timeout)
+                label = f"{table[0]}{n}-{path}-{i + 1}"
+                print(f"worker starting on {n:,} {table} states, {path} ({label})", flush=True)
+                r = await run_one(ctx, label, seeded, path, timeout, table)
                 result["runs"].append(r)
                 print(f"  {r}", flush=True)
 
@@ -160,9 +179,14 @@ def _interrupt(signum: int, frame: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--users", default="50000,200000", help="comma-separated user-state counts")
+    ap.add_argument("--users", default="50000,200000", help="comma-separated state counts")
     ap.add_argument(
-        "--paths", default="direct,faust", help="user_recovery_direct on (direct), off (faust), or both"
+        "--table", choices=sorted(TABLES), default="user", help="the table whose changelog is seeded"
+    )
+    ap.add_argument(
+        "--paths",
+        default="direct,faust",
+        help="user_recovery_direct (terminal_replica_direct) on (direct), off (faust), or both",
     )
     ap.add_argument("--repeat", type=int, default=2, help="runs of each count, order reversed each time")
     ap.add_argument("--file", type=Path, default=DATA)
@@ -182,7 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
     kafka = None
     try:
-        msgs = load_messages(args.file, 1000, 7.0)  # the window is not used: its history is
+        # The window is not used: its history is. Labels come 7 days after their transactions,
+        # so the terminal states need a longer one.
+        msgs = load_messages(args.file, 1000, 7.0 if args.table == "user" else 13.0)
         registry = args.registry or train_registry(work / "registry")
         signal.signal(signal.SIGTERM, _interrupt)  # after Paddle's import: unwind, stop the broker
         kafka, info = start_broker(work, args.broker_dir)
@@ -191,10 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         unused = Topics("unused", "unused", "unused")
         ctx = Ctx(info["bootstrap"], registry, work, unused, msgs, run_id, args.timeout, info["pid"])
         ctx.warm = build_warm_state(msgs.history)
-        sizes = [len(v) for v in ctx.warm.users.values()]
+        base = ctx.warm.users if args.table == "user" else ctx.warm.terminals
+        sizes = [len(v) for v in base.values()]
         mean = round(sum(sizes) / len(sizes), 1)
-        result["base_states"] = {"users": len(sizes), "snapshot_bytes_mean": mean}
-        asyncio.run(bench(ctx, counts, args.paths.split(","), args.repeat, args.timeout, result))
+        result["base_states"] = {"table": args.table, "states": len(sizes), "snapshot_bytes_mean": mean}
+        asyncio.run(bench(ctx, counts, args.paths.split(","), args.repeat, args.timeout, result, args.table))
     finally:
         result["summary"] = summarize(result["runs"])
         finish(kafka, work, args.out, result)

@@ -166,9 +166,10 @@ class Settings(BaseSettings):
     # (that worker's next progress record normally comes with its next batch).
     terminal_feed_max_wait_ms: float = Field(default=1000.0, ge=0)
     # Every worker reads the global terminal table's changelog back (one record per label of any
-    # worker). Once Faust's recovery is done the worker applies each fetch's records itself, in
-    # one batch, with Faust's own store call and offset books (streams/replica.py). Off: every
-    # record takes Faust's per-record recovery path.
+    # worker), and reads it whole when it starts. The worker applies each fetch's records itself,
+    # in one batch, with Faust's own store call and offset books (streams/replica.py), both
+    # while Faust's recovery reads the changelog and after. Off: every record takes Faust's
+    # per-record recovery path.
     terminal_replica_direct: bool = True
     # A started worker rebuilds its user states from the changelog (the memory store keeps
     # nothing on disk). While Faust's recovery reads a partition, the worker applies each fetch's

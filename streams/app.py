@@ -187,7 +187,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     replicas = []
     if settings.terminal_replica_direct:
         on_terminal = metrics.count_by_path(metrics.terminal_replica_records)
-        replicas.append(DirectReplica(app, terminals, on_terminal))
+        replicas.append(DirectReplica(app, terminals, on_terminal, during_recovery=True))
     if settings.user_recovery_direct:
         on_user = metrics.count_by_path(metrics.user_state_records_read)
         replicas.append(DirectReplica(app, users, on_user, during_recovery=True))

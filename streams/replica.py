@@ -1,5 +1,5 @@
-"""Table changelogs applied a fetch at a time: the global terminal table's once recovery is done,
-the user-state table's also while Faust's recovery reads it.
+"""Table changelogs applied a fetch at a time: the global terminal table's and the user-state
+table's, once recovery is done and while Faust's recovery reads them.
 
 Every worker reads the terminal table's changelog back into its replica (``streams/app.py``):
 about one record per label forwarded by any worker. Faust's path for one such record, after
@@ -24,10 +24,13 @@ these hold, and otherwise hands the records to Faust's path as before:
   is applied first;
 * the table has no changelog-event callback (Faust's path would call it per record).
 
-**During a recovery** (``during_recovery``: the user-state table's instance). A started worker
-rebuilds its partitions' user states from the changelog (the memory store has nothing on disk,
-faust-streaming #284), one record per user once compacted: through Faust's loop 13.2k-16.6k
-records a second, a fetch at a time here 43.0k-56.6k (``benchmarks/results/recovery.json``).
+**During a recovery** (``during_recovery``: both tables' instances; the terminal table's since
+session 34). A started worker rebuilds its partitions' user states from the changelog (the
+memory store has nothing on disk, faust-streaming #284), one record per user once compacted:
+through Faust's loop 13.2k-16.6k records a second, a fetch at a time here 43.0k-56.6k
+(``benchmarks/results/recovery.json``). Every worker reads the global terminal table's whole
+changelog the same way: Faust assigns a global table's changelog partitions to every worker as
+active (and standby), so its recovery reads them as active.
 While Faust's recovery reads a partition as active (its start offset and highwater built, no
 new recovery pending), this instance applies each fetch's records of it the same way, with the
 same ordering rule as above. Faust's recovery buffer is applied first: Faust applies a table's

@@ -62,19 +62,27 @@ def recovery_after(log: str, since: float, changelog: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------- metrics
 
 
-def scrape_tables(proc: Proc) -> dict[str, Any]:
-    """From the worker's metrics: the user states it holds, its user-state changelog partitions
-    by role, and the user-state records it read back by path (``records_by_path``)."""
+# what each table's records read back by path are counted in (streams/metrics.py)
+RECORDS_BY_PATH = {
+    "user": "riskstream_user_state_records_read",
+    "terminal": "riskstream_terminal_replica_records",
+}
+
+
+def scrape_tables(proc: Proc, table: str = "user") -> dict[str, Any]:
+    """From the worker's metrics, for ``table`` (user or terminal): the states it holds
+    (``<table>_states``), its changelog partitions by role and the changelog records it read
+    back by path (``records_by_path``)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     out: dict[str, Any] = {"records_by_path": {}}
     for fam in text_string_to_metric_families(proc.metrics()):
         for s in fam.samples:
-            if fam.name == "riskstream_states" and s.labels.get("kind") == "user":
-                out["user_states"] = int(s.value)
-            elif fam.name == "riskstream_table_partitions" and s.labels.get("table") == "user":
-                out[f"user_partitions_{s.labels['role']}"] = int(s.value)
-            elif fam.name == "riskstream_user_state_records_read" and s.name.endswith("_total"):
+            if fam.name == "riskstream_states" and s.labels.get("kind") == table:
+                out[f"{table}_states"] = int(s.value)
+            elif fam.name == "riskstream_table_partitions" and s.labels.get("table") == table:
+                out[f"{table}_partitions_{s.labels['role']}"] = int(s.value)
+            elif fam.name == RECORDS_BY_PATH[table] and s.name.endswith("_total"):
                 out["records_by_path"][s.labels["path"]] = int(s.value)
     return out
 

@@ -170,3 +170,42 @@ def test_two_workers_catching_up_together_score_as_the_backtest(
     assert all(n > 0 for n in scored), scored  # both scored transactions
     assert all(n > 0 for n in fed), fed  # each applied labels the other forwarded
     assert all(n > 0 for n in direct), direct
+
+
+def test_a_restarted_worker_reads_the_terminal_table_back_a_fetch_at_a_time(
+    kafka_broker: str, model_registry: Path, tmp_path: Path
+) -> None:
+    """The labels are folded into the terminal table by a first worker, which then stops; the
+    next worker starts on the table's changelog alone. Its recovery applies that changelog a
+    fetch at a time (streams/replica.py, ``during_recovery``), never through Faust's per-record
+    path, and its scores equal the backtest's: the restored table is the one the labels built."""
+    sc, reg, settings = _scenario(kafka_broker, model_registry, tmp_path)
+    labels, txns = _events()
+    first = WorkerProc(sc, "labels").start()
+    try:
+        first.wait_metrics()
+        run(replay_events(labels, settings, kafka_timestamps="event", progress=False))
+        deadline = time.monotonic() + 180
+        while first.metric("riskstream_states", kind="terminal") < TERMINALS:
+            assert time.monotonic() < deadline, first.log_tail()
+            first.check_alive()
+            time.sleep(1.0)
+    finally:
+        first.stop()
+    w = WorkerProc(sc, "restarted").start()
+    try:
+        w.wait_metrics()
+        deadline = time.monotonic() + 180
+        while w.metric("riskstream_states", kind="terminal") < TERMINALS:  # recovered
+            assert time.monotonic() < deadline, w.log_tail()
+            w.check_alive()
+            time.sleep(0.5)
+        read = {p: w.metric("riskstream_terminal_replica_records_total", path=p) for p in ("direct", "faust")}
+        run(replay_events(txns, settings, kafka_timestamps="event", progress=False))
+        recs = run(consume(sc.bootstrap, sc.topics["risk_events"], until=len(txns), timeout=240))
+        overlaid = w.metric("riskstream_terminal_overlay_transactions_total")
+    finally:
+        w.stop()
+    assert read["direct"] >= TERMINALS and read["faust"] == 0, read
+    _assert_backtest_scores(recs, labels, txns, served_scorer(reg, settings))
+    assert overlaid == 0  # no label of this worker's: every one came from the restored table

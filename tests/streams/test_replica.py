@@ -285,7 +285,7 @@ def test_recovery_takes_faust_s_path_for_a_standby_partition_a_pending_recovery_
     assert r.applied == [("faust", 1), ("faust", 1), ("faust", 1)]
 
 
-def test_the_terminal_table_s_replica_leaves_recovery_to_faust() -> None:
+def test_without_during_recovery_the_replica_leaves_recovery_to_faust() -> None:
     w = World()
     w.recovery.add_active(w.table, w.tp)
     w.recovery.active_offsets[w.tp] = -1

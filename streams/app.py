@@ -49,7 +49,7 @@ from aiokafka.errors import KafkaError
 from modeling.features import FeatureEngine
 from modeling.settings import Settings, feature_config
 from streams.batch_loop import BatchLoop
-from streams.broker.topics import terminal_labels_topic
+from streams.broker.topics import dead_letter_max_bytes, terminal_labels_topic
 from streams.fetch_pacer import FetchPacer, aiokafka_fetcher
 from streams.housekeeping import Rounds, consumer_lags
 from streams.in_loop import InLoopTransport
@@ -106,7 +106,9 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         key_serializer="raw",
         value_serializer="raw",
         broker_commit_interval=settings.commit_interval_s,
-        producer_max_request_size=max(settings.max_message_bytes * 4, settings.state_max_record_bytes),
+        # the largest record it writes: a dead letter (a stored state or an input message, plus
+        # headers); changelog records stop at state_max_record_bytes
+        producer_max_request_size=max(settings.max_message_bytes * 4, dead_letter_max_bytes(settings)),
         # Batch produce requests: risk events, changelog writes and forwarded labels are many
         # small records; without linger every send is its own request.
         producer_linger=0.02,

@@ -46,6 +46,12 @@ def changelog_topics(settings: Settings) -> dict[str, int]:
     }
 
 
+def dead_letter_max_bytes(settings: Settings) -> int:
+    """The dead-letter topic's ``max.message.bytes``: the largest stored state, and room for
+    its key and headers."""
+    return settings.state_max_record_bytes + (64 << 10)
+
+
 def terminal_labels_topic(settings: Settings) -> str:
     """The single-partition topic that carries labels to the terminal table's owner."""
     return f"{settings.app_id}-terminal-labels"
@@ -139,6 +145,7 @@ async def ensure_topics(
                     "topic %s has %d partitions, fewer than the %d asked for", name, existing[name], want
                 )
         configs = configs or {}
+        await _warn_smaller_limits(admin, {n: c for n, c in configs.items() if n in existing})
         missing = [
             NewTopic(name, n, replication, topic_configs=configs.get(name, {}))
             for name, n in names.items()
@@ -173,14 +180,17 @@ async def ensure_project_topics(settings: Settings, *, internal: bool = False) -
     names = project_topics(settings)
     # co-partitioned: a user's events meet in the partition that holds the user's state
     exact = [settings.topic_transactions, settings.topic_clickstream, settings.topic_labels]
-    configs: dict[str, dict[str, str]] = {}
+    big = str(settings.state_max_record_bytes)
+    # A dead letter is an input message or a stored state, its bytes untouched, plus headers:
+    # with the broker's default limit (1 MB) one near an input topic's limit, or any state over
+    # 1 MB, was refused, and the worker stopped on it after every restart (session 34).
+    configs: dict[str, dict[str, str]] = {
+        settings.topic_dead_letter: {"max.message.bytes": str(dead_letter_max_bytes(settings))}
+    }
     if internal:
         names |= internal_topics(settings)
-        big = str(settings.state_max_record_bytes)
-        configs = {
-            name: {"cleanup.policy": "compact", "max.message.bytes": big}
-            for name in changelog_topics(settings)
-        }
+        for name in changelog_topics(settings):
+            configs[name] = {"cleanup.policy": "compact", "max.message.bytes": big}
         exact.append(user_state_changelog(settings))
     return await ensure_topics(
         settings.bootstrap_servers,
@@ -190,6 +200,40 @@ async def ensure_project_topics(settings: Settings, *, internal: bool = False) -
         exact=exact,
         **client_kwargs(settings),
     )
+
+
+async def _warn_smaller_limits(admin: Any, wanted: dict[str, dict[str, str]]) -> None:
+    """Log each existing topic whose ``max.message.bytes`` is below what riskstream would create
+    it with: left as it is (an operator's topic), but a record over its limit stops the worker
+    that writes it, on every restart."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    asked = {n: int(c["max.message.bytes"]) for n, c in wanted.items() if "max.message.bytes" in c}
+    if not asked:
+        return
+    from aiokafka.errors import KafkaError
+
+    try:
+        responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in asked])
+    except KafkaError as exc:  # not allowed to read them (ACLs): nothing to say, nothing wrong
+        log.debug("topic configurations not read: %r", exc)
+        return
+    for response in responses:
+        for _code, _msg, _type, name, entries in response.resources:
+            have = {e[0]: e[1] for e in entries}.get("max.message.bytes")
+            if name in asked and have is not None and int(have) < asked[name]:
+                log.warning(
+                    "topic %s takes records of up to %s bytes, fewer than the %d riskstream creates it "
+                    "with: a record between the two (a dead letter of a large input message or state, "
+                    "a large state snapshot) would stop the worker on every restart. Raise it: "
+                    "kafka-configs.sh --alter --entity-type topics --entity-name %s --add-config "
+                    "max.message.bytes=%d",
+                    name,
+                    have,
+                    asked[name],
+                    name,
+                    asked[name],
+                )
 
 
 class _ClientErrors(logging.Handler):

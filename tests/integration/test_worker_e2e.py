@@ -25,7 +25,7 @@ from harness import (
 from modeling.features import FeatureConfig, FeatureEngine, FeatureRunner, TerminalState, UserState
 from modeling.records import ClickEvent, Label, Transaction, parse_risk_event
 from modeling.registry import ModelRegistry
-from streams.broker.topics import terminal_labels_topic
+from streams.broker.topics import dead_letter_max_bytes, terminal_labels_topic
 from streams.replay import replay_events
 from streams.terminal_overlay import APPLIED_KEY, decode_position
 from training.history import event_stream, load_history
@@ -102,6 +102,11 @@ def test_n_in_n_out_and_dead_letters(
         # another partition (require_user_keys)
         miskeyed = orjson.dumps({**good, "transaction_id": "ok-2"})
         run(produce(sc.bootstrap, sc.topics["transactions"], [(b"u2", miskeyed)]))
+        # as large as the input topic takes (the broker's default limit, 1,048,588 bytes a record
+        # batch): its dead letter, the same bytes plus headers, must fit the dead-letter topic
+        at_limit = b"x" * 1_048_400
+        run(produce(sc.bootstrap, sc.topics["transactions"], [(b"u1", at_limit)], max_request_size=2 << 20))
+        bad.append(at_limit)
         run(produce(sc.bootstrap, sc.topics["transactions"], [(b"u1", orjson.dumps(good))]))
         n = len(df) + 1
         ids = _risk_ids(sc, n)
@@ -152,6 +157,10 @@ def test_n_in_n_out_and_dead_letters(
         logs = [f"rs-{sc.name}-user-state-changelog", f"rs-{sc.name}-terminal-state-changelog"]
         configs = run(topic_configs(sc.bootstrap, logs))
         assert {t: configs[t]["cleanup.policy"] for t in logs} == dict.fromkeys(logs, "compact")
+        # the dead-letter topic takes a stored state of the largest size, with its headers
+        dlq = sc.topics["dead_letter"]
+        limit = run(topic_configs(sc.bootstrap, [dlq]))[dlq]["max.message.bytes"]
+        assert int(limit) == dead_letter_max_bytes(sc.settings()) > sc.settings().state_max_record_bytes
     finally:
         w.stop()
 

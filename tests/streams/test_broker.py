@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import uuid
 from pathlib import Path
@@ -224,3 +225,19 @@ def test_cli_topics_reports_an_unreachable_cluster(
     monkeypatch.setenv("RISKSTREAM_BOOTSTRAP_SERVERS", f"127.0.0.1:{port}")
     assert main(["kafka", "topics"]) == 1
     assert "cannot reach the Kafka cluster" in capsys.readouterr().err
+
+
+def test_an_existing_topic_with_a_smaller_record_limit_is_reported_not_altered(
+    kafka_broker: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The dead-letter topic must take the largest state plus headers; one created before (or by
+    an operator) with the broker's 1 MB default is left alone, with a warning that says how to
+    raise it."""
+    small, big = _topic("dlq-small"), _topic("dlq-big")
+    asyncio.run(ensure_topics(kafka_broker, {small: 1}))  # the broker's default limit
+    asyncio.run(ensure_topics(kafka_broker, {big: 1}, configs={big: {"max.message.bytes": "9000000"}}))
+    want = {name: {"max.message.bytes": "8454144"} for name in (small, big)}
+    with caplog.at_level(logging.WARNING, logger="streams.broker.topics"):
+        assert asyncio.run(ensure_topics(kafka_broker, {small: 1, big: 1}, configs=want)) == []
+    warned = [r.getMessage() for r in caplog.records if "max.message.bytes" in r.getMessage()]
+    assert len(warned) == 1 and small in warned[0] and "max.message.bytes=8454144" in warned[0]

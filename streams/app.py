@@ -309,8 +309,9 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
             return
         metrics.set_consumer_uncommitted(counts)
 
-    async def report() -> None:
-        # What needs no await first: a rebalance can change the assignment at every await below.
+    def report_tables() -> None:
+        """The gauges that need no await: states, table partitions, caches, overlay, feed,
+        watermark."""
         metrics.states.labels("user").set(len(store_dict(users)))
         tables: Any = app.tables  # faust's TableManager: TableManagerT does not declare .recovery
         recovery = tables.recovery
@@ -331,20 +332,28 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         wm = processor.watermark.value(time.time() * 1000.0)
         if wm is not None:
             metrics.watermark_seconds.set(wm / 1000.0)
+
+    async def report() -> None:
+        report_tables()  # first: a rebalance can change the assignment at every await below
         consumer = app.consumer
         # partitions given away in a rebalance leave the gauge
         metrics.set_consumer_lag(await consumer_lags(consumer, kinds))
         if isinstance(consumer, BatchingConsumer):  # BatchingApp's, on the loop or not
             await report_uncommitted(consumer)
 
-    report_round = rounds.guard("metrics_report", report)
-    app.timer(interval=5.0)(report_round)
+    app.timer(interval=5.0)(rounds.guard("metrics_report", report))
+
+    async def report_tables_round() -> None:
+        report_tables()
+
+    tables_now = rounds.guard("metrics_report", report_tables_round)
 
     @app.on_rebalance_complete.connect  # type: ignore[arg-type]
     async def report_now(sender: Any, **kwargs: Any) -> None:
-        # The tables are recovered: the gauges hold this worker's partitions and states now,
+        # The tables are recovered: their gauges hold this worker's partitions and states now,
         # not up to 5 s later (until first set, a labelled gauge has no series to scrape).
-        await report_round()
+        # Nothing awaited here: Faust awaits this signal before it resumes the partitions.
+        await tables_now()
 
     if feed is not None:
 

@@ -207,12 +207,11 @@ async def _warn_smaller_limits(admin: Any, wanted: dict[str, dict[str, str]]) ->
     it with: left as it is (an operator's topic), but a record over its limit stops the worker
     that writes it, on every restart."""
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+    from aiokafka.errors import KafkaError
 
     asked = {n: int(c["max.message.bytes"]) for n, c in wanted.items() if "max.message.bytes" in c}
     if not asked:
         return
-    from aiokafka.errors import KafkaError
-
     try:
         responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in asked])
     except KafkaError as exc:  # not allowed to read them (ACLs): nothing to say, nothing wrong

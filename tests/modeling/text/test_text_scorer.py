@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from modeling.errors import FeatureSetMismatch, ModelLoadError
 from modeling.text.scorer import (
@@ -161,3 +163,43 @@ def test_onednn_and_paddles_own_kernels_agree(tiny_bundle: Bundle) -> None:
     with_onednn = TextScorer(path, manifest, use_onednn=True).score(texts)
     without = TextScorer(path, manifest, use_onednn=False).score(texts)
     assert with_onednn == pytest.approx(without, abs=1e-5)
+
+
+# Any text the wire format accepts (up to 4,096 code points, no lone surrogate: records.py
+# refuses those) reaches the text model: none may raise, or the worker would stop on it after
+# every restart (tests/streams/test_any_input.py does the same for the behaviour path).
+_ANY_TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=4096)
+_EDGES = st.sampled_from(
+    [
+        "",
+        " ",
+        "\x00" * 50,
+        "\u200b" * 4096,
+        "\U0001f600" * 4096,
+        "a\u0301" * 2000,
+        "\u202e" * 10 + "转账",
+        "\n\t\r",
+    ]
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(_ANY_TEXT, _EDGES, st.none()), min_size=1, max_size=6))
+def test_any_accepted_text_scores_or_is_skipped(tiny_bundle: Bundle, texts: list[str | None]) -> None:
+    path, manifest = tiny_bundle
+    scorer = _cached_scorer(path, manifest)
+    scores = scorer.score(texts)
+    assert len(scores) == len(texts)
+    for text, score in zip(texts, scores, strict=True):
+        assert score is None or 0.0 <= score <= 1.0
+        if text is None:
+            assert score is None
+
+
+_SCORERS: dict[Path, TextScorer] = {}
+
+
+def _cached_scorer(path: Path, manifest: dict[str, Any]) -> TextScorer:
+    if path not in _SCORERS:
+        _SCORERS[path] = TextScorer(path, manifest, buckets=(8, 16, 32), max_batch=3)
+    return _SCORERS[path]

@@ -206,6 +206,13 @@ class Settings(BaseSettings):
     # --- features ----------------------------------------------------------------------------
     label_delay_days: float = Field(default=7.0, ge=0)
     allowed_lateness_s: float = Field(default=3600.0, ge=0)
+    # An input event whose time (a label's label_time) is further ahead of the worker's clock
+    # than this is dead-lettered (0: none is). Folded in, a transaction a day ahead would make
+    # its user's real transactions of that day late by the state's clock (not folded, their
+    # features frozen); one an hour ahead leaves none late. Kafka 3.6+ brokers refuse records
+    # stamped over an hour ahead by default (log.message.timestamp.after.max.ms) for the same
+    # reason; this checks the payload's time, which the broker does not read.
+    max_event_ahead_s: float = Field(default=3600.0, ge=0)
     # A user with no event for this long starts over (part of the feature set: models trained
     # with another value are refused).
     user_retention_days: float = Field(default=365.0, ge=30)

@@ -153,6 +153,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         shadow=watcher.shadow,
         max_message_bytes=settings.max_message_bytes,
         require_user_keys=settings.require_user_keys,
+        max_event_ahead_ms=settings.max_event_ahead_s * 1000.0,
         terminal_overlay=TerminalOverlay(
             engine, lambda: decode_position(store_dict(terminals).get(APPLIED_KEY))
         )

@@ -13,6 +13,7 @@ once per batch, so a user active in many batches is snapshotted once per flush.
 
 from __future__ import annotations
 
+import math
 import operator
 import time
 from collections.abc import Callable
@@ -166,9 +167,11 @@ class BatchProcessor:
         user_cache_bytes: int = 1 << 30,
         terminal_cache_bytes: int = 1 << 30,
         require_user_keys: bool = True,
+        max_event_ahead_ms: float = 3_600_000.0,
     ) -> None:
         self.engine = engine
         self.require_user_keys = require_user_keys  # Settings.require_user_keys
+        self.max_ahead_ms = max_event_ahead_ms if max_event_ahead_ms > 0 else math.inf
         # Labels this worker forwarded, on top of the terminal table until it holds them
         # (streams/terminal_overlay.py); None: the table alone
         self.overlay = terminal_overlay
@@ -290,11 +293,15 @@ class BatchProcessor:
         items: list[tuple[int, int, int, Record, InMessage, bool, str]] = []
         sources = self._sources
         stream_time = self.watermark.latest
+        horizon = self.now_ms() + self.max_ahead_ms  # Settings.max_event_ahead_s
         for i, m in enumerate(batch):
             try:
                 rec = _PARSERS[m.kind](m.value, self.max_bytes)
                 if self.require_user_keys and m.key != rec.user_id.encode():
                     raise _misrouted(m.key, rec.user_id)
+                t = rec.label_time_ms if isinstance(rec, Label) else rec.event_time_ms
+                if t > horizon:
+                    raise _ahead(isinstance(rec, Label), t, horizon - self.max_ahead_ms)
             except ValidationError as exc:
                 out.dead_letters.append(input_dead_letter(m, exc))
                 out.dead_fields.append((m.topic, exc.field))
@@ -305,7 +312,6 @@ class BatchProcessor:
             if source is None:
                 source = sources[(m.kind, m.partition)] = f"{m.kind}:{m.partition}"
             fresh = st.applied.get(source, -1) < m.offset
-            t = rec.label_time_ms if isinstance(rec, Label) else rec.event_time_ms
             if t > stream_time.get(source, -1):
                 stream_time[source] = t
             items.append((t, _RANK[m.kind], i, rec, m, fresh, source))
@@ -450,4 +456,13 @@ def _misrouted(key: bytes | None, user_id: str) -> ValidationError:
         "<key>",
         f"the Kafka key ({shown}) is not the user id {user_id!r}: one user's events must all be keyed by "
         "its id to meet in one partition (setting require_user_keys)",
+    )
+
+
+def _ahead(label: bool, t: int, now_ms: float) -> ValidationError:
+    hours = (t - now_ms) / 3_600_000.0
+    return ValidationError(
+        "label_time" if label else "event_time",
+        f"{t} is {hours:.2f} h ahead of this worker's clock (setting max_event_ahead_s): folded in, "
+        "it would leave the user's later events behind the state's time, unfolded as late",
     )

@@ -28,6 +28,7 @@ from modeling.records import (
     MAX_AMOUNT,
     MAX_TIME_MS,
     MIN_TIME_MS,
+    Label,
     parse_click,
     parse_label,
     parse_risk_event,
@@ -59,7 +60,7 @@ def scorer(
 _ANY_TEXT = st.text(st.characters(exclude_categories=()), min_size=0, max_size=130)
 _ID = st.one_of(st.sampled_from(["u1", "u2", "t1", "é", "\U0001f600", "\ud800", "a\udfff"]), _ANY_TEXT)
 _TIME = st.one_of(
-    st.sampled_from([MIN_TIME_MS, MAX_TIME_MS - 1, T0, T0 + 1, T0 - 40 * DAY, T0 + 400 * DAY]),
+    st.sampled_from([MIN_TIME_MS, MAX_TIME_MS - 1, T0, T0 + 1, T0 - 40 * DAY, T0 + 30 * DAY + 3_600_000]),
     st.integers(MIN_TIME_MS - 5, MAX_TIME_MS + 5),
 )
 _AMOUNT = st.one_of(
@@ -124,12 +125,17 @@ def _batch(messages: list[tuple[str, dict[str, Any], str]], offsets: dict[str, i
     return out
 
 
+NOW = T0 + 30 * DAY  # the worker's clock: events over an hour past it are dead-lettered
+
+
 def _accepted(m: InMessage) -> bool:
     try:
         rec = _PARSE[m.kind](m.value)
     except ValidationError:
         return False
-    return m.key == rec.user_id.encode()  # keyed by anything else: dead-lettered
+    t = rec.label_time_ms if isinstance(rec, Label) else rec.event_time_ms
+    # keyed by anything else, or ahead of the clock (max_event_ahead_s): dead-lettered
+    return m.key == rec.user_id.encode() and t <= NOW + 3_600_000
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -146,7 +152,9 @@ def test_every_message_is_scored_or_dead_lettered_and_states_round_trip(
     for restart in (False, True):
         # the second pass is a restarted worker: states read back from the store, every batch
         # delivered again (nothing new is scored, nothing raises)
-        proc = BatchProcessor(FeatureEngine(CONFIG), lambda: scorer, store.get, terminals.get)
+        proc = BatchProcessor(
+            FeatureEngine(CONFIG), lambda: scorer, store.get, terminals.get, now_ms=lambda: float(NOW)
+        )
         for batch in inputs:
             res = proc.process(batch)
             want_dead = [m for m in batch if not _accepted(m)]

@@ -421,3 +421,38 @@ def test_a_message_keyed_by_anything_but_its_user_id_is_dead_lettered() -> None:
     assert strict.out.dead_fields == [("transactions", "<key>"), ("clickstream", "<key>")]
     lenient = prepare(False)
     assert [tx.transaction_id for tx in lenient.txns] == ["t1", "t2"] and not lenient.out.dead_letters
+
+
+def test_an_event_ahead_of_the_clock_is_dead_lettered() -> None:
+    """A transaction stamped a day ahead, folded in, would leave its user's real transactions
+    of that day behind the state's time: late, not folded. Over an hour ahead of the worker's
+    clock (``max_event_ahead_s``) an event is dead-lettered, a label by its label_time."""
+    now = T0 + 10 * 86_400_000
+    hour = 3_600_000
+    ahead = Transaction("t-ahead", "u1", "term1", 20.0, now + hour + 1)
+    edge = Transaction("t-edge", "u1", "term1", 20.0, now + hour)
+    label = Label("t0", "u1", "term1", True, now - 1000, now + 2 * hour)
+
+    def msg(kind: str, offset: int, rec: Transaction | Label) -> InMessage:
+        return InMessage(kind, kind, 0, offset, b"u1", orjson.dumps(rec.to_dict()), now, 0.0)
+
+    msgs = [msg(KIND_TXN, 0, ahead), msg(KIND_TXN, 1, edge), msg(KIND_LABEL, 0, label)]
+
+    def prepare(ahead_ms: float) -> Prepared:
+        proc = BatchProcessor(
+            FeatureEngine(CONFIG),
+            lambda: None,  # type: ignore[arg-type,return-value]
+            {}.get,
+            lambda t: None,
+            now_ms=lambda: float(now),
+            max_event_ahead_ms=ahead_ms,
+        )
+        return proc.prepare(msgs)
+
+    checked = prepare(hour)
+    assert [t.transaction_id for t in checked.txns] == ["t-edge"]
+    assert checked.out.dead_fields == [(KIND_TXN, "event_time"), (KIND_LABEL, "label_time")]
+    reason = dict(checked.out.dead_letters[0].headers)["riskstream-error"].decode()
+    assert "1.00 h ahead of this worker's clock (setting max_event_ahead_s)" in reason
+    off = prepare(0)
+    assert [t.transaction_id for t in off.txns] == ["t-edge", "t-ahead"] and not off.out.dead_letters

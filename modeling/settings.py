@@ -209,7 +209,8 @@ class Settings(BaseSettings):
     # An input event whose time (a label's label_time) is further ahead of the worker's clock
     # than this is dead-lettered (0: none is). Folded in, a transaction a day ahead would make
     # its user's real transactions of that day late by the state's clock (not folded, their
-    # features frozen); one an hour ahead leaves none late. Kafka 3.6+ brokers refuse records
+    # features frozen); after one an hour ahead, events stamped at or after the clock at their
+    # arrival are still on time (allowed_lateness_s). Kafka 3.6+ brokers refuse records
     # stamped over an hour ahead by default (log.message.timestamp.after.max.ms) for the same
     # reason; this checks the payload's time, which the broker does not read.
     max_event_ahead_s: float = Field(default=3600.0, ge=0)

@@ -6,7 +6,9 @@ An exception in the step stops the worker (streams/batch_loop.py); the restarted
 partition's next owner, gets the same batch again from the committed offset and stops again.
 Hypothesis builds messages whose fields the wire format allows at their edges (the extreme
 times and amounts, ids of any Unicode including escapes of lone surrogates, labels of unknown
-or future transactions), mixed with messages it must refuse.
+or future transactions), mixed with messages it must refuse: keyed by something else than the
+user id (``require_user_keys``) or stamped over an hour ahead of the worker's clock
+(``max_event_ahead_s``).
 """
 
 from __future__ import annotations
@@ -117,8 +119,10 @@ def _batch(messages: list[tuple[str, dict[str, Any], str]], offsets: dict[str, i
     for kind, d, keyed in messages:
         raw = json.dumps(d).encode()  # ensure_ascii: a lone surrogate becomes its \u escape
         uid = d.get("user_id")
-        key = None if keyed == "none" else json.dumps(uid).encode() if keyed == "quoted" else None
-        if keyed == "user" and isinstance(uid, str):
+        key: bytes | None = None  # keyed == "none"
+        if keyed == "quoted":
+            key = json.dumps(uid).encode()
+        elif keyed == "user" and isinstance(uid, str):
             key = uid.encode(errors="surrogatepass")
         out.append(InMessage(kind, _TOPIC[kind], 0, offsets[kind], key, raw, T0, 0.0))
         offsets[kind] += 1

@@ -181,9 +181,11 @@ _ENCODE = msgspec.json.Encoder().encode
 # ----------------------------------------------------------------------------------------- parsing
 
 
-def _load(raw: bytes | str | dict[str, Any], max_bytes: int) -> dict[str, Any]:
+def _load(raw: bytes | str | dict[str, Any] | None, max_bytes: int) -> dict[str, Any]:
     if isinstance(raw, dict):
         return raw
+    if raw is None:  # a Kafka record may have no value
+        raise ValidationError("<message>", "no value: a record with a null value (a tombstone) is no event")
     if len(raw) > max_bytes:
         raise ValidationError("<message>", f"payload of {len(raw)} bytes exceeds the {max_bytes}-byte limit")
     try:
@@ -277,10 +279,10 @@ _SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")
 _BACKSLASH: Final = ord("\\")
 
 
-def _fast(decode: Any, raw: bytes | str | dict[str, Any], max_bytes: int) -> Any:
-    """The record msgspec decodes from ``raw``, or ``None``: refused, too large, a dict or
-    holding a surrogate escape (the checked parser then decides and names the field)."""
-    if isinstance(raw, dict) or len(raw) > max_bytes:
+def _fast(decode: Any, raw: bytes | str | dict[str, Any] | None, max_bytes: int) -> Any:
+    """The record msgspec decodes from ``raw``, or ``None``: refused, too large, a dict, no value
+    or holding a surrogate escape (the checked parser then decides and names the field)."""
+    if raw is None or isinstance(raw, dict) or len(raw) > max_bytes:
         return None
     if isinstance(raw, str):
         raw = raw.encode(errors="surrogatepass")
@@ -292,7 +294,9 @@ def _fast(decode: Any, raw: bytes | str | dict[str, Any], max_bytes: int) -> Any
         return None
 
 
-def parse_transaction(raw: bytes | str | dict[str, Any], max_bytes: int = DEFAULT_MAX_BYTES) -> Transaction:
+def parse_transaction(
+    raw: bytes | str | dict[str, Any] | None, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Transaction:
     txn: Transaction | None = _fast(_DECODE_TXN, raw, max_bytes)
     if txn is not None:
         return txn
@@ -311,7 +315,7 @@ def parse_transaction(raw: bytes | str | dict[str, Any], max_bytes: int = DEFAUL
     )
 
 
-def parse_click(raw: bytes | str | dict[str, Any], max_bytes: int = DEFAULT_MAX_BYTES) -> ClickEvent:
+def parse_click(raw: bytes | str | dict[str, Any] | None, max_bytes: int = DEFAULT_MAX_BYTES) -> ClickEvent:
     ev: ClickEvent | None = _fast(_DECODE_CLICK, raw, max_bytes)
     if ev is not None and ev.type in CLICK_TYPES:
         return ev
@@ -330,7 +334,7 @@ def parse_click(raw: bytes | str | dict[str, Any], max_bytes: int = DEFAULT_MAX_
     )
 
 
-def parse_label(raw: bytes | str | dict[str, Any], max_bytes: int = DEFAULT_MAX_BYTES) -> Label:
+def parse_label(raw: bytes | str | dict[str, Any] | None, max_bytes: int = DEFAULT_MAX_BYTES) -> Label:
     lb: Label | None = _fast(_DECODE_LABEL, raw, max_bytes)
     if lb is not None and lb.label_time_ms >= lb.transaction_time_ms:
         return lb

@@ -43,7 +43,7 @@ KIND_TXN: Final = "transaction"
 KIND_CLICK: Final = "click"
 KIND_LABEL: Final = "label"
 Record = Transaction | ClickEvent | Label
-_PARSERS: Final[dict[str, Callable[[bytes, int], Record]]] = {
+_PARSERS: Final[dict[str, Callable[[bytes | None, int], Record]]] = {
     KIND_TXN: parse_transaction,
     KIND_CLICK: parse_click,
     KIND_LABEL: parse_label,
@@ -59,7 +59,7 @@ class InMessage:
     partition: int
     offset: int
     key: bytes | None
-    value: bytes
+    value: bytes | None  # a Kafka record may have none (a tombstone): dead-lettered
     kafka_ts_ms: int  # the broker/producer timestamp, for end-to-end latency
     received: float  # time.monotonic() when the worker got it
 
@@ -348,7 +348,7 @@ class BatchProcessor:
                 if fresh:
                     engine.user_label(st, rec)
                 # Forwarded even when redelivered: terminal state replaces by transaction id.
-                out.terminal_labels.append((rec.terminal_id.encode(), m.value))
+                out.terminal_labels.append((rec.terminal_id.encode(), m.value or b""))  # parsed: not None
                 if overlay is not None:
                     overlay.add(rec)
         if overlay is not None:

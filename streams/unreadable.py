@@ -34,7 +34,7 @@ S = TypeVar("S")
 @dataclass(slots=True)
 class DeadLetter:
     key: bytes | None
-    value: bytes  # the original bytes, untouched
+    value: bytes | None  # the original bytes, untouched (None: the input record had no value)
     headers: list[tuple[str, bytes]]
 
 
@@ -45,7 +45,7 @@ class _Message(Protocol):
     partition: int
     offset: int
     key: bytes | None
-    value: bytes
+    value: bytes | None
 
 
 def input_dead_letter(m: _Message, exc: ValidationError) -> DeadLetter:

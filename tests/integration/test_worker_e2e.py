@@ -94,6 +94,8 @@ def test_n_in_n_out_and_dead_letters(
             )
         )
         run(produce(sc.bootstrap, sc.topics["clickstream"], [(b"u1", b'{"schema": "click/1"}')]))
+        # a record with no value (a tombstone): was a TypeError in the scoring step
+        run(produce(sc.bootstrap, sc.topics["labels"], [(b"u1", None)]))
         # the internal terminal-labels topic holds only labels the workers validated; a record
         # written there by anything else must not stop the terminal loop on every restart
         internal = terminal_labels_topic(sc.settings())
@@ -111,11 +113,11 @@ def test_n_in_n_out_and_dead_letters(
         n = len(df) + 1
         ids = _risk_ids(sc, n)
         assert Counter(ids) == Counter([*df["transaction_id"].tolist(), "ok-1"])  # exactly N, no duplicates
-        dead = run(consume(sc.bootstrap, sc.topics["dead_letter"], until=len(bad) + 3, timeout=60))
-        assert len(dead) == len(bad) + 3
-        originals = {bytes(r.value) for r in dead}
+        dead = run(consume(sc.bootstrap, sc.topics["dead_letter"], until=len(bad) + 4, timeout=60))
+        assert len(dead) == len(bad) + 4
+        originals = {bytes(r.value) for r in dead if r.value is not None}
         assert set(bad) | {miskeyed} <= originals  # the original bytes, untouched
-        sources = (sc.topics["transactions"], sc.topics["clickstream"], internal)
+        sources = (sc.topics["transactions"], sc.topics["clickstream"], sc.topics["labels"], internal)
         assert {dict(r.headers)["riskstream-source-topic"].decode() for r in dead} == set(sources)
         for r in dead:
             h = {k: v.decode() for k, v in r.headers}
@@ -130,7 +132,11 @@ def test_n_in_n_out_and_dead_letters(
         assert ev.model_version.startswith("behaviour-") and ev.feature_set == FeatureConfig().feature_set
         assert set(ev.latency_ms) == {"queue", "inference", "end_to_end"}
         w.check_alive()  # the worker carried on
-        assert w.metric("riskstream_dead_letters_total") == len(bad) + 3
+        assert w.metric("riskstream_dead_letters_total") == len(bad) + 4
+        tombstones = [r for r in dead if r.value is None]
+        assert [dict(r.headers)["riskstream-source-topic"].decode() for r in tombstones] == [
+            sc.topics["labels"]
+        ]
         assert w.metric("riskstream_dead_letters_total", topic=internal, field="schema") == 1
         assert w.metric("riskstream_events_out_total", topic=sc.topics["risk_events"]) == n
         assert w.metric("riskstream_batch_size_count") > 0

@@ -92,6 +92,15 @@ def test_missing_fields(missing: str) -> None:
         parse_transaction(orjson.dumps(d))
 
 
+def test_a_record_without_a_value_is_refused() -> None:
+    """A tombstone (a Kafka record with a null value) on an input topic: refused by name, not a
+    TypeError that stopped the worker on every restart (session 34)."""
+    for parse in (parse_transaction, parse_click, parse_label):
+        with pytest.raises(ValidationError, match="null value") as exc:
+            parse(None)
+        assert exc.value.field == "<message>"
+
+
 def test_bad_json_and_huge_payloads() -> None:
     with pytest.raises(ValidationError, match="not valid JSON"):
         parse_transaction(b"{not json")

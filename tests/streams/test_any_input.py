@@ -8,7 +8,7 @@ Hypothesis builds messages whose fields the wire format allows at their edges (t
 times and amounts, ids of any Unicode including escapes of lone surrogates, labels of unknown
 or future transactions), mixed with messages it must refuse: keyed by something else than the
 user id (``require_user_keys``) or stamped over an hour ahead of the worker's clock
-(``max_event_ahead_s``).
+(``max_event_ahead_s``), or with no value at all (a tombstone).
 """
 
 from __future__ import annotations
@@ -75,6 +75,8 @@ _AMOUNT = st.one_of(
 def _message(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
     kind = draw(st.sampled_from([KIND_TXN, KIND_TXN, KIND_CLICK, KIND_LABEL]))
     user = draw(st.one_of(st.sampled_from(["u1", "u2", "u3"]), _ID))
+    if draw(st.integers(0, 19)) == 0:  # a record with no value (a tombstone), keyed by the user
+        return kind, {"schema": None, "user_id": user}
     if kind == KIND_TXN:
         d: dict[str, Any] = {
             "schema": "transaction/1",
@@ -117,7 +119,8 @@ _KEYS = st.sampled_from(["user", "user", "user", "user", "none", "quoted"])  # h
 def _batch(messages: list[tuple[str, dict[str, Any], str]], offsets: dict[str, int]) -> list[InMessage]:
     out = []
     for kind, d, keyed in messages:
-        raw = json.dumps(d).encode()  # ensure_ascii: a lone surrogate becomes its \u escape
+        # ensure_ascii: a lone surrogate becomes its \u escape; no schema: no value at all
+        raw = json.dumps(d).encode() if d["schema"] is not None else None
         uid = d.get("user_id")
         key: bytes | None = None  # keyed == "none"
         if keyed == "quoted":

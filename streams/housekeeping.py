@@ -52,7 +52,7 @@ class Rounds:
             else:
                 self._succeeded(name)
 
-        round_.__name__ = round_.__qualname__ = name.replace(" ", "_")
+        round_.__name__ = round_.__qualname__ = name  # Faust names the timer after it
         return round_
 
     def failing(self, name: str) -> int:

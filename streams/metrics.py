@@ -223,8 +223,8 @@ class Metrics:
             "riskstream_housekeeping_errors",
             "Periodic rounds that failed and were skipped (streams/housekeeping.py): model "
             "refresh (model_refresh), state sweeps (state_sweep), the metrics report (metrics_report). "
-            "Scoring goes on; the round runs "
-            "again at its next interval, and the worker's log says why it failed",
+            "Scoring goes on; the round runs again at its next interval, and the worker's log says "
+            "why it failed",
             ["round"],
             registry=r,
         )

@@ -293,7 +293,8 @@ class BatchProcessor:
         items: list[tuple[int, int, int, Record, InMessage, bool, str]] = []
         sources = self._sources
         stream_time = self.watermark.latest
-        horizon = self.now_ms() + self.max_ahead_ms  # Settings.max_event_ahead_s
+        now = self.now_ms()
+        horizon = now + self.max_ahead_ms  # Settings.max_event_ahead_s
         for i, m in enumerate(batch):
             try:
                 rec = _PARSERS[m.kind](m.value, self.max_bytes)
@@ -301,7 +302,7 @@ class BatchProcessor:
                     raise _misrouted(m.key, rec.user_id)
                 t = rec.label_time_ms if isinstance(rec, Label) else rec.event_time_ms
                 if t > horizon:
-                    raise _ahead(isinstance(rec, Label), t, horizon - self.max_ahead_ms)
+                    raise _ahead(isinstance(rec, Label), t, now)
             except ValidationError as exc:
                 out.dead_letters.append(input_dead_letter(m, exc))
                 out.dead_fields.append((m.topic, exc.field))

@@ -183,23 +183,18 @@ _EDGES = st.sampled_from(
 )
 
 
+@pytest.fixture(scope="module")
+def any_text_scorer(tiny_bundle: Bundle) -> TextScorer:
+    path, manifest = tiny_bundle
+    return TextScorer(path, manifest, buckets=(8, 16, 32), max_batch=3)
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(_ANY_TEXT, _EDGES, st.none()), min_size=1, max_size=6))
-def test_any_accepted_text_scores_or_is_skipped(tiny_bundle: Bundle, texts: list[str | None]) -> None:
-    path, manifest = tiny_bundle
-    scorer = _cached_scorer(path, manifest)
-    scores = scorer.score(texts)
+def test_any_accepted_text_scores_or_is_skipped(any_text_scorer: TextScorer, texts: list[str | None]) -> None:
+    scores = any_text_scorer.score(texts)
     assert len(scores) == len(texts)
     for text, score in zip(texts, scores, strict=True):
         assert score is None or 0.0 <= score <= 1.0
         if text is None:
             assert score is None
-
-
-_SCORERS: dict[Path, TextScorer] = {}
-
-
-def _cached_scorer(path: Path, manifest: dict[str, Any]) -> TextScorer:
-    if path not in _SCORERS:
-        _SCORERS[path] = TextScorer(path, manifest, buckets=(8, 16, 32), max_batch=3)
-    return _SCORERS[path]

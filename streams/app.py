@@ -49,7 +49,7 @@ from aiokafka.errors import KafkaError
 from modeling.features import FeatureEngine
 from modeling.settings import Settings, feature_config
 from streams.batch_loop import BatchLoop
-from streams.broker.topics import dead_letter_max_bytes, terminal_labels_topic
+from streams.broker.topics import dead_letter_max_bytes, dead_letter_room, terminal_labels_topic
 from streams.fetch_pacer import FetchPacer, aiokafka_fetcher
 from streams.housekeeping import Rounds, consumer_lags
 from streams.in_loop import InLoopTransport
@@ -89,7 +89,11 @@ class Runtime:
     metrics: Metrics
 
 
-def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
+def build_app(
+    settings: Settings, *, metrics: Metrics | None = None, dead_letter_limit: int | None = None
+) -> Runtime:
+    """``dead_letter_limit``: the dead-letter topic's ``max.message.bytes`` as read from the
+    cluster (streams.broker.topics.read_topic_limits; None: as riskstream creates it)."""
     metrics = metrics or Metrics()
     app = BatchingApp(
         settings.app_id,
@@ -201,6 +205,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     user_log = users.changelog_topic.get_topic_name()
     term_name = term_topic.get_topic_name()
     feed = None if feed_state is None else terminal_feed(settings, term_name, feed_state, in_buffer.poke)
+    dead_room = dead_letter_room(settings, dead_letter_limit)  # what a dead letter keeps
     stage = ScoreStage(
         settings,
         metrics,
@@ -212,6 +217,7 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
         users=users,
         term_name=term_name,
         worker_id=worker_id,
+        dead_letter_room=dead_room,
     )
     flusher = stage.flusher
 
@@ -230,7 +236,15 @@ def build_app(settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
     )
 
     terminal_loop = TerminalLoop(
-        engine, settings, metrics, out, lambda: store_dict(terminals), terminal_log, terminal_keys, term_name
+        engine,
+        settings,
+        metrics,
+        out,
+        lambda: store_dict(terminals),
+        terminal_log,
+        terminal_keys,
+        term_name,
+        dead_room,
     )
 
     terminal_sweeper = TerminalSweeper(

@@ -31,6 +31,7 @@ from streams.output_gate import OutputGate
 from streams.pipeline import BatchProcessor, BatchResult, InMessage, Prepared
 from streams.state_flush import StateFlusher, fail
 from streams.terminal_feed import PROGRESS_KEY, WORKER_HEADER, TerminalFeed, encode_progress
+from streams.unreadable import fit
 from streams.wiring import key_partitions, store_dict
 
 FLUSH_CHUNK = 256  # user states serialized between two yields to the event loop
@@ -52,11 +53,14 @@ class ScoreStage:
         users: Any,
         term_name: str,
         worker_id: bytes,
+        dead_letter_room: int,
     ) -> None:
         """``kinds``: input topic -> record kind; ``users``: the user-state table (Faust);
         ``term_name``: the terminal-labels topic; ``worker_id``: this worker's id in the records
-        it forwards there."""
+        it forwards there; ``dead_letter_room``: what a dead letter keeps of a value
+        (streams.broker.topics.dead_letter_room)."""
         self.settings = settings
+        self.dead_room = dead_letter_room
         self.metrics = metrics
         self.processor = processor
         self.out = out
@@ -127,7 +131,9 @@ class ScoreStage:
         term_name, own_header = self.term_name, self.own_header
         risk_name, dead_name = self.settings.topic_risk_events, self.settings.topic_dead_letter
         records: list[Any] = [(risk_name, None, key, value, None) for key, value in res.risk_events]
-        records += [(dead_name, None, dl.key, dl.value, dl.headers) for dl in res.dead_letters]
+        for dl in res.dead_letters:
+            dl = fit(dl, self.dead_room)
+            records.append((dead_name, None, dl.key, dl.value, dl.headers))
         records += [(term_name, 0, key, value, own_header) for key, value in res.terminal_labels]
         if floors and floors != self.published:
             # after the batch's labels: a reader of this record has read them

@@ -24,7 +24,7 @@ from streams.metrics import Metrics
 from streams.output import BatchOutput
 from streams.terminal_feed import PROGRESS_KEY
 from streams.terminal_overlay import APPLIED_KEY, encode_position
-from streams.unreadable import KIND_TERMINAL_STATE, input_dead_letter, terminal_or_new
+from streams.unreadable import KIND_TERMINAL_STATE, fit, input_dead_letter, terminal_or_new
 
 log = logging.getLogger("riskstream.worker")
 
@@ -43,8 +43,12 @@ class TerminalLoop:
         changelog: str,
         keys: Callable[[str], bytes],
         labels_topic: str,
+        dead_letter_room: int,
     ) -> None:
+        """``dead_letter_room``: what a dead letter keeps of a value
+        (streams.broker.topics.dead_letter_room)."""
         self.engine = engine
+        self.dead_room = dead_letter_room
         self.settings = settings
         self.metrics = metrics
         self.out = out
@@ -108,7 +112,7 @@ class TerminalLoop:
         labels that passed validation, so something else wrote it (another release, a tool).
         Dead-lettered as input is, so that it cannot stop the loop on every restart."""
         dead = self.settings.topic_dead_letter
-        dl = input_dead_letter(m, exc)
+        dl = fit(input_dead_letter(m, exc), self.dead_room)
         records.append((dead, None, dl.key, dl.value, dl.headers))
         self.metrics.dead_letters.labels(self.labels_topic, exc.field).inc()
         self.metrics.events_out.labels(dead).inc()
@@ -119,6 +123,7 @@ class TerminalLoop:
         terminal starts over, as in the scorer (streams/unreadable.py)."""
         ts, dead = terminal_or_new(tid, raw)
         if dead is not None:
+            dead = fit(dead, self.dead_room)
             records.append((self.settings.topic_dead_letter, None, dead.key, dead.value, dead.headers))
             self.metrics.record_unreadable(KIND_TERMINAL_STATE, self.settings.topic_dead_letter)
         return ts

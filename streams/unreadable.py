@@ -17,6 +17,7 @@ error stops the worker instead, with the versions in the message: roll forward, 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,10 @@ from modeling.features import FeatureEngine, TerminalState, UserState
 log = logging.getLogger("riskstream.worker")
 
 KIND_USER_STATE, KIND_TERMINAL_STATE = "user-state", "terminal-state"
+# A dead letter keeps at most this much of an input message's key (a user id is short; the
+# rest of the dead-letter topic's room over the largest state is for the headers:
+# streams.broker.topics.dead_letter_max_bytes)
+MAX_KEY_BYTES = 16 << 10
 S = TypeVar("S")
 
 
@@ -58,10 +63,38 @@ def input_dead_letter(m: _Message, exc: ValidationError) -> DeadLetter:
             ("riskstream-source-topic", m.topic.encode()),
             ("riskstream-source-partition", str(m.partition).encode()),
             ("riskstream-source-offset", str(m.offset).encode()),
-            ("riskstream-error-field", exc.field.encode()),
+            ("riskstream-error-field", exc.field.encode()[:1000]),
             ("riskstream-error", str(exc).encode()[:1000]),
         ],
     )
+
+
+def fit(dl: DeadLetter, max_value_bytes: int) -> DeadLetter:
+    """``dl`` as the dead-letter topic takes it: a value over ``max_value_bytes``
+    (streams.broker.topics.dead_letter_room) or a key over :data:`MAX_KEY_BYTES` cut to that
+    length, with headers ``riskstream-<value|key>-bytes`` (the original length) and
+    ``riskstream-<value|key>-sha256`` (hex) to match the cut against the original.
+
+    The topic refuses a record over its limit, and a refused dead letter stopped the worker, on
+    every restart: an input topic may take larger records than the dead-letter topic, and an
+    operator's dead-letter topic may take less than riskstream creates it with. An input
+    message's whole record stays where its source headers say, for as long as that topic keeps
+    it; a stored state's is lost past the cut."""
+    key, value = dl.key, dl.value
+    if (key is None or len(key) <= MAX_KEY_BYTES) and (value is None or len(value) <= max_value_bytes):
+        return dl
+    headers = list(dl.headers)
+    return DeadLetter(
+        _cut("key", key, MAX_KEY_BYTES, headers), _cut("value", value, max_value_bytes, headers), headers
+    )
+
+
+def _cut(part: str, data: bytes | None, limit: int, headers: list[tuple[str, bytes]]) -> bytes | None:
+    if data is None or len(data) <= limit:
+        return data
+    headers.append((f"riskstream-{part}-bytes", str(len(data)).encode()))
+    headers.append((f"riskstream-{part}-sha256", hashlib.sha256(data).hexdigest().encode()))
+    return data[:limit]
 
 
 def state_dead_letter(kind: str, key: str, raw: bytes, exc: StateError) -> DeadLetter:

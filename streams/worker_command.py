@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from modeling.settings import load_settings
     from streams import gc_pauses
     from streams.app import build_app
-    from streams.broker.topics import ensure_project_topics
+    from streams.broker.topics import ensure_project_topics, read_topic_limits
 
     overrides = {}
     if args.web_port is not None:
@@ -35,11 +35,14 @@ def run(args: argparse.Namespace) -> int:
     asyncio.set_event_loop(loop)
     try:
         loop.run_until_complete(ensure_project_topics(settings, internal=True))
+        # an operator's dead-letter topic may take less than riskstream creates it with:
+        # dead letters are cut to fit it (streams/unreadable.py, fit)
+        dead_limit = loop.run_until_complete(read_topic_limits(settings, [settings.topic_dead_letter]))
     except BaseException:  # the CLI reports it (a TopicError: unreachable, partition counts)
         asyncio.set_event_loop(None)
         loop.close()
         raise
-    rt = build_app(settings)
+    rt = build_app(settings, dead_letter_limit=dead_limit.get(settings.topic_dead_letter))
     collector = gc_pauses.tune(rt.metrics, settings.gc_thresholds, auto_full=settings.gc_auto_full)
     gc_pauses.schedule(rt.app, collector, settings.gc_sweep_interval_s)
     rt.metrics.serve(settings.metrics_port)

@@ -46,10 +46,45 @@ def changelog_topics(settings: Settings) -> dict[str, int]:
     }
 
 
+# What the dead-letter topic takes beyond a dead letter's value: its key (at most
+# streams.unreadable.MAX_KEY_BYTES) and headers
+DEAD_LETTER_HEADROOM = 64 << 10
+
+
 def dead_letter_max_bytes(settings: Settings) -> int:
     """The dead-letter topic's ``max.message.bytes``: the largest stored state, and room for
     its key and headers."""
-    return settings.state_max_record_bytes + (64 << 10)
+    return settings.state_max_record_bytes + DEAD_LETTER_HEADROOM
+
+
+def dead_letter_room(settings: Settings, topic_limit: int | None = None) -> int:
+    """How many bytes of an input record's value or a stored state a dead letter keeps
+    (streams.unreadable.fit): the largest stored state, or less where the dead-letter topic
+    takes less than riskstream creates it with (``topic_limit``: its ``max.message.bytes``,
+    :func:`read_topic_limits`; None: as riskstream creates it)."""
+    room = settings.state_max_record_bytes
+    if topic_limit is not None:
+        room = min(room, max(topic_limit - DEAD_LETTER_HEADROOM, topic_limit // 2))
+    return room
+
+
+async def read_topic_limits(settings: Settings, names: Iterable[str]) -> dict[str, int]:
+    """``max.message.bytes`` of each of ``names`` that exists and whose configuration this
+    client may read (an ACL may forbid it: then nothing is known, and nothing is returned)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
+    from streams.security import client_kwargs
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **client_kwargs(settings))
+    try:
+        await admin.start()
+        return await _topic_limits(admin, list(names))
+    except KafkaError as exc:
+        log.debug("topic configurations not read: %r", exc)
+        return {}
+    finally:
+        await admin.close()
 
 
 def terminal_labels_topic(settings: Settings) -> str:
@@ -202,37 +237,48 @@ async def ensure_project_topics(settings: Settings, *, internal: bool = False) -
     )
 
 
+async def _topic_limits(admin: Any, names: list[str]) -> dict[str, int]:
+    """``max.message.bytes`` of each existing topic of ``names``; raises the client's
+    ``KafkaError`` when the configurations cannot be read."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    if not names:
+        return {}
+    responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
+    limits: dict[str, int] = {}
+    for response in responses:
+        for code, _msg, _type, name, entries in response.resources:
+            have = {e[0]: e[1] for e in entries}.get("max.message.bytes")
+            if code == 0 and name in names and have is not None:
+                limits[name] = int(have)
+    return limits
+
+
 async def _warn_smaller_limits(admin: Any, wanted: dict[str, dict[str, str]]) -> None:
     """Log each existing topic whose ``max.message.bytes`` is below what riskstream would create
     it with: left as it is (an operator's topic), but a record over its limit stops the worker
-    that writes it, on every restart."""
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+    that writes it, on every restart (dead letters are cut to fit instead: streams.unreadable.fit)."""
     from aiokafka.errors import KafkaError
 
     asked = {n: int(c["max.message.bytes"]) for n, c in wanted.items() if "max.message.bytes" in c}
-    if not asked:
-        return
     try:
-        responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in asked])
+        limits = await _topic_limits(admin, list(asked))
     except KafkaError as exc:  # not allowed to read them (ACLs): nothing to say, nothing wrong
         log.debug("topic configurations not read: %r", exc)
         return
-    for response in responses:
-        for _code, _msg, _type, name, entries in response.resources:
-            have = {e[0]: e[1] for e in entries}.get("max.message.bytes")
-            if name in asked and have is not None and int(have) < asked[name]:
-                log.warning(
-                    "topic %s takes records of up to %s bytes, fewer than the %d riskstream creates it "
-                    "with: a record between the two (a dead letter of a large input message or state, "
-                    "a large state snapshot) would stop the worker on every restart. Raise it: "
-                    "kafka-configs.sh --alter --entity-type topics --entity-name %s --add-config "
-                    "max.message.bytes=%d",
-                    name,
-                    have,
-                    asked[name],
-                    name,
-                    asked[name],
-                )
+    for name, have in limits.items():
+        if have < asked[name]:
+            log.warning(
+                "topic %s takes records of up to %d bytes, fewer than the %d riskstream creates it "
+                "with: a record between the two (a large state snapshot) would stop the worker on "
+                "every restart, and a dead letter is cut to fit it. Raise it: kafka-configs.sh "
+                "--alter --entity-type topics --entity-name %s --add-config max.message.bytes=%d",
+                name,
+                have,
+                asked[name],
+                name,
+                asked[name],
+            )
 
 
 class _ClientErrors(logging.Handler):

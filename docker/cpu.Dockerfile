@@ -6,7 +6,8 @@
 #
 # It installs riskstream exactly the way `make setup` and CI do, `pip install` of the repo's
 # pyproject.toml (there is no second dependency list), with the kerberos extra (Kafka's SASL
-# GSSAPI); only the dev extras are left out.
+# GSSAPI); only the dev extras are left out. Like `make setup`, it compiles the hot-path modules
+# with mypyc (modeling/native.py) in a stage of its own and keeps only the compiled modules.
 
 # The kerberos extra, gssapi, has no Linux wheels on PyPI: this stage builds its wheel against
 # MIT Kerberos, so that the image gets the library it links to without a compiler.
@@ -20,7 +21,7 @@ COPY docker/pyproject_deps.py ./docker/
 RUN python docker/pyproject_deps.py --extra kerberos > kerberos.txt \
     && python -m pip wheel --no-cache-dir --no-deps -r kerberos.txt -w /wheels
 
-FROM python:3.11.13-slim-bookworm
+FROM python:3.11.13-slim-bookworm AS runtime
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -56,6 +57,33 @@ COPY --from=kerberos-wheel /wheels /tmp/wheels
 # hadolint ignore=DL3013
 RUN python -m pip install --only-binary=gssapi --find-links=/tmp/wheels '.[kerberos]' \
     && rm -rf /tmp/riskstream-src /tmp/wheels
+
+# The hot-path modules compiled by mypyc from the very sources installed above, as `make setup`
+# compiles them: mypy (pyproject.toml's dev extra) and a C compiler stay in this stage. The
+# compiled set records a digest of its sources; the image uses it only if they match.
+FROM runtime AS compiled
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /build
+COPY pyproject.toml README.md ./
+COPY modeling ./modeling
+COPY streams ./streams
+COPY training ./training
+COPY docker/pyproject_deps.py ./docker/
+RUN python docker/pyproject_deps.py --extra dev --only mypy > mypy.txt \
+    && python -m pip install -r mypy.txt \
+    && python -m modeling.native_build build \
+    && mkdir /compiled \
+    && find modeling streams training -name '*.so' -exec cp --parents {} /compiled/ \; \
+    && cp --parents modeling/_compiled.json /compiled/
+
+FROM runtime
+COPY --from=compiled /compiled /tmp/compiled
+# Into the installed packages, beside the same sources; the build fails unless they are used.
+RUN cp -r /tmp/compiled/. "$(python -c 'import modeling, pathlib; print(pathlib.Path(modeling.__file__).parent.parent)')" \
+    && rm -rf /tmp/compiled \
+    && python -c "from modeling import native; import streams.pipeline; s = native.status(); assert s['compiled'] and s['loaded']['streams.pipeline'] == 'compiled', s"
 
 WORKDIR /var/lib/riskstream
 USER 10001:10001

@@ -2,10 +2,12 @@
 distributions. The GPU image uses it to install everything riskstream needs except the CPU build of
 Paddle (``paddlepaddle``), whose place the CUDA build (``paddlepaddle-gpu``) takes; pyproject.toml
 stays the only dependency list. With ``--extra NAME`` it prints that optional-dependency group
-instead: the CPU image builds the ``kerberos`` extra's wheel (gssapi) in a stage of its own.
+instead: the CPU image builds the ``kerberos`` extra's wheel (gssapi) in a stage of its own, and
+compiles the hot-path modules with mypy (``--extra dev --only mypy``: one requirement of a group).
 
     python docker/pyproject_deps.py --exclude paddlepaddle [pyproject.toml]
     python docker/pyproject_deps.py --extra kerberos [pyproject.toml]
+    python docker/pyproject_deps.py --extra dev --only mypy [pyproject.toml]
 """
 
 from __future__ import annotations
@@ -56,11 +58,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("pyproject", nargs="?", default="pyproject.toml", type=Path)
     p.add_argument("--exclude", action="append", default=[], metavar="NAME")
     p.add_argument("--extra", metavar="NAME", help="print this optional-dependency group instead")
+    p.add_argument("--only", action="append", default=[], metavar="NAME", help="with --extra: just these")
     args = p.parse_args(argv)
     if args.extra is not None and args.exclude:
         p.error("--extra and --exclude do not combine")
+    if args.only and args.extra is None:
+        p.error("--only needs --extra")
     if args.extra is not None:
         reqs = extra(args.pyproject, args.extra)
+        if args.only:
+            wanted = {canonical(n) for n in args.only}
+            missing = wanted - {requirement_name(r) for r in reqs}
+            if missing:
+                raise SystemExit(f"extra {args.extra!r} has no {', '.join(sorted(missing))}")
+            reqs = [r for r in reqs if requirement_name(r) in wanted]
     else:
         reqs = dependencies(args.pyproject, set(args.exclude))
     sys.stdout.write("".join(f"{d}\n" for d in reqs))

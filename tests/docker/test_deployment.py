@@ -359,9 +359,52 @@ def test_makefile_installs_the_project_with_pip_from_pyproject() -> None:
 
 def test_cpu_image_installs_like_the_makefile() -> None:
     installs = [_positional(a) for a in _pip_installs(DOCKERFILES["cpu"])]
-    assert installs == [["'.[kerberos]'"]], (
-        f"the CPU image installs riskstream with `pip install '.[kerberos]'` only: {installs}"
+    assert installs == [["'.[kerberos]'"], ["-r"]], (
+        "the CPU image installs riskstream with `pip install '.[kerberos]'`, and mypy in the "
+        f"stage that compiles the hot-path modules: {installs}"
     )
+
+
+def test_cpu_image_compiles_the_hot_path_modules_as_make_setup_does() -> None:
+    """A stage compiles modeling/native.py's modules with mypy from pyproject.toml's dev extra;
+    the image keeps only what that build made, and its build fails unless the compiled set is
+    in use (docker/smoke_test.sh checks the running worker's log says so)."""
+    text = DOCKERFILES["cpu"].read_text()
+    assert re.search(r"^FROM \S+ AS runtime$", text, re.M) and re.search(
+        r"^FROM runtime AS compiled$", text, re.M
+    )
+    assert "docker/pyproject_deps.py --extra dev --only mypy > mypy.txt" in text
+    assert "-r mypy.txt" in text and "python -m modeling.native_build build" in text
+    assert "COPY --from=compiled /compiled /tmp/compiled" in text
+    assert "s['compiled']" in text
+    final = text[text.rindex("\nFROM ") :]
+    assert final.startswith("\nFROM runtime\n") and "gcc" not in final and "mypy" not in final
+    res = _run(
+        [
+            sys.executable,
+            str(DOCKER / "pyproject_deps.py"),
+            "--extra",
+            "dev",
+            "--only",
+            "mypy",
+            str(PYPROJECT),
+        ]
+    )
+    assert res.returncode == 0, res.stderr
+    dev = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]["dev"]
+    assert res.stdout.splitlines() == [r for r in dev if Requirement(r).name == "mypy"]
+    res = _run(
+        [
+            sys.executable,
+            str(DOCKER / "pyproject_deps.py"),
+            "--extra",
+            "dev",
+            "--only",
+            "mypyc",
+            str(PYPROJECT),
+        ]
+    )
+    assert res.returncode != 0 and "has no mypyc" in res.stderr
 
 
 def test_cpu_image_builds_the_kerberos_extra_from_pyproject() -> None:

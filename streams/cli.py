@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "worker": "streams.worker_command",
     "replay": "streams.replay_command",
     "warmup": "streams.warmup_command",
+    "dead-letters": "streams.dead_letters_command",
     "demo": "streams.demo",
     "train": "training.train_command",
     "train-text": "training.text_command",

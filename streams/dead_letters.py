@@ -1,0 +1,334 @@
+"""What is in the dead-letter topic, and sending chosen dead letters back to their input topic.
+
+An input message is dead-lettered with its original key and bytes and headers naming its source
+topic, partition and offset, the field and the reason (``streams/unreadable.py``). Some reasons
+are the worker's rules, not the message's fault, and go away when a setting changes: an event
+stamped ahead of a worker whose clock was wrong (``max_event_ahead_s``), a key that is not the
+user id where producers key users alike some other way (``require_user_keys``), a message over
+``max_message_bytes``. Once the setting is fixed, :func:`redrive` sends those dead letters back
+to the topic they came from, so the workers score them then (a transaction scored this late is
+a late event: DEVELOPERS.md, "Event time, late events and delayed labels").
+
+- Each re-sent record carries the header ``riskstream-redriven-from`` (``<dlq>:<partition>:<offset>``);
+  a dead letter keeps none of the input record's own headers, so only one re-sent from its source
+  (below) has those too.
+- A dead letter whose value or key was cut to fit the topic (``riskstream-value-bytes``) is
+  re-sent from its source record, read back at its offset and checked against the cut's sha256;
+  where the source topic no longer holds it, it is skipped and counted.
+- Stored states (``riskstream-state-kind``) are never re-sent: they were no input.
+- Nothing records what was re-sent: running it twice over the same dead letters sends them
+  twice, and the workers would fold those transactions into the user's windows twice. Choose the
+  range (``since_ms``/``until_ms``, the dead letters' own timestamps) and try ``dry_run`` first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from modeling.errors import RiskstreamError
+from modeling.settings import Settings
+
+REDRIVEN_HEADER = "riskstream-redriven-from"
+
+
+class DeadLetterError(RiskstreamError):
+    """The dead-letter topic cannot be read, or a re-send failed."""
+
+
+@dataclass(frozen=True)
+class Letter:
+    """One record of the dead-letter topic."""
+
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k == name:
+                return v.decode("utf-8", "replace")
+        return None
+
+    @property
+    def state_kind(self) -> str | None:
+        return self.header("riskstream-state-kind")
+
+    @property
+    def source(self) -> tuple[str, int, int] | None:
+        """(topic, partition, offset) of the input record; None for a stored state."""
+        topic, part, off = (self.header(f"riskstream-source-{k}") for k in ("topic", "partition", "offset"))
+        if topic is None or part is None or off is None:
+            return None
+        return topic, int(part), int(off)
+
+    @property
+    def origin(self) -> str:
+        """The input topic it came from, or a stored state's kind (``user-state``)."""
+        return self.header("riskstream-source-topic") or self.state_kind or "?"
+
+    @property
+    def field(self) -> str:
+        return self.header("riskstream-error-field") or "?"
+
+    @property
+    def reason(self) -> str:
+        return self.header("riskstream-error") or "?"
+
+    @property
+    def cut(self) -> bool:
+        return (
+            self.header("riskstream-value-bytes") is not None
+            or self.header("riskstream-key-bytes") is not None
+        )
+
+
+def _selected(
+    letter: Letter,
+    topics: set[str] | None,
+    fields: set[str] | None,
+    since_ms: int | None,
+    until_ms: int | None,
+) -> bool:
+    if since_ms is not None and letter.timestamp_ms < since_ms:
+        return False
+    if until_ms is not None and letter.timestamp_ms >= until_ms:
+        return False
+    if topics is not None and letter.origin not in topics:
+        return False
+    return fields is None or letter.field in fields
+
+
+async def read_letters(
+    settings: Settings,
+    *,
+    topics: set[str] | None = None,
+    fields: set[str] | None = None,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+) -> list[Letter]:
+    """The dead letters from the topic's start (or ``since_ms``) to its end as the call found it,
+    those of the source ``topics`` (a stored state's: its kind, ``user-state``) and ``fields``
+    given, stamped in [``since_ms``, ``until_ms``)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams.security import client_kwargs
+
+    name = settings.topic_dead_letter
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=settings.state_max_record_bytes + (1 << 20),
+        **client_kwargs(settings),
+    )
+    await consumer.start()
+    try:
+        parts = await _partitions(settings, name)
+        if not parts:
+            raise DeadLetterError(f"no dead-letter topic {name!r} on {settings.bootstrap_servers}")
+        tps = [TopicPartition(name, p) for p in parts]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        starts = await consumer.beginning_offsets(tps)
+        if since_ms is not None:
+            found = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
+            starts = {tp: (ends[tp] if o is None else o.offset) for tp, o in found.items()}
+        for tp in tps:
+            consumer.seek(tp, starts[tp])
+        letters: list[Letter] = []
+        todo = {tp for tp in tps if starts[tp] < ends[tp]}
+        while todo:
+            batch = await consumer.getmany(*todo, timeout_ms=1000)
+            for tp, records in batch.items():
+                for r in records:
+                    if r.offset >= ends[tp]:
+                        continue
+                    letter = Letter(r.partition, r.offset, r.timestamp, r.key, r.value, tuple(r.headers))
+                    if _selected(letter, topics, fields, since_ms, until_ms):
+                        letters.append(letter)
+            todo = {tp for tp in todo if await consumer.position(tp) < ends[tp]}
+        return letters
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(settings: Settings, topic: str) -> list[int]:
+    """The partitions of ``topic``; none if it does not exist."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from streams.security import client_kwargs
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **client_kwargs(settings))
+    await admin.start()
+    try:
+        for t in await admin.describe_topics([topic]):
+            if t["topic"] == topic and t["error_code"] == 0:
+                return sorted(p["partition"] for p in t["partitions"])
+        return []
+    finally:
+        await admin.close()
+
+
+@dataclass
+class Summary:
+    """Dead letters by origin (source topic, or a stored state's kind) and field."""
+
+    total: int = 0
+    groups: Counter[tuple[str, str]] = field(default_factory=Counter)
+    example: dict[tuple[str, str], str] = field(default_factory=dict)  # the first reason of each
+    cut: int = 0
+    first_ms: int | None = None
+    last_ms: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "cut": self.cut,
+            "first_ms": self.first_ms,
+            "last_ms": self.last_ms,
+            "groups": [
+                {"origin": o, "field": f, "count": n, "example": self.example[(o, f)]}
+                for (o, f), n in self.groups.most_common()
+            ],
+        }
+
+
+def summarize(letters: list[Letter]) -> Summary:
+    s = Summary()
+    for letter in letters:
+        group = (letter.origin, letter.field)
+        s.total += 1
+        s.groups[group] += 1
+        s.example.setdefault(group, letter.reason)
+        s.cut += letter.cut
+        t = letter.timestamp_ms
+        s.first_ms = t if s.first_ms is None else min(s.first_ms, t)
+        s.last_ms = t if s.last_ms is None else max(s.last_ms, t)
+    return s
+
+
+@dataclass
+class RedriveReport:
+    sent: Counter[str] = field(default_factory=Counter)  # by input topic
+    from_source: int = 0  # cut dead letters re-sent from their source record
+    skipped_states: int = 0
+    skipped_gone: list[str] = field(default_factory=list)  # "<topic>[<p>]@<offset>": source deleted
+
+
+async def redrive(
+    settings: Settings, letters: list[Letter], *, dry_run: bool = False, log: Callable[[str], None] = print
+) -> RedriveReport:
+    """Send ``letters`` back to their source topics, in their order (module doc)."""
+    from aiokafka import AIOKafkaProducer
+
+    from streams.security import client_kwargs
+
+    report = RedriveReport()
+    todo: list[tuple[Letter, tuple[str, int, int]]] = []
+    for letter in letters:
+        source = letter.source
+        if source is None:
+            report.skipped_states += 1
+        else:
+            todo.append((letter, source))
+    originals = await _originals(settings, [letter for letter, _ in todo if letter.cut])
+    out: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
+    for letter, (topic, part, offset) in todo:
+        key, value = letter.key, letter.value
+        headers: list[tuple[str, bytes]] = []
+        if letter.cut:
+            original = originals.get((letter.partition, letter.offset))
+            if original is None:
+                report.skipped_gone.append(f"{topic}[{part}]@{offset}")
+                continue
+            key, value, headers = original
+            report.from_source += 1
+        origin = f"{settings.topic_dead_letter}:{letter.partition}:{letter.offset}"
+        out.append((topic, key, value, [*headers, (REDRIVEN_HEADER, origin.encode())]))
+        report.sent[topic] += 1
+    if dry_run or not out:
+        return _logged(report, log)
+    # as large as the largest record (an input topic may take more than the dead-letter topic)
+    largest = max(len(k or b"") + len(v or b"") + sum(len(n) + len(x) for n, x in h) for _, k, v, h in out)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        max_request_size=max(1 << 20, largest + (64 << 10)),
+        **client_kwargs(settings),
+    )
+    await producer.start()
+    try:
+        pending = [await producer.send(topic, value, key=key, headers=h) for topic, key, value, h in out]
+        await producer.flush()
+        for fut in pending:
+            await fut
+    except Exception as exc:
+        raise DeadLetterError(f"re-sending dead letters failed: {exc!r}") from exc
+    finally:
+        await producer.stop()
+    return _logged(report, log)
+
+
+def _logged(report: RedriveReport, log: Callable[[str], None]) -> RedriveReport:
+    for gone in report.skipped_gone:
+        log(f"skipped {gone}: the dead letter was cut and its source record is no longer there")
+    return report
+
+
+async def _originals(
+    settings: Settings, letters: list[Letter]
+) -> dict[tuple[int, int], tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]]:
+    """The source records of cut dead letters, by the dead letter's (partition, offset): read at
+    the source offset, and kept only if the record there is the one cut (its sha256)."""
+    if not letters:
+        return {}
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams.security import client_kwargs
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="none",
+        max_partition_fetch_bytes=64 << 20,
+        **client_kwargs(settings),
+    )
+    await consumer.start()
+    found: dict[tuple[int, int], tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = {}
+    try:
+        for letter in letters:
+            source = letter.source
+            if source is None:
+                continue
+            topic, part, offset = source
+            tp = TopicPartition(topic, part)
+            consumer.assign([tp])
+            if offset < (await consumer.beginning_offsets([tp]))[tp]:
+                continue  # deleted by the topic's retention
+            consumer.seek(tp, offset)
+            batch = await consumer.getmany(tp, timeout_ms=5000, max_records=1)
+            record = next(iter(batch.get(tp, [])), None)
+            if record is None or record.offset != offset:
+                continue
+            if _matches(letter, "value", record.value) and _matches(letter, "key", record.key):
+                found[(letter.partition, letter.offset)] = (record.key, record.value, list(record.headers))
+    finally:
+        await consumer.stop()
+    return found
+
+
+def _matches(letter: Letter, part: str, data: bytes | None) -> bool:
+    """Whether ``data`` is what the dead letter's ``part`` (value or key) was cut from, or, not
+    cut, equals it."""
+    digest = letter.header(f"riskstream-{part}-sha256")
+    if digest is None:
+        return data == (letter.value if part == "value" else letter.key)
+    return data is not None and hashlib.sha256(data).hexdigest() == digest

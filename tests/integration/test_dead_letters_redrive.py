@@ -1,0 +1,98 @@
+"""``riskstream dead-letters``: a summary of the dead-letter topic, and dead letters sent back to
+their input topic once the setting that refused them changed, through the real broker and two
+workers (streams/dead_letters.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import orjson
+from harness import RISKSTREAM, ROOT, Scenario, WorkerProc, consume, isolated_scenario, produce, run
+
+from modeling.records import Transaction
+from streams.broker.topics import ensure_topics
+from streams.dead_letters import REDRIVEN_HEADER
+
+BIG = 2 << 20  # over the 1 MiB + 64 KiB the dead-letter topic takes (state_max_record_bytes 1 MiB)
+
+
+def _cli(sc: Scenario, *args: str) -> subprocess.CompletedProcess[str]:
+    env = sc.env(RISKSTREAM_STATE_MAX_RECORD_BYTES=str(1 << 20))
+    cmd = [*RISKSTREAM, "dead-letters", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def _txn(tid: str, minute: int, padding: int = 0) -> bytes:
+    """A valid transaction, ``padding`` bytes of JSON whitespace long past its fields."""
+    d = Transaction(tid, "u1", "t1", 10.0 + minute, 1_528_000_000_000 + minute * 60_000).to_dict()
+    return orjson.dumps(d) + b" " * padding
+
+
+def test_dead_letters_refused_by_a_setting_are_scored_once_it_changes(
+    kafka_broker: str, model_registry: Path, tmp_path: Path
+) -> None:
+    sc = isolated_scenario(kafka_broker, model_registry, tmp_path, partitions=1)
+    t = sc.topics
+    inputs = (t["transactions"], t["clickstream"], t["labels"])
+    big = {"max.message.bytes": str(4 << 20), "retention.ms": "-1"}
+    run(ensure_topics(sc.bootstrap, dict.fromkeys(inputs, 1), configs=dict.fromkeys(inputs, big)))
+    small = {"RISKSTREAM_STATE_MAX_RECORD_BYTES": str(1 << 20)}
+
+    # 1. a worker with the default message limit (64 KiB) refuses two valid transactions over it,
+    #    one of them too long for the dead-letter topic (cut), and one bad record
+    a = WorkerProc(sc, "a", env=small).start()
+    try:
+        a.wait_metrics()
+        sent = [
+            (b"u1", _txn("ok-1", 0)),
+            (b"u1", _txn("long-2", 1, 70_000)),
+            (b"u1", _txn("huge-3", 2, BIG)),
+            (b"u1", b"{not json"),
+        ]
+        run(produce(sc.bootstrap, t["transactions"], sent, max_request_size=4 << 20))
+        first = run(consume(sc.bootstrap, t["risk_events"], until=1, timeout=120, idle=None))
+        assert [orjson.loads(r.value)["transaction_id"] for r in first] == ["ok-1"]
+        assert len(run(consume(sc.bootstrap, t["dead_letter"], until=3, timeout=60))) == 3
+    finally:
+        a.stop()
+
+    res = _cli(sc, "summary", "--json")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["total"] == 3 and summary["cut"] == 1
+    assert [(g["origin"], g["field"], g["count"]) for g in summary["groups"]] == [
+        (t["transactions"], "<message>", 3)
+    ]
+    assert "exceeds" in summary["groups"][0]["example"] or "JSON" in summary["groups"][0]["example"]
+
+    res = _cli(sc, "redrive")  # nothing chosen: refused
+    assert res.returncode == 2 and "--topic" in res.stderr
+    res = _cli(sc, "redrive", "--topic", t["transactions"], "--field", "<message>", "--dry-run")
+    assert res.returncode == 0 and f"would send 3 back to {t['transactions']}" in res.stdout, (
+        res.stdout + res.stderr
+    )
+    assert "1 read again from their source record" in res.stdout
+    assert len(run(consume(sc.bootstrap, t["transactions"], timeout=10, idle=2))) == 4  # nothing sent
+
+    # 2. a worker that takes messages of up to 4 MiB; the three dead letters sent back
+    b = WorkerProc(sc, "b", env={**small, "RISKSTREAM_MAX_MESSAGE_BYTES": str(4 << 20)}).start()
+    try:
+        b.wait_metrics()
+        res = _cli(sc, "redrive", "--topic", t["transactions"], "--field", "<message>")
+        assert res.returncode == 0 and f"sent 3 back to {t['transactions']}" in res.stdout, (
+            res.stdout + res.stderr
+        )
+        records = run(consume(sc.bootstrap, t["transactions"], timeout=10, idle=2))
+        again = records[4:]
+        assert [bytes(r.value) for r in again] == [v for _, v in sent[1:]]  # the huge one whole again
+        assert all(dict(r.headers)[REDRIVEN_HEADER].startswith(t["dead_letter"].encode()) for r in again)
+        scored = run(consume(sc.bootstrap, t["risk_events"], until=3, timeout=120, idle=None))
+        assert sorted(orjson.loads(r.value)["transaction_id"] for r in scored) == ["huge-3", "long-2", "ok-1"]
+        # the bad record is refused again, once more
+        dead = run(consume(sc.bootstrap, t["dead_letter"], until=4, timeout=60))
+        assert len(dead) == 4 and bytes(dead[-1].value) == b"{not json"
+        b.check_alive()
+    finally:
+        b.stop()

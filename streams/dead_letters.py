@@ -24,8 +24,9 @@ a late event: DEVELOPERS.md, "Event time, late events and delayed labels").
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,22 +106,28 @@ def _selected(
     return fields is None or letter.field in fields
 
 
-async def read_letters(
+async def iter_letters(
     settings: Settings,
     *,
     topics: set[str] | None = None,
     fields: set[str] | None = None,
     since_ms: int | None = None,
     until_ms: int | None = None,
-) -> list[Letter]:
+    stall_s: float = 60.0,
+) -> AsyncIterator[list[Letter]]:
     """The dead letters from the topic's start (or ``since_ms``) to its end as the call found it,
-    those of the source ``topics`` (a stored state's: its kind, ``user-state``) and ``fields``
-    given, stamped in [``since_ms``, ``until_ms``)."""
+    a fetch at a time (a topic of large records is never held whole): those of the source
+    ``topics`` (a stored state's: its kind, ``user-state``) and ``fields`` given, stamped in
+    [``since_ms``, ``until_ms``). Raises :class:`DeadLetterError` after ``stall_s`` without
+    progress."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from streams.security import client_kwargs
 
     name = settings.topic_dead_letter
+    parts = await _partitions(settings, name)
+    if not parts:
+        raise DeadLetterError(f"no dead-letter topic {name!r} on {settings.bootstrap_servers}")
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
         enable_auto_commit=False,
@@ -130,9 +137,6 @@ async def read_letters(
     )
     await consumer.start()
     try:
-        parts = await _partitions(settings, name)
-        if not parts:
-            raise DeadLetterError(f"no dead-letter topic {name!r} on {settings.bootstrap_servers}")
         tps = [TopicPartition(name, p) for p in parts]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
@@ -142,19 +146,30 @@ async def read_letters(
             starts = {tp: (ends[tp] if o is None else o.offset) for tp, o in found.items()}
         for tp in tps:
             consumer.seek(tp, starts[tp])
-        letters: list[Letter] = []
         todo = {tp for tp in tps if starts[tp] < ends[tp]}
+        last_progress = time.monotonic()
         while todo:
             batch = await consumer.getmany(*todo, timeout_ms=1000)
-            for tp, records in batch.items():
-                for r in records:
-                    if r.offset >= ends[tp]:
-                        continue
-                    letter = Letter(r.partition, r.offset, r.timestamp, r.key, r.value, tuple(r.headers))
-                    if _selected(letter, topics, fields, since_ms, until_ms):
-                        letters.append(letter)
+            chosen = [
+                letter
+                for tp, records in batch.items()
+                for r in records
+                if r.offset < ends[tp]
+                and _selected(
+                    letter := Letter(r.partition, r.offset, r.timestamp, r.key, r.value, tuple(r.headers)),
+                    topics,
+                    fields,
+                    since_ms,
+                    until_ms,
+                )
+            ]
+            if batch:
+                last_progress = time.monotonic()
+            elif time.monotonic() - last_progress > stall_s:
+                raise DeadLetterError(f"reading {name} made no progress for {stall_s:.0f} s")
+            if chosen:
+                yield chosen
             todo = {tp for tp in todo if await consumer.position(tp) < ends[tp]}
-        return letters
     finally:
         await consumer.stop()
 
@@ -200,8 +215,9 @@ class Summary:
         }
 
 
-def summarize(letters: list[Letter]) -> Summary:
-    s = Summary()
+def summarize(letters: Iterable[Letter], into: Summary | None = None) -> Summary:
+    """``letters`` counted (into ``into``, a summary so far, if given)."""
+    s = Summary() if into is None else into
     for letter in letters:
         group = (letter.origin, letter.field)
         s.total += 1
@@ -222,15 +238,63 @@ class RedriveReport:
     skipped_gone: list[str] = field(default_factory=list)  # "<topic>[<p>]@<offset>": source deleted
 
 
+# The largest record a re-send takes (the producer's own check; the topic's limit is the broker's)
+MAX_RESEND_BYTES = 64 << 20
+
+
 async def redrive(
-    settings: Settings, letters: list[Letter], *, dry_run: bool = False, log: Callable[[str], None] = print
+    settings: Settings,
+    chunks: AsyncIterator[list[Letter]],
+    *,
+    dry_run: bool = False,
+    log: Callable[[str], None] = print,
 ) -> RedriveReport:
-    """Send ``letters`` back to their source topics, in their order (module doc)."""
+    """Send the dead letters of ``chunks`` (:func:`iter_letters`) back to their source topics, in
+    their order, a chunk at a time (module doc)."""
     from aiokafka import AIOKafkaProducer
 
     from streams.security import client_kwargs
 
     report = RedriveReport()
+    producer = None
+    try:
+        async for letters in chunks:
+            out = await _records(settings, letters, report)
+            if dry_run or not out:
+                continue
+            if producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=settings.bootstrap_servers,
+                    acks="all",
+                    enable_idempotence=True,
+                    max_request_size=MAX_RESEND_BYTES,
+                    **client_kwargs(settings),
+                )
+                await producer.start()
+            try:
+                pending = [
+                    await producer.send(topic, value, key=key, headers=h) for topic, key, value, h in out
+                ]
+                await producer.flush()
+                for fut in pending:
+                    await fut
+            except Exception as exc:
+                done = sum(report.sent.values()) - len(out)
+                raise DeadLetterError(
+                    f"re-sending dead letters failed, at least {done:,d} sent: {exc!r}"
+                ) from exc
+    finally:
+        if producer is not None:
+            await producer.stop()
+    for gone in report.skipped_gone:
+        log(f"skipped {gone}: the dead letter was cut and its source record is no longer there")
+    return report
+
+
+async def _records(
+    settings: Settings, letters: list[Letter], report: RedriveReport
+) -> list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]]:
+    """The records that send ``letters`` back, counted in ``report``."""
     todo: list[tuple[Letter, tuple[str, int, int]]] = []
     for letter in letters:
         source = letter.source
@@ -253,34 +317,7 @@ async def redrive(
         origin = f"{settings.topic_dead_letter}:{letter.partition}:{letter.offset}"
         out.append((topic, key, value, [*headers, (REDRIVEN_HEADER, origin.encode())]))
         report.sent[topic] += 1
-    if dry_run or not out:
-        return _logged(report, log)
-    # as large as the largest record (an input topic may take more than the dead-letter topic)
-    largest = max(len(k or b"") + len(v or b"") + sum(len(n) + len(x) for n, x in h) for _, k, v, h in out)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers,
-        acks="all",
-        enable_idempotence=True,
-        max_request_size=max(1 << 20, largest + (64 << 10)),
-        **client_kwargs(settings),
-    )
-    await producer.start()
-    try:
-        pending = [await producer.send(topic, value, key=key, headers=h) for topic, key, value, h in out]
-        await producer.flush()
-        for fut in pending:
-            await fut
-    except Exception as exc:
-        raise DeadLetterError(f"re-sending dead letters failed: {exc!r}") from exc
-    finally:
-        await producer.stop()
-    return _logged(report, log)
-
-
-def _logged(report: RedriveReport, log: Callable[[str], None]) -> RedriveReport:
-    for gone in report.skipped_gone:
-        log(f"skipped {gone}: the dead letter was cut and its source record is no longer there")
-    return report
+    return out
 
 
 async def _originals(

@@ -9,6 +9,7 @@ import asyncio
 import json
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 HELP = "Summarize the dead-letter topic, or send chosen dead letters back to their input topics."
 
@@ -45,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from modeling.settings import load_settings
-    from streams.dead_letters import read_letters, redrive, summarize
+    from streams.dead_letters import iter_letters, redrive
 
     settings = load_settings()
     if args.action == "redrive" and not (args.topic or args.field):
@@ -55,17 +56,14 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    letters = asyncio.run(
-        read_letters(
-            settings,
-            topics=set(args.topic) if args.topic else None,
-            fields=set(args.field) if args.field else None,
-            since_ms=args.since,
-            until_ms=args.until,
-        )
-    )
+    choice = {
+        "topics": set(args.topic) if args.topic else None,
+        "fields": set(args.field) if args.field else None,
+        "since_ms": args.since,
+        "until_ms": args.until,
+    }
     if args.action == "summary":
-        s = summarize(letters)
+        s = asyncio.run(_summary(settings, choice))
         if args.json:
             print(json.dumps(s.as_dict(), indent=2))
             return 0
@@ -80,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         for (origin, fld), n in s.groups.most_common():
             print(f"{n:>9,d}  {origin}  {fld}: {s.example[(origin, fld)][:160]}")
         return 0
-    report = asyncio.run(redrive(settings, letters, dry_run=args.dry_run))
+    report = asyncio.run(redrive(settings, iter_letters(settings, **choice), dry_run=args.dry_run))
     verb = "would send" if args.dry_run else "sent"
     for topic, n in sorted(report.sent.items()):
         print(f"{verb} {n:,d} back to {topic}")
@@ -93,3 +91,12 @@ def run(args: argparse.Namespace) -> int:
     if report.skipped_gone:
         print(f"skipped {len(report.skipped_gone):,d} cut dead letters whose source record is gone")
     return 1 if report.skipped_gone else 0
+
+
+async def _summary(settings: Any, choice: dict[str, Any]) -> Any:
+    from streams.dead_letters import Summary, iter_letters, summarize
+
+    s = Summary()
+    async for chunk in iter_letters(settings, **choice):
+        summarize(chunk, into=s)
+    return s

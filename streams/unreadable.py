@@ -1,4 +1,5 @@
-"""Stored states that cannot be read: dead-lettered, and the key starts over.
+"""Dead letters: input that fails validation, and stored states that cannot be read (the key
+starts over), each cut to fit the dead-letter topic where too large (:func:`fit`).
 
 A user's or terminal's state in a table may be unreadable: truncated or corrupt bytes, or a
 record some other producer wrote to a changelog. Before session 20 the decode error escaped the

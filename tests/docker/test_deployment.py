@@ -379,31 +379,12 @@ def test_cpu_image_compiles_the_hot_path_modules_as_make_setup_does() -> None:
     assert "s['compiled']" in text
     final = text[text.rindex("\nFROM ") :]
     assert final.startswith("\nFROM runtime\n") and "gcc" not in final and "mypy" not in final
-    res = _run(
-        [
-            sys.executable,
-            str(DOCKER / "pyproject_deps.py"),
-            "--extra",
-            "dev",
-            "--only",
-            "mypy",
-            str(PYPROJECT),
-        ]
-    )
+    deps = [sys.executable, str(DOCKER / "pyproject_deps.py"), "--extra", "dev", "--only"]
+    res = _run([*deps, "mypy", str(PYPROJECT)])
     assert res.returncode == 0, res.stderr
     dev = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]["dev"]
     assert res.stdout.splitlines() == [r for r in dev if Requirement(r).name == "mypy"]
-    res = _run(
-        [
-            sys.executable,
-            str(DOCKER / "pyproject_deps.py"),
-            "--extra",
-            "dev",
-            "--only",
-            "mypyc",
-            str(PYPROJECT),
-        ]
-    )
+    res = _run([*deps, "mypyc", str(PYPROJECT)])
     assert res.returncode != 0 and "has no mypyc" in res.stderr
 
 

@@ -32,6 +32,16 @@ from typing import Any
 
 from modeling.errors import RiskstreamError
 from modeling.settings import Settings
+from streams.broker.topics import dead_letter_max_bytes
+from streams.unreadable import (
+    ERROR,
+    ERROR_FIELD,
+    SOURCE_OFFSET,
+    SOURCE_PARTITION,
+    SOURCE_TOPIC,
+    STATE_KIND,
+    cut_header,
+)
 
 REDRIVEN_HEADER = "riskstream-redriven-from"
 
@@ -59,12 +69,12 @@ class Letter:
 
     @property
     def state_kind(self) -> str | None:
-        return self.header("riskstream-state-kind")
+        return self.header(STATE_KIND)
 
     @property
     def source(self) -> tuple[str, int, int] | None:
         """(topic, partition, offset) of the input record; None for a stored state."""
-        topic, part, off = (self.header(f"riskstream-source-{k}") for k in ("topic", "partition", "offset"))
+        topic, part, off = (self.header(h) for h in (SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET))
         if topic is None or part is None or off is None:
             return None
         return topic, int(part), int(off)
@@ -72,22 +82,19 @@ class Letter:
     @property
     def origin(self) -> str:
         """The input topic it came from, or a stored state's kind (``user-state``)."""
-        return self.header("riskstream-source-topic") or self.state_kind or "?"
+        return self.header(SOURCE_TOPIC) or self.state_kind or "?"
 
     @property
     def field(self) -> str:
-        return self.header("riskstream-error-field") or "?"
+        return self.header(ERROR_FIELD) or "?"
 
     @property
     def reason(self) -> str:
-        return self.header("riskstream-error") or "?"
+        return self.header(ERROR) or "?"
 
     @property
     def cut(self) -> bool:
-        return (
-            self.header("riskstream-value-bytes") is not None
-            or self.header("riskstream-key-bytes") is not None
-        )
+        return any(self.header(cut_header(part, "bytes")) is not None for part in ("value", "key"))
 
 
 def _selected(
@@ -132,7 +139,7 @@ async def iter_letters(
         bootstrap_servers=settings.bootstrap_servers,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        max_partition_fetch_bytes=settings.state_max_record_bytes + (1 << 20),
+        max_partition_fetch_bytes=dead_letter_max_bytes(settings),  # its records are no larger
         **client_kwargs(settings),
     )
     await consumer.start()
@@ -335,7 +342,7 @@ async def _originals(
         bootstrap_servers=settings.bootstrap_servers,
         enable_auto_commit=False,
         auto_offset_reset="none",
-        max_partition_fetch_bytes=64 << 20,
+        max_partition_fetch_bytes=MAX_RESEND_BYTES,
         **client_kwargs(settings),
     )
     await consumer.start()
@@ -365,7 +372,7 @@ async def _originals(
 def _matches(letter: Letter, part: str, data: bytes | None) -> bool:
     """Whether ``data`` is what the dead letter's ``part`` (value or key) was cut from, or, not
     cut, equals it."""
-    digest = letter.header(f"riskstream-{part}-sha256")
+    digest = letter.header(cut_header(part, "sha256"))
     if digest is None:
         return data == (letter.value if part == "value" else letter.key)
     return data is not None and hashlib.sha256(data).hexdigest() == digest

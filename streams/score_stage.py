@@ -31,7 +31,7 @@ from streams.output_gate import OutputGate
 from streams.pipeline import BatchProcessor, BatchResult, InMessage, Prepared
 from streams.state_flush import StateFlusher, fail
 from streams.terminal_feed import PROGRESS_KEY, WORKER_HEADER, TerminalFeed, encode_progress
-from streams.unreadable import fit
+from streams.unreadable import dead_letter_record
 from streams.wiring import key_partitions, store_dict
 
 FLUSH_CHUNK = 256  # user states serialized between two yields to the event loop
@@ -131,9 +131,7 @@ class ScoreStage:
         term_name, own_header = self.term_name, self.own_header
         risk_name, dead_name = self.settings.topic_risk_events, self.settings.topic_dead_letter
         records: list[Any] = [(risk_name, None, key, value, None) for key, value in res.risk_events]
-        for dl in res.dead_letters:
-            dl = fit(dl, self.dead_room)
-            records.append((dead_name, None, dl.key, dl.value, dl.headers))
+        records += [dead_letter_record(dead_name, dl, self.dead_room) for dl in res.dead_letters]
         records += [(term_name, 0, key, value, own_header) for key, value in res.terminal_labels]
         if floors and floors != self.published:
             # after the batch's labels: a reader of this record has read them

@@ -24,7 +24,7 @@ from streams.metrics import Metrics
 from streams.output import BatchOutput
 from streams.terminal_feed import PROGRESS_KEY
 from streams.terminal_overlay import APPLIED_KEY, encode_position
-from streams.unreadable import KIND_TERMINAL_STATE, fit, input_dead_letter, terminal_or_new
+from streams.unreadable import KIND_TERMINAL_STATE, dead_letter_record, input_dead_letter, terminal_or_new
 
 log = logging.getLogger("riskstream.worker")
 
@@ -112,8 +112,7 @@ class TerminalLoop:
         labels that passed validation, so something else wrote it (another release, a tool).
         Dead-lettered as input is, so that it cannot stop the loop on every restart."""
         dead = self.settings.topic_dead_letter
-        dl = fit(input_dead_letter(m, exc), self.dead_room)
-        records.append((dead, None, dl.key, dl.value, dl.headers))
+        records.append(dead_letter_record(dead, input_dead_letter(m, exc), self.dead_room))
         self.metrics.dead_letters.labels(self.labels_topic, exc.field).inc()
         self.metrics.events_out.labels(dead).inc()
         log.warning("%s[%d]@%d is not a label (%s): dead-lettered", m.topic, m.partition, m.offset, exc)
@@ -123,8 +122,7 @@ class TerminalLoop:
         terminal starts over, as in the scorer (streams/unreadable.py)."""
         ts, dead = terminal_or_new(tid, raw)
         if dead is not None:
-            dead = fit(dead, self.dead_room)
-            records.append((self.settings.topic_dead_letter, None, dead.key, dead.value, dead.headers))
+            records.append(dead_letter_record(self.settings.topic_dead_letter, dead, self.dead_room))
             self.metrics.record_unreadable(KIND_TERMINAL_STATE, self.settings.topic_dead_letter)
         return ts
 

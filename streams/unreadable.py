@@ -34,6 +34,11 @@ KIND_USER_STATE, KIND_TERMINAL_STATE = "user-state", "terminal-state"
 # rest of the dead-letter topic's room over the largest state is for the headers:
 # streams.broker.topics.dead_letter_max_bytes)
 MAX_KEY_BYTES = 16 << 10
+# Dead-letter headers (streams/dead_letters.py reads them back)
+SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET = (
+    f"riskstream-source-{k}" for k in ("topic", "partition", "offset")
+)
+ERROR_FIELD, ERROR, STATE_KIND = "riskstream-error-field", "riskstream-error", "riskstream-state-kind"
 S = TypeVar("S")
 
 
@@ -61,11 +66,11 @@ def input_dead_letter(m: _Message, exc: ValidationError) -> DeadLetter:
         key=m.key,
         value=m.value,
         headers=[
-            ("riskstream-source-topic", m.topic.encode()),
-            ("riskstream-source-partition", str(m.partition).encode()),
-            ("riskstream-source-offset", str(m.offset).encode()),
-            ("riskstream-error-field", exc.field.encode()[:1000]),
-            ("riskstream-error", str(exc).encode()[:1000]),
+            (SOURCE_TOPIC, m.topic.encode()),
+            (SOURCE_PARTITION, str(m.partition).encode()),
+            (SOURCE_OFFSET, str(m.offset).encode()),
+            (ERROR_FIELD, exc.field.encode()[:1000]),
+            (ERROR, str(exc).encode()[:1000]),
         ],
     )
 
@@ -90,11 +95,25 @@ def fit(dl: DeadLetter, max_value_bytes: int) -> DeadLetter:
     )
 
 
+def cut_header(part: str, what: str) -> str:
+    """The header :func:`fit` gives a cut ``part`` (``key``, ``value``): ``what`` is ``bytes``
+    (the original length) or ``sha256``."""
+    return f"riskstream-{part}-{what}"
+
+
+def dead_letter_record(
+    topic: str, dl: DeadLetter, room: int
+) -> tuple[str, None, bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """``dl`` fitted to ``room`` (:func:`fit`), as a record for streams.output.BatchOutput."""
+    dl = fit(dl, room)
+    return (topic, None, dl.key, dl.value, dl.headers)
+
+
 def _cut(part: str, data: bytes | None, limit: int, headers: list[tuple[str, bytes]]) -> bytes | None:
     if data is None or len(data) <= limit:
         return data
-    headers.append((f"riskstream-{part}-bytes", str(len(data)).encode()))
-    headers.append((f"riskstream-{part}-sha256", hashlib.sha256(data).hexdigest().encode()))
+    headers.append((cut_header(part, "bytes"), str(len(data)).encode()))
+    headers.append((cut_header(part, "sha256"), hashlib.sha256(data).hexdigest().encode()))
     return data[:limit]
 
 
@@ -104,9 +123,9 @@ def state_dead_letter(kind: str, key: str, raw: bytes, exc: StateError) -> DeadL
         key=key.encode(),
         value=raw,
         headers=[
-            ("riskstream-state-kind", kind.encode()),
-            ("riskstream-error-field", b"snapshot"),
-            ("riskstream-error", str(exc).encode()[:1000]),
+            (STATE_KIND, kind.encode()),
+            (ERROR_FIELD, b"snapshot"),
+            (ERROR, str(exc).encode()[:1000]),
         ],
     )
 

@@ -76,22 +76,44 @@ def states(base: dict[str, bytes], n: int) -> dict[str, bytes]:
 # changelog partitions
 PATHS = {"direct": True, "faust": False}
 TABLES = {"user": ("user_recovery_direct", PARTITIONS), "terminal": ("terminal_replica_direct", 1)}
+# The disk-backed user store (user table only): a first start on an empty data directory
+# ("disk"), then the same worker restarted on what that start wrote ("disk-restart")
+DISK = {"user_store": "disk", "user_recovery_direct": True}
+RESTART = "disk-restart"
 
 
 async def run_one(
-    ctx: Ctx, label: str, users: dict[str, bytes], path: str, timeout: float, table: str = "user"
+    ctx: Ctx,
+    label: str,
+    users: dict[str, bytes],
+    path: str,
+    timeout: float,
+    table: str = "user",
+    app_id: str | None = None,
 ) -> dict[str, Any]:
-    app_id = ctx.name(label)
+    """One worker started on a changelog of ``users``; with ``app_id``, a restart of that
+    app's worker on its data directory (nothing seeded)."""
+    restart = app_id is not None
+    app_id = app_id or ctx.name(label)
     topics = Topics(f"{app_id}-tx", f"{app_id}-clicks", f"{app_id}-labels")
     out = f"{app_id}-risk"
     setting, partitions = TABLES[table]
     changelog = f"{app_id}-{table}-state-changelog"
-    await create_topics(ctx.bootstrap, [*topics.inputs, out, f"{out}-dlq"])
-    await seed_changelogs(ctx.bootstrap, {changelog: (users, partitions)})
-    env = riskstream_env(ctx, app_id, topics, out, {**DEFAULT_WORKER, setting: PATHS[path]})
+    if not restart:
+        await create_topics(ctx.bootstrap, [*topics.inputs, out, f"{out}-dlq"])
+        await seed_changelogs(ctx.bootstrap, {changelog: (users, partitions)})
+    worker = {**DEFAULT_WORKER, **(DISK if path in ("disk", RESTART) else {setting: PATHS[path]})}
+    env = riskstream_env(ctx, app_id, topics, out, worker)
     cmd = [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"]
     proc = Proc(cmd, env, ctx.work / f"{app_id}.log").start()
-    res: dict[str, Any] = {"label": label, "table": table, "users": len(users), "path": path, "status": "ok"}
+    res: dict[str, Any] = {
+        "label": label,
+        "app_id": app_id,
+        "table": table,
+        "users": len(users),
+        "path": path,
+        "status": "ok",
+    }
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -108,12 +130,15 @@ async def run_one(
         rec = recovery_after(log, proc.started, changelog)
         t_restore, t_done, t_ready = times[RESTORING], times[DONE], times[READY]
         replay = t_done - t_restore if t_restore is not None and t_done is not None else None
+        if replay is None and rec["records_read"] == 0:
+            replay = 0.0  # nothing to read: Faust logs no replay
         res.update(
             {
                 "ready_after_start_s": None if t_ready is None else round(t_ready - proc.started, 2),
                 "replay_s": None if replay is None else round(replay, 2),
                 "records_read": rec["records_read"],
                 "replay_records_per_s": round(rec["records_read"] / replay, 1) if replay else None,
+                "changelog_partitions": rec["partitions"],
             }
         )
         await asyncio.sleep(6.0)  # the gauges are reported every 5 s
@@ -124,16 +149,17 @@ async def run_one(
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    ok = [r for r in runs if r["status"] == "ok" and r.get("replay_s")]
+    ok = [r for r in runs if r["status"] == "ok" and r.get("replay_s") is not None]
     counts = sorted({r["users"] for r in ok})
     out: dict[str, Any] = {}
-    for n, path in ((n, p) for n in counts for p in PATHS):
+    for n, path in ((n, p) for n in counts for p in [*PATHS, "disk", RESTART]):
         rs = [r for r in ok if r["users"] == n and r["path"] == path]
         if not rs:
             continue
         out[f"{n} {path}"] = {
             "runs": len(rs),
             "replay_s": [r["replay_s"] for r in rs],
+            "records_read": [r["records_read"] for r in rs],
             "replay_records_per_s": [r["replay_records_per_s"] for r in rs],
             "ready_after_start_s": [r["ready_after_start_s"] for r in rs],
             "peak_rss_mb_when_ready": [r["peak_rss_mb_when_ready"] for r in rs],
@@ -142,11 +168,15 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if len(counts) > 1:
         lo, hi = counts[0], counts[-1]
 
-        def rss(n: int) -> float:
-            xs = [float(r["peak_rss_mb_when_ready"]) for r in ok if r["users"] == n and r["path"] == "direct"]
+        def rss(n: int, path: str) -> float:
+            xs = [float(r["peak_rss_mb_when_ready"]) for r in ok if r["users"] == n and r["path"] == path]
             return sum(xs) / len(xs) if xs else float("nan")
 
-        out["peak_rss_kb_per_added_state"] = round((rss(hi) - rss(lo)) * 1024 / (hi - lo), 2)
+        for path in ("direct", "disk", RESTART):
+            if any(r["path"] == path for r in ok):
+                added = (rss(hi, path) - rss(lo, path)) * 1024 / (hi - lo)
+                name = "peak_rss_kb_per_added_state" + ("" if path == "direct" else f"_{path}")
+                out[name] = round(added, 2)
     return out
 
 
@@ -170,6 +200,11 @@ async def bench(
                 r = await run_one(ctx, label, seeded, path, timeout, table)
                 result["runs"].append(r)
                 print(f"  {r}", flush=True)
+                if path == "disk" and r["status"] == "ok":
+                    print(f"  restarted on its data directory ({label}-restart)", flush=True)
+                    r = await run_one(ctx, f"{label}-restart", seeded, RESTART, timeout, table, r["app_id"])
+                    result["runs"].append(r)
+                    print(f"  {r}", flush=True)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -186,7 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--paths",
         default="direct,faust",
-        help="user_recovery_direct (terminal_replica_direct) on (direct), off (faust), or both",
+        help="user_recovery_direct (terminal_replica_direct) on (direct), off (faust), or both; "
+        "disk: the user table on disk (user_store), started on an empty data directory and then "
+        "restarted on it (disk-restart)",
     )
     ap.add_argument("--repeat", type=int, default=2, help="runs of each count, order reversed each time")
     ap.add_argument("--file", type=Path, default=DATA)

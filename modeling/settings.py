@@ -111,6 +111,14 @@ class Settings(BaseSettings):
     # needed (~15 µs a typical user). The tables' serialized states are not counted here.
     user_state_cache_mb: int = Field(default=1024, ge=0)
     terminal_state_cache_mb: int = Field(default=1024, ge=0)
+    # Where the user-state table lives (streams/user_store.py). "memory": Faust's memory store;
+    # memory grows with the users held (~1.5 KB each) and a (re)started worker rebuilds them all
+    # from the changelog (faust-streaming #284). "disk": RocksDB files (rocksdict) under
+    # worker_data_dir, one per partition; a worker restarted on the same directory reads only the
+    # changelog written since, and holds in memory only RocksDB's caches: a block cache of
+    # user_store_block_cache_mb and up to 2 x 16 MiB of write buffers per partition.
+    user_store: Literal["memory", "disk"] = "memory"
+    user_store_block_cache_mb: int = Field(default=64, ge=1)
     # Dormant users' states are deleted from the state table (and, by tombstone, its changelog)
     # every interval, once their latest event is a retention (a feature setting, below) behind
     # the inputs' event time (streams/retention.py). 0: never.

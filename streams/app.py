@@ -73,7 +73,8 @@ from streams.state_flush import StateFlusher
 from streams.terminal_feed import FeedState
 from streams.terminal_loop import TerminalLoop
 from streams.terminal_overlay import APPLIED_KEY, TerminalOverlay, decode_position
-from streams.wiring import input_buffer, key_partitions, other_labels_partitions, store_dict, terminal_feed
+from streams.user_store import UserStore, table_store, user_store
+from streams.wiring import input_buffer, other_labels_partitions, store_dict, terminal_feed
 
 log = logging.getLogger("riskstream.worker")
 
@@ -87,6 +88,7 @@ class Runtime:
     terminal_sweeper: TerminalSweeper
     watcher: ModelWatcher
     metrics: Metrics
+    user_states: UserStore
 
 
 def build_app(
@@ -143,7 +145,10 @@ def build_app(
     term_topic = app.topic(
         terminal_labels_topic(settings), key_type=bytes, value_type=bytes, partitions=1, internal=True
     )
-    users = app.Table("user-state", default=None, partitions=p, key_type=str, value_type=bytes)
+    users = app.Table(
+        "user-state", default=None, partitions=p, key_type=str, value_type=bytes, **table_store(settings)
+    )
+    states = user_store(settings, users, ChangelogKeys(users))  # streams/user_store.py
     terminals = app.GlobalTable(
         "terminal-state", default=None, partitions=1, key_type=str, value_type=bytes, recovery_buffer_size=1
     )
@@ -152,7 +157,7 @@ def build_app(
     processor = BatchProcessor(
         engine,
         watcher.scorer,
-        lambda uid: store_dict(users).get(uid),
+        states.get,
         lambda tid: store_dict(terminals).get(tid),
         shadow=watcher.shadow,
         max_message_bytes=settings.max_message_bytes,
@@ -215,6 +220,7 @@ def build_app(
         in_buffer=in_buffer,
         feed=feed,
         users=users,
+        states=states,
         term_name=term_name,
         worker_id=worker_id,
         dead_letter_room=dead_room,
@@ -227,8 +233,7 @@ def build_app(
     sweeper = StateSweeper(
         processor,
         engine.config,
-        store_dict(users),
-        key_partitions(users),
+        states,
         stage.send_tombstones,
         lock=flusher.lock,
         owned=owned_partitions,
@@ -327,7 +332,7 @@ def build_app(
     def report_tables() -> None:
         """The gauges that need no await: states, table partitions, caches, overlay, feed,
         watermark."""
-        metrics.states.labels("user").set(len(store_dict(users)))
+        metrics.states.labels("user").set(states.count())
         tables: Any = app.tables  # faust's TableManager: TableManagerT does not declare .recovery
         recovery = tables.recovery
         for kind, log_topic in (("user", user_log), ("terminal", terminal_log)):
@@ -404,4 +409,4 @@ def build_app(
         processor.forget()
         terminal_loop.own.clear()
 
-    return Runtime(app, processor, flusher, sweeper, terminal_sweeper, watcher, metrics)
+    return Runtime(app, processor, flusher, sweeper, terminal_sweeper, watcher, metrics, states)

@@ -100,7 +100,8 @@ class Prepared:
 
 
 class StateCache:
-    """Decoded states keyed by id, valid while the table still holds the same bytes object.
+    """Decoded states keyed by id, valid while the table still holds the same bytes: the same
+    object (the memory store), or equal ones (the disk store reads a new object every time).
 
     Bounded by memory, not by count: each entry weighs ``weigh(len(raw))``, the estimated size of
     the decoded state (``modeling/features/state.py``: a typical user ~13 KB, a terminal at its
@@ -121,7 +122,7 @@ class StateCache:
 
     def get(self, key: str, raw: bytes | None) -> object | None:
         hit = self._d.get(key)
-        if hit is None or raw is None or hit[0] is not raw:
+        if hit is None or raw is None or (hit[0] is not raw and hit[0] != raw):
             return None
         del self._d[key]  # most recently used: to the end
         self._d[key] = hit

@@ -47,9 +47,11 @@ from modeling.features import (
 )
 from streams.pipeline import BatchProcessor
 from streams.terminal_overlay import APPLIED_KEY
+from streams.user_store import UserStore
 
 log = logging.getLogger("riskstream.worker")
 T = TypeVar("T")  # what a tombstone is sent for: (user id, partition) or a terminal id
+K = TypeVar("K")  # what the sweep looks at: (user id, partition) or a terminal id
 
 # Tombstones: (user id, changelog partition) -> the delivery futures of their records.
 SendTombstones = Callable[[list[tuple[str, int]]], Awaitable[Sequence[asyncio.Future[Any]]]]
@@ -71,8 +73,7 @@ class StateSweeper:
         self,
         processor: BatchProcessor,
         config: FeatureConfig,
-        store: MutableMapping[str, bytes],
-        key_partition: MutableMapping[str, int],
+        states: UserStore,
         send_tombstones: SendTombstones,
         *,
         lock: asyncio.Lock,
@@ -83,8 +84,7 @@ class StateSweeper:
     ) -> None:
         self.processor = processor
         self.config = config
-        self.store = store
-        self.key_partition = key_partition
+        self.states = states
         self.send_tombstones = send_tombstones
         self.lock = lock
         self.owned = owned
@@ -99,7 +99,7 @@ class StateSweeper:
         cutoff = expiry_cutoff(res.watermark_ms, self.config)
         owned = self.owned()
         await _in_chunks(
-            list(self.store),
+            self.states.entries(),
             self.chunk,
             self.lock,
             self.paused,
@@ -110,18 +110,17 @@ class StateSweeper:
         return res
 
     def _expired(
-        self, keys: list[str], cutoff: int, owned: set[int], res: SweepResult
+        self, keys: list[tuple[str, int]], cutoff: int, owned: set[int], res: SweepResult
     ) -> list[tuple[str, int]]:
         """Delete the expired states among ``keys`` from the store; synchronous (no await), so
         no batch or flush sees a state half-deleted."""
         p = self.processor
-        store, parts = self.store, self.key_partition
+        states = self.states
         gone: list[tuple[str, int]] = []
-        for uid in keys:
-            part = parts.get(uid)
-            if part is None or part not in owned or uid in p.dirty or uid in p.flushing:
+        for uid, part in keys:
+            if part not in owned or uid in p.dirty or uid in p.flushing:
                 continue
-            raw = store.get(uid)
+            raw = states.get(uid)
             if raw is None:
                 continue
             res.checked += 1
@@ -132,8 +131,7 @@ class StateSweeper:
                 log.warning("state sweep: user %s has an unreadable state (kept): %s", uid, exc)
                 continue
             if expired:
-                del store[uid]
-                del parts[uid]
+                states.put(uid, part, None)
                 p.drop(uid)
                 gone.append((uid, part))
         res.deleted += len(gone)
@@ -141,11 +139,11 @@ class StateSweeper:
 
 
 async def _in_chunks(
-    keys: list[str],
+    keys: list[K],
     chunk: int,
     lock: asyncio.Lock,
     stop: Callable[[], bool],
-    expire: Callable[[list[str]], list[T]],
+    expire: Callable[[list[K]], list[T]],
     send: Callable[[list[T]], Awaitable[Sequence[asyncio.Future[Any]]]],
     res: SweepResult,
 ) -> None:

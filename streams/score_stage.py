@@ -32,7 +32,7 @@ from streams.pipeline import BatchProcessor, BatchResult, InMessage, Prepared
 from streams.state_flush import StateFlusher, fail
 from streams.terminal_feed import PROGRESS_KEY, WORKER_HEADER, TerminalFeed, encode_progress
 from streams.unreadable import dead_letter_record
-from streams.wiring import key_partitions, store_dict
+from streams.user_store import Change, Sent, UserStore
 
 FLUSH_CHUNK = 256  # user states serialized between two yields to the event loop
 
@@ -51,11 +51,13 @@ class ScoreStage:
         in_buffer: InputBuffer,
         feed: TerminalFeed | None,
         users: Any,
+        states: UserStore,
         term_name: str,
         worker_id: bytes,
         dead_letter_room: int,
     ) -> None:
-        """``kinds``: input topic -> record kind; ``users``: the user-state table (Faust);
+        """``kinds``: input topic -> record kind; ``users``: the user-state table (Faust), whose
+        states ``states`` reads and writes (streams/user_store.py);
         ``term_name``: the terminal-labels topic; ``worker_id``: this worker's id in the records
         it forwards there; ``dead_letter_room``: what a dead letter keeps of a value
         (streams.broker.topics.dead_letter_room)."""
@@ -68,6 +70,7 @@ class ScoreStage:
         self.in_buffer = in_buffer
         self.feed = feed
         self.users = users
+        self.states = states
         self.user_log = users.changelog_topic.get_topic_name()
         self.user_keys = ChangelogKeys(users)
         self.term_name = term_name
@@ -192,7 +195,7 @@ class ScoreStage:
         yields to the event loop between chunks rather than stall it for the whole set."""
         processor = self.processor
         taken = processor.begin_flush()
-        store, key_partition = store_dict(self.users), key_partitions(self.users)
+        put = self.states.put
         user_log, user_keys, cpu_flush = self.user_log, self.user_keys, self.cpu_flush
         futures: list[Any] = []
         snapshot = processor.snapshot
@@ -201,14 +204,15 @@ class ScoreStage:
                 await asyncio.sleep(0)
             t0 = time.thread_time()
             records: list[Any] = []
+            changes: list[Change] = []
             for uid, part, st in taken[i : i + FLUSH_CHUNK]:
                 raw = snapshot(uid, st)
-                store[uid] = raw
-                key_partition[uid] = part  # as recovery records it (streams/retention.py)
+                put(uid, part, raw)  # memory: and its partition, as recovery records it
+                changes.append((uid, part, raw))
                 records.append((user_log, part, user_keys(uid), raw, None))
             cpu_flush.inc(time.thread_time() - t0)
             await self.gates.delivered()  # the outputs of the batches in these snapshots
-            futures += await self.out.send(records)
+            futures += self._send_changes(await self.out.send_counted(records), changes)
         processor.end_flush()
         self.metrics.state_flush_users.observe(len(taken))
         return futures
@@ -216,7 +220,15 @@ class ScoreStage:
     async def send_tombstones(self, gone: list[tuple[str, int]]) -> list[Any]:
         """Delete expired users' states from the changelog (streams/retention.py)."""
         user_log, user_keys = self.user_log, self.user_keys
-        return await self.out.send([(user_log, part, user_keys(uid), None, None) for uid, part in gone])
+        records: list[OutRecord] = [(user_log, part, user_keys(uid), None, None) for uid, part in gone]
+        sent = await self.out.send_counted(records)
+        return self._send_changes(sent, [(uid, part, None) for uid, part in gone])
+
+    def _send_changes(self, sent: Sent, changes: list[Change]) -> list[Any]:
+        """The delivery futures of a send of user-state changelog records; the disk store
+        writes ``changes`` as they are delivered (streams/user_store.py)."""
+        self.states.track(sent, changes)
+        return [fut for fut, _, _, _ in sent]
 
 
 async def _delivered(task: asyncio.Future[list[Any]], flushed: asyncio.Future[Any]) -> None:

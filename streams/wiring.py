@@ -115,10 +115,3 @@ def store_dict(table: Any) -> dict[str, bytes]:
     """
     d: dict[str, bytes] = table.data.data
     return d
-
-
-def key_partitions(table: Any) -> dict[str, int]:
-    """The memory store's key -> partition map. Recovery (and standby replicas) fill it; the
-    worker's own writes must too: the state sweep only deletes keys of partitions it owns."""
-    d: dict[str, int] = table.data._key_partition
-    return d

@@ -131,6 +131,10 @@ SWEEP: dict[str, dict[str, Any]] = {
     "gc-young-20000": {"gc_thresholds": "[20000, 20]"},
     # No automatic collection (threshold 0), spelled out: the default since session 24.
     "gc-off": {"gc_thresholds": "[0, 0]"},
+    # The user-state table in RocksDB files (streams/user_store.py) instead of Faust's memory
+    # store: the worker starts on an empty data directory, so it first copies the seeded changelog
+    # into its databases; its state flushes then write each delivered batch of states to disk.
+    "disk-store": {"user_store": "disk"},
 }
 # (b) calls the model one transaction at a time, where oneDNN is slowest (batch 1: 0.40 ms
 # against 0.11 with Paddle's own kernels, results/predictor.json): its "default" runs with oneDNN

@@ -424,3 +424,8 @@ class ConsumerThread:
 
     def assignment(self) -> set[Any]:
         return set(self.consumer.assignment())
+
+
+def state_view(st: Any) -> tuple[object, ...]:
+    """What of a ``UserState`` two equal states agree on (its fields, as comparable values)."""
+    return (st.txn_last_ms, st.prev_ms, st.n_seen, list(st.hist), list(st.seq), st.frauds, st.devices)

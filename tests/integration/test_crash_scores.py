@@ -67,9 +67,13 @@ def _expired(w: WorkerProc) -> dict[str, int]:
     }
 
 
+@pytest.mark.parametrize("store", ["memory", "disk"])
 def test_scores_after_sigkill_equal_a_crash_free_run(
-    kafka_broker: str, model_registry: Path, tmp_path: Path, events: list[Event]
+    kafka_broker: str, model_registry: Path, tmp_path: Path, events: list[Event], store: str
 ) -> None:
+    """With ``store`` "disk" the successor starts on the killed worker's RocksDB files, which must
+    hold no state whose changelog record was not delivered (streams/user_store.py)."""
+    env = {"RISKSTREAM_USER_STORE": store}
     sc = isolated_scenario(kafka_broker, model_registry, tmp_path, partitions=4)
     reg = sc.registry_dir
     t = sc.topics
@@ -78,12 +82,16 @@ def test_scores_after_sigkill_equal_a_crash_free_run(
     txns = [e for e in events if isinstance(e, Transaction)]
     run(replay_events(sorted(events, key=_time), settings, kafka_timestamps="event", progress=False))
 
-    first = WorkerProc(sc, "first").start()
+    first = WorkerProc(sc, "first", env).start()
     try:
         first.wait_metrics()
-        # Killed mid-drain: some risk events out, most of the input still ahead.
+        # Killed mid-drain: some risk events out, most of the input still ahead, and user states
+        # written (a state flush handed to the producer).
         deadline = time.monotonic() + 180
-        while first.metric("riskstream_events_out_total", topic=t["risk_events"]) < len(txns) // 4:
+        while (
+            first.metric("riskstream_events_out_total", topic=t["risk_events"]) < len(txns) // 4
+            or first.metric("riskstream_state_flush_users_count") < 1
+        ):
             assert time.monotonic() < deadline, first.log_tail()
             time.sleep(0.05)
         first_expired = _expired(first)  # just before the kill: milliseconds are not counted
@@ -91,15 +99,23 @@ def test_scores_after_sigkill_equal_a_crash_free_run(
     finally:
         first.kill()
     killed_ms = time.time() * 1000.0  # risk events stamped before it are the first worker's
-    second = WorkerProc(sc, "second").start()
+    n_log = len(run(consume(sc.bootstrap, f"rs-{sc.name}-user-state-changelog", timeout=30, idle=3)))
+    print(f"changelog records at the kill: {n_log}")
+    second = WorkerProc(sc, "first" if store == "disk" else "second", env).start()
     try:
         second.wait_metrics()
         wait_caught_up(sc, timeout=300, worker=second)
         redelivered = int(second.metric("riskstream_redelivered_total", kind="transaction"))
+        read = second.metric("riskstream_user_state_records_read_total")
+        print(f"changelog records read by the successor: {read}")
         expired = _expired(second)
     finally:
         second.stop()
 
+    if store == "memory":
+        assert read >= n_log > 0  # every state of the changelog rebuilt
+    else:  # the tail past the databases' offsets: records delivered but not yet on disk
+        assert read < n_log, f"read {read} of {n_log} changelog records"
     recs = run(consume(sc.bootstrap, t["risk_events"], timeout=60, idle=3))
     docs = [orjson.loads(r.value) for r in recs]
     assert {d["transaction_id"] for d in docs} == {x.transaction_id for x in txns}, "lost events"

@@ -18,6 +18,7 @@ from harness import (
     isolated_scenario,
     produce,
     run,
+    state_view,
     topic_configs,
     wait_caught_up,
 )
@@ -179,10 +180,6 @@ def _republish(registry: ModelRegistry, version: str, staging: Path, **extra: st
     return registry.publish("behaviour", staging, manifest | extra)
 
 
-def _state_view(st: UserState) -> tuple[object, ...]:
-    return (st.txn_last_ms, st.prev_ms, st.n_seen, list(st.hist), list(st.seq), st.frauds, st.devices)
-
-
 def _terminal_view(ts: TerminalState, config: FeatureConfig) -> tuple[object, ...]:
     """The labels a feature can still use: entries past the retention are pruned at times that
     depend on the order labels arrived in, which differs between the live path and a replay."""
@@ -207,7 +204,7 @@ def _assert_tables_equal_replay(sc: Scenario, events: list[Transaction | ClickEv
     assert set(latest) == set(runner.users)
     for uid, st in runner.users.items():
         live = UserState.from_bytes(latest[uid], config)
-        assert _state_view(live) == _state_view(st), uid
+        assert state_view(live) == state_view(st), uid
     # So does terminal state: every label reached its terminal, none was lost to a stale
     # read (the writer reads its own changelog back into the global table).
     term_log = run(consume(sc.bootstrap, f"rs-{sc.name}-terminal-state-changelog", timeout=30, idle=3))

@@ -209,7 +209,8 @@ def test_the_state_cache_keeps_the_most_recently_used_within_its_budget() -> Non
     cache.put("d", raws["d"], "D")
     assert cache.get("c", raws["c"]) is None and cache.get("b", raws["b"]) == "B"
     assert (len(cache), cache.bytes, cache.evictions) == (2, 20, 2)
-    assert cache.get("b", b"b" * 10) is None  # other bytes than the table's: stale
+    assert cache.get("b", b"x" * 10) is None  # other bytes than the table's: stale
+    assert cache.get("b", bytes(bytearray(raws["b"]))) == "B"  # equal bytes (the disk store)
     cache.put("b", raws["b"][:5], "B5")  # a new state replaces the old one's weight
     assert (len(cache), cache.bytes) == (2, 15)
     cache.put("e", raws["e"] * 3, "E")  # heavier than the whole budget: not kept

@@ -12,6 +12,7 @@ from modeling.features.config import DAY_MS
 from modeling.records import Transaction
 from streams.pipeline import BatchProcessor
 from streams.retention import StateSweeper
+from streams.user_store import MemoryUserStore
 
 T0 = 1_527_811_200_000
 CONFIG = FeatureConfig(user_retention_ms=40 * DAY_MS)
@@ -37,8 +38,7 @@ class Fixture:
         self.sweeper = StateSweeper(
             self.processor,
             CONFIG,
-            self.store,
-            self.parts,
+            MemoryUserStore(self.store, self.parts),
             self._send,
             lock=self.lock,
             owned=lambda: self.owned,

@@ -1,0 +1,263 @@
+"""Where a worker keeps the user states of its partitions: Faust's memory store (the default) or
+RocksDB files on the worker's disk (``user_store = "disk"``).
+
+**Memory.** The table's store is a dict. Memory grows with the users a worker holds (about
+1.5 KB each, README "Sizing"), and a (re)started worker rebuilds every state of its partitions
+from the changelog before it scores (faust-streaming #284; 43k-57k states a second here).
+
+**Disk.** Faust's RocksDB store (``rocksdb://`` with the ``rocksdict`` driver): one database per
+changelog partition under ``worker_data_dir``, each with the offset of the last changelog
+record it holds. A worker restarted on the same data directory reads only the changelog
+written after that offset (Faust's recovery seeks there), and its memory holds only RocksDB's
+caches, bounded by the settings below.
+
+The database holds exactly a prefix of the changelog, as the memory store does after a replay.
+The worker writes a state to the changelog only after the outputs of the batches folded into it
+are delivered (``streams/output_gate.py``), and a crash must not leave on disk a state the
+changelog never got: a redelivered transaction that a state already holds is not scored again,
+so such a state would lose its risk event. A state is therefore written to the database only
+when its changelog record is delivered, in one write batch with that record's offset
+(:meth:`DiskUserStore.track`). Until then it waits in ``pending``, which every read looks at
+first. Records of one partition are delivered in order, so the database's states and offset
+move forward together. A partition revoked in between is not written (its database is closed
+and its offset stays behind those records), and its recovery, wherever it goes, reads them from
+the changelog.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+# Faust's RocksDB store keeps the offset of the last changelog record a partition database
+# holds under this key (faust.stores.rocksdb.Store.offset_key).
+OFFSET_KEY = b"__faust\0offset__"
+log = logging.getLogger("riskstream.worker")
+_MISSING = object()
+
+# Sent: the output's (future, topic, partition, records) of a send (BatchOutput.send_counted).
+Sent = list[tuple[Any, str, int, int]]
+# A change: (user id, partition, serialized state or None for a delete).
+Change = tuple[str, int, bytes | None]
+
+
+class UserStore(Protocol):
+    def get(self, uid: str) -> bytes | None: ...
+    def put(self, uid: str, part: int, raw: bytes | None) -> None: ...
+    def track(self, sent: Sent, changes: Sequence[Change]) -> None: ...
+    def entries(self) -> list[tuple[str, int]]: ...
+    def count(self) -> int: ...
+
+
+class MemoryUserStore:
+    """Faust's memory store: its dict and its key -> partition map (which recovery fills and
+    the sweep reads: it only deletes keys of partitions the worker owns)."""
+
+    def __init__(self, data: dict[str, bytes], parts: dict[str, int]) -> None:
+        self.data = data
+        self.parts = parts
+
+    @classmethod
+    def of(cls, table: Any) -> MemoryUserStore:
+        return cls(table.data.data, table.data._key_partition)
+
+    def get(self, uid: str) -> bytes | None:
+        return self.data.get(uid)
+
+    def put(self, uid: str, part: int, raw: bytes | None) -> None:
+        if raw is None:
+            self.data.pop(uid, None)
+            self.parts.pop(uid, None)
+        else:
+            self.data[uid] = raw
+            self.parts[uid] = part
+
+    def track(self, sent: Sent, changes: Sequence[Change]) -> None:
+        """Nothing to do: a restart rebuilds the dict from the changelog."""
+
+    def entries(self) -> list[tuple[str, int]]:
+        return list(self.parts.items())
+
+    def count(self) -> int:
+        return len(self.data)
+
+
+class DiskUserStore:
+    """The user states in Faust's RocksDB store (``table.data``), one database per partition.
+
+    ``key_bytes``: a user id's changelog key, as the worker writes it (the databases hold the
+    changelog's key bytes: Faust's recovery writes records as they are)."""
+
+    def __init__(self, store: Any, key_bytes: Callable[[str], bytes]) -> None:
+        self.store = store
+        self.key_bytes = key_bytes
+        self.pending: dict[str, bytes | None] = {}  # written, changelog record not delivered
+
+    def _dbs(self) -> dict[int, Any]:
+        """The open partition databases: Faust opens those of the active partitions assigned
+        and closes those revoked."""
+        dbs: dict[int, Any] = self.store._dbs
+        return dbs
+
+    def get(self, uid: str) -> bytes | None:
+        raw = self.pending.get(uid, _MISSING)
+        if raw is not _MISSING:
+            return raw  # type: ignore[return-value]
+        key = self.key_bytes(uid)
+        for db in list(self._dbs().values()):
+            if db.key_may_exist(key):  # a bloom filter: no false negatives
+                value: bytes | None = db.get(key)
+                if value is not None:
+                    return value
+        return None
+
+    def put(self, uid: str, part: int, raw: bytes | None) -> None:
+        self.pending[uid] = raw
+
+    def track(self, sent: Sent, changes: Sequence[Change]) -> None:
+        """Write ``changes`` to their databases as their changelog records are delivered.
+        ``sent``: the sends of those records, which were handed to the output in the order of
+        ``changes`` (the output keeps each partition's order and splits it into batches)."""
+        by_part: dict[int, list[Change]] = {}
+        for change in changes:
+            by_part.setdefault(change[1], []).append(change)
+        at = dict.fromkeys(by_part, 0)
+        dbs = self._dbs()
+        for fut, _, part, n in sent:
+            i = at[part]
+            at[part] = i + n
+            chunk = by_part[part][i : i + n]
+            fut.add_done_callback(self._on_delivered(dbs.get(part), part, chunk, n))
+
+    def _on_delivered(self, db: Any, part: int, chunk: Sequence[Change], n: int) -> Callable[[Any], None]:
+        pending = self.pending
+
+        def done(fut: Any) -> None:
+            if fut.cancelled() or fut.exception() is not None:
+                return  # the batch loop fails the worker on it; the changelog never had it
+            if db is not None and self._dbs().get(part) is db:  # not revoked since
+                write(db, [(self.key_bytes(uid), raw) for uid, _, raw in chunk], fut.result().offset + n - 1)
+            for uid, _, raw in chunk:
+                if uid in pending and pending[uid] is raw:  # no newer write since
+                    del pending[uid]
+
+        return done
+
+    def entries(self) -> list[tuple[str, int]]:
+        out: list[tuple[str, int]] = []
+        for part, db in list(self._dbs().items()):
+            # the table's keys are JSON strings (Faust's key serializer for tables)
+            out += [(orjson.loads(key), part) for key in db.keys() if key != OFFSET_KEY]  # noqa: SIM118
+        return out
+
+    def paths(self, partitions: int) -> dict[int, Path]:
+        """Each partition's database directory, as Faust names it."""
+        return {p: Path(self.store.partition_path(p)) for p in range(partitions)}
+
+    def count(self) -> int:
+        """RocksDB's estimate of the keys held (exact once compacted)."""
+        dbs = self._dbs().values()
+        return sum(int(db.property_int_value("rocksdb.estimate-num-keys") or 0) for db in dbs)
+
+
+def write(db: Any, items: Iterable[tuple[bytes, bytes | None]], offset: int) -> None:
+    """Puts and deletes, and the partition's changelog offset, in one atomic write batch."""
+    from rocksdict import WriteBatch
+
+    batch = WriteBatch(raw_mode=True)
+    for key, raw in items:
+        if raw is None:
+            batch.delete(key)
+        else:
+            batch.put(key, raw)
+    batch.put(OFFSET_KEY, str(offset).encode())
+    db.write(batch)
+
+
+def table_store(settings: Any) -> dict[str, Any]:
+    """The user-state table's store arguments (``app.Table(**table_store(settings))``)."""
+    if settings.user_store == "memory":
+        return {}
+    mb = 1 << 20
+    return {
+        # Files <worker_data_dir>/v1/tables/<app id>-user-state-<partition>.db: the app id in
+        # the name, so that another app started on the same directory does not take them for
+        # its own. (A path is needed anyway: yarl's URL("rocksdb://") is false, and Faust's
+        # table then takes the app's store, memory, instead.)
+        "store": f"rocksdb:{re.sub(r'[^A-Za-z0-9._-]', '_', settings.app_id)}-user-state",
+        "options": {
+            "driver": "rocksdict",
+            # Faust's defaults allow 2 GiB of block cache and 3 x 64 MiB of memtables per
+            # partition: bounded here per partition database.
+            "block_cache_size": settings.user_store_block_cache_mb * mb,
+            "write_buffer_size": 16 * mb,
+            "max_write_buffer_number": 2,
+        },
+    }
+
+
+def user_store(settings: Any, table: Any, key_bytes: Callable[[str], bytes]) -> UserStore:
+    if settings.user_store == "memory":
+        return MemoryUserStore.of(table)
+    return DiskUserStore(table.data, key_bytes)
+
+
+def stored_offset(path: Path) -> int | None:
+    """The changelog offset a closed partition database holds (None: no database, or none)."""
+    if not path.exists():
+        return None
+    from rocksdict import AccessType, Options, Rdict
+
+    db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
+    try:
+        raw = db.get(OFFSET_KEY)
+    finally:
+        db.close()
+    return None if raw is None else int(raw)
+
+
+def drop_stale(paths: dict[int, Path], ends: dict[int, int]) -> list[int]:
+    """Delete the partition databases whose offset is at or past their changelog's end
+    (``ends``: partition -> the offset the next record would get). Their changelog is not the
+    one they were built from: it was deleted and created again while the worker was down, say.
+    Faust's recovery would seek past its end and keep every stale state; without the database
+    it rebuilds the partition from the changelog. Returns the partitions deleted."""
+    dropped = []
+    for part, path in sorted(paths.items()):
+        offset = stored_offset(path)
+        end = ends.get(part)
+        if offset is not None and end is not None and offset >= end:
+            log.warning(
+                "user-state database %s holds changelog offset %d, past the changelog's end (%d):"
+                " not built from this changelog; deleted, the partition is rebuilt from the changelog",
+                path,
+                offset,
+                end,
+            )
+            shutil.rmtree(path)
+            dropped.append(part)
+    return dropped
+
+
+async def changelog_ends(settings: Any, topic: str, partitions: int) -> dict[int, int]:
+    """The end offset of each partition of ``topic``."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams.security import client_kwargs
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, group_id=None, **client_kwargs(settings)
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = await consumer.end_offsets(tps)
+        return {tp.partition: int(off) for tp, off in ends.items()}
+    finally:
+        await consumer.stop()

@@ -1,0 +1,154 @@
+"""The disk-backed user-state table (``RISKSTREAM_USER_STORE=disk``, streams/user_store.py)
+through the real broker: a worker restarted on its data directory reads only the changelog
+written after what its RocksDB files hold, scores what follows as a backtest does, and its files
+hold the states of a from-scratch replay; databases left from a changelog deleted since are
+deleted, not trusted. The SIGKILL case (a crash between a state's write and
+its changelog delivery) is tests/integration/test_crash_scores.py, run with both stores."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import orjson
+import pandas as pd
+import pytest
+from harness import (
+    WorkerProc,
+    consume,
+    isolated_scenario,
+    run,
+    scores_by_transaction,
+    served_scorer,
+    state_view,
+    wait_caught_up,
+)
+
+from modeling.features import Event, FeatureConfig, FeatureEngine, FeatureRunner, UserState
+from modeling.records import Label, Transaction
+from streams.replay import replay_events
+from streams.user_store import OFFSET_KEY
+from training.history import event_stream, load_history
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "handbook_2w.parquet"
+DISK = {"RISKSTREAM_USER_STORE": "disk"}
+
+
+@pytest.fixture(scope="module")
+def events() -> list[Event]:
+    """The first week of 250 customers (~3.4k transactions), with their clicks and labels."""
+    df = load_history(DATA)
+    users = sorted(df["user_id"].unique())[:250]
+    df = df[df["user_id"].isin(users) & (df["time_ms"] < pd.Timestamp("2018-06-08").value // 1_000_000)]
+    return sorted(event_stream(df.reset_index(drop=True), FeatureConfig()).events(), key=_time)
+
+
+def _time(e: Event) -> int:
+    return e.label_time_ms if isinstance(e, Label) else e.event_time_ms
+
+
+def _disk_states(data_dir: Path) -> dict[str, bytes]:
+    """Every user state in a stopped worker's RocksDB files."""
+    from rocksdict import AccessType, Options, Rdict
+
+    found: dict[str, bytes] = {}
+    paths = sorted(data_dir.glob("**/*-user-state-*.db"))
+    assert paths, f"no user-state databases under {data_dir}"
+    for path in paths:
+        db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
+        try:
+            for key, value in db.items():
+                if key != OFFSET_KEY:
+                    uid = orjson.loads(key)
+                    assert uid not in found, f"user {uid} in two partition databases"
+                    found[uid] = value
+        finally:
+            db.close()
+    return found
+
+
+def test_a_restarted_worker_reads_only_the_changelog_tail_and_scores_as_a_backtest(
+    kafka_broker: str, model_registry: Path, tmp_path: Path, events: list[Event]
+) -> None:
+    partitions = 2
+    sc = isolated_scenario(kafka_broker, model_registry, tmp_path, partitions=partitions)
+    t = sc.topics
+    sc.create_kept_inputs()  # records stamped with 2018 event times: no time-based retention
+    settings = sc.settings()
+    half = len(events) // 2
+    run(replay_events(events[:half], settings, kafka_timestamps="event", progress=False))
+    first = WorkerProc(sc, "disk", DISK).start()
+    try:
+        first.wait_metrics()
+        wait_caught_up(sc, timeout=300, worker=first)
+        first_read = first.metric("riskstream_user_state_records_read_total")
+    finally:
+        first.stop()
+    log = run(consume(sc.bootstrap, f"rs-{sc.name}-user-state-changelog", timeout=30, idle=3))
+    users_first = {orjson.loads(r.key) for r in log}
+    assert first_read == 0 and len(log) >= len(users_first) > 100
+
+    run(replay_events(events[half:], settings, kafka_timestamps="event", progress=False))
+    second = WorkerProc(sc, "disk", DISK).start()  # the same data directory
+    try:
+        second.wait_metrics()
+        wait_caught_up(sc, timeout=300, worker=second)
+        second_read = second.metric("riskstream_user_state_records_read_total")
+    finally:
+        second.stop()
+    # Faust's recovery seeks to the offset the database holds and reads that record again: one
+    # per partition, where the memory store would have read all of them.
+    assert second_read <= partitions, f"read {second_read} of {len(log)} changelog records"
+
+    recs = run(consume(sc.bootstrap, t["risk_events"], timeout=60, idle=3))
+    got = scores_by_transaction(recs)
+    txns = [e for e in events if isinstance(e, Transaction)]
+    assert set(got) == {x.transaction_id for x in txns}, "lost events"
+    runner = FeatureRunner(FeatureEngine(FeatureConfig()))
+    pairs = list(runner.run(events))
+    verdicts = served_scorer(sc.registry_dir, settings).score([x for x, _ in pairs], [f for _, f in pairs])
+    wrong = [
+        (x.transaction_id, got[x.transaction_id], v.score)
+        for (x, _), v in zip(pairs, verdicts, strict=True)
+        if abs(got[x.transaction_id] - v.score) > 1e-5
+    ]
+    assert not wrong, f"{len(wrong)} of {len(pairs)} scores differ from the backtest: {wrong[:5]}"
+
+    # The files hold what a from-scratch replay builds.
+    on_disk = _disk_states(second.data_dir)
+    assert set(on_disk) == set(runner.users)
+    config = FeatureConfig()
+    for uid, st in runner.users.items():
+        assert state_view(UserState.from_bytes(on_disk[uid], config)) == state_view(st), uid
+
+    # The changelog deleted while the worker is down (and created again at its start, empty):
+    # the databases' offsets are past its end, so they are deleted, not trusted.
+    changelog = f"rs-{sc.name}-user-state-changelog"
+    run(_delete_topic(sc.bootstrap, changelog))
+    third = WorkerProc(sc, "disk", DISK).start()
+    try:
+        third.wait_metrics()
+        wait_caught_up(sc, timeout=120, worker=third)
+        time.sleep(6)  # the state gauges are reported every 5 s
+        assert third.metric("riskstream_states", kind="user") == 0
+    finally:
+        third.stop()
+    log_text = third.log_path.read_text(errors="replace")
+    assert log_text.count("past the changelog's end") == partitions, third.log_tail()
+    assert _disk_states(third.data_dir) == {}
+
+
+async def _delete_topic(bootstrap: str, topic: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+        deadline = time.monotonic() + 60
+        while topic in await admin.list_topics():
+            assert time.monotonic() < deadline, f"{topic} not deleted"
+            await asyncio.sleep(0.5)
+    finally:
+        await admin.close()

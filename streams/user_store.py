@@ -128,6 +128,9 @@ class DiskUserStore:
         for change in changes:
             by_part.setdefault(change[1], []).append(change)
         at = dict.fromkeys(by_part, 0)
+        # Faust opens an assigned partition's database when the partition is assigned, before
+        # its recovery; one not open here was revoked, and its states are no longer this
+        # worker's to read (they are not written; their pending entries go on delivery).
         dbs = self._dbs()
         for fut, _, part, n in sent:
             i = at[part]

@@ -15,6 +15,7 @@ import orjson
 import pandas as pd
 import pytest
 from harness import (
+    Scenario,
     WorkerProc,
     consume,
     isolated_scenario,
@@ -68,6 +69,31 @@ def _disk_states(data_dir: Path) -> dict[str, bytes]:
     return found
 
 
+def _replay(sc: Scenario, events: list[Event]) -> None:
+    run(replay_events(events, sc.settings(), kafka_timestamps="event", progress=False))
+
+
+def _drain(sc: Scenario, tag: str) -> float:
+    """Start worker ``tag`` (its own data directory, kept across starts), let it score all
+    input, stop it; the user-state changelog records it read back."""
+    w = WorkerProc(sc, tag, DISK).start()
+    try:
+        w.wait_metrics()
+        wait_caught_up(sc, timeout=300, worker=w)
+        return w.metric("riskstream_user_state_records_read_total")
+    finally:
+        w.stop()
+
+
+def _assert_files_equal_replay(data_dir: Path, runner: FeatureRunner) -> None:
+    """The worker's files hold the user states a from-scratch replay (``runner``, run) built."""
+    on_disk = _disk_states(data_dir)
+    assert set(on_disk) == set(runner.users)
+    config = FeatureConfig()
+    for uid, st in runner.users.items():
+        assert state_view(UserState.from_bytes(on_disk[uid], config)) == state_view(st), uid
+
+
 def test_a_restarted_worker_reads_only_the_changelog_tail_and_scores_as_a_backtest(
     kafka_broker: str, model_registry: Path, tmp_path: Path, events: list[Event]
 ) -> None:
@@ -77,26 +103,14 @@ def test_a_restarted_worker_reads_only_the_changelog_tail_and_scores_as_a_backte
     sc.create_kept_inputs()  # records stamped with 2018 event times: no time-based retention
     settings = sc.settings()
     half = len(events) // 2
-    run(replay_events(events[:half], settings, kafka_timestamps="event", progress=False))
-    first = WorkerProc(sc, "disk", DISK).start()
-    try:
-        first.wait_metrics()
-        wait_caught_up(sc, timeout=300, worker=first)
-        first_read = first.metric("riskstream_user_state_records_read_total")
-    finally:
-        first.stop()
+    _replay(sc, events[:half])
+    first_read = _drain(sc, "disk")
     log = run(consume(sc.bootstrap, f"rs-{sc.name}-user-state-changelog", timeout=30, idle=3))
     users_first = {orjson.loads(r.key) for r in log}
     assert first_read == 0 and len(log) >= len(users_first) > 100
 
-    run(replay_events(events[half:], settings, kafka_timestamps="event", progress=False))
-    second = WorkerProc(sc, "disk", DISK).start()  # the same data directory
-    try:
-        second.wait_metrics()
-        wait_caught_up(sc, timeout=300, worker=second)
-        second_read = second.metric("riskstream_user_state_records_read_total")
-    finally:
-        second.stop()
+    _replay(sc, events[half:])
+    second_read = _drain(sc, "disk")  # the same data directory
     # Faust's recovery seeks to the offset the database holds and reads that record again: one
     # per partition, where the memory store would have read all of them.
     assert second_read <= partitions, f"read {second_read} of {len(log)} changelog records"
@@ -115,12 +129,7 @@ def test_a_restarted_worker_reads_only_the_changelog_tail_and_scores_as_a_backte
     ]
     assert not wrong, f"{len(wrong)} of {len(pairs)} scores differ from the backtest: {wrong[:5]}"
 
-    # The files hold what a from-scratch replay builds.
-    on_disk = _disk_states(second.data_dir)
-    assert set(on_disk) == set(runner.users)
-    config = FeatureConfig()
-    for uid, st in runner.users.items():
-        assert state_view(UserState.from_bytes(on_disk[uid], config)) == state_view(st), uid
+    _assert_files_equal_replay(sc.home / "data-disk", runner)
 
     # The changelog deleted while the worker is down (and created again at its start, empty):
     # the databases' offsets are past its end, so they are deleted, not trusted.
@@ -136,7 +145,7 @@ def test_a_restarted_worker_reads_only_the_changelog_tail_and_scores_as_a_backte
         third.stop()
     log_text = third.log_path.read_text(errors="replace")
     assert log_text.count("past the changelog's end") == partitions, third.log_tail()
-    assert _disk_states(third.data_dir) == {}
+    assert _disk_states(sc.home / "data-disk") == {}
 
 
 async def _delete_topic(bootstrap: str, topic: str) -> None:
@@ -162,13 +171,12 @@ def test_partitions_that_move_away_and_back_are_read_from_where_their_files_stop
     the offsets its files hold, and end with the states of a from-scratch replay."""
     sc = isolated_scenario(kafka_broker, model_registry, tmp_path, partitions=4)
     sc.create_kept_inputs()
-    settings = sc.settings()
     third = len(events) // 3 + 1
     parts = [events[i : i + third] for i in range(0, len(events), third)]
     a = WorkerProc(sc, "a", DISK)
     b = WorkerProc(sc, "b", DISK)
     try:
-        run(replay_events(parts[0], settings, kafka_timestamps="event", progress=False))
+        _replay(sc, parts[0])
         a.start().wait_metrics()
         wait_caught_up(sc, timeout=300, worker=a)
         b.start().wait_metrics()
@@ -178,13 +186,13 @@ def test_partitions_that_move_away_and_back_are_read_from_where_their_files_stop
             assert time.monotonic() < deadline, b.log_tail()
             a.check_alive()
             time.sleep(0.5)
-        run(replay_events(parts[1], settings, kafka_timestamps="event", progress=False))
+        _replay(sc, parts[1])
         wait_caught_up(sc, timeout=300, worker=a)
         assert b.metric("riskstream_events_in_total") > 0, "b must have scored its partitions"
         read_before = a.metric("riskstream_user_state_records_read_total")
         by_b = b.metric("riskstream_state_flush_users_sum")  # changelog records b wrote
         b.stop()  # its partitions go back to a
-        run(replay_events(parts[2], settings, kafka_timestamps="event", progress=False))
+        _replay(sc, parts[2])
         wait_caught_up(sc, timeout=300, worker=a)
         read_back = a.metric("riskstream_user_state_records_read_total") - read_before
     finally:
@@ -200,8 +208,4 @@ def test_partitions_that_move_away_and_back_are_read_from_where_their_files_stop
     runner = FeatureRunner(FeatureEngine(FeatureConfig()))
     for _ in runner.run(events):
         pass
-    on_disk = _disk_states(a.data_dir)
-    assert set(on_disk) == set(runner.users)
-    config = FeatureConfig()
-    for uid, st in runner.users.items():
-        assert state_view(UserState.from_bytes(on_disk[uid], config)) == state_view(st), uid
+    _assert_files_equal_replay(a.data_dir, runner)

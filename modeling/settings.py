@@ -189,7 +189,9 @@ class Settings(BaseSettings):
     # partition's keys at the end of every recovery, and a partition that becomes active replays
     # its changelog from the start whatever it held (DEVELOPERS.md, "No standby copies"). Each
     # copy costs a worker memory and a read of every changelog record of the partitions it
-    # stands by for. 0: none (Faust's default is 1).
+    # stands by for. 0: none (Faust's default is 1). With user_store "disk" a copy is used: the
+    # worker that takes a failed worker's partitions over starts from its own copy's files and
+    # reads only the changelog written after them (tests/integration/test_disk_store.py).
     table_standby_replicas: int = Field(default=0, ge=0)
 
     # --- models ------------------------------------------------------------------------------

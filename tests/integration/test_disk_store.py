@@ -209,3 +209,62 @@ def test_partitions_that_move_away_and_back_are_read_from_where_their_files_stop
     for _ in runner.run(events):
         pass
     _assert_files_equal_replay(a.data_dir, runner)
+
+
+@pytest.mark.parametrize("store", ["disk", "memory"])
+def test_a_standby_copy_on_disk_lets_a_failover_read_only_the_tail(
+    kafka_broker: str, model_registry: Path, tmp_path: Path, events: list[Event], store: str
+) -> None:
+    """With standby copies (``table_standby_replicas`` 1) each worker keeps the other's
+    partitions in its own files too. When b is killed, a takes b's partitions over from those
+    files and reads only what b wrote after a's copy last caught up, not the whole changelog.
+    With the memory store the copy is not used (DEVELOPERS.md, "No standby copies"): a reads
+    b's partitions again from the start."""
+    sc = isolated_scenario(kafka_broker, model_registry, tmp_path, partitions=4)
+    sc.create_kept_inputs()
+    env = {"RISKSTREAM_USER_STORE": store, "RISKSTREAM_TABLE_STANDBY_REPLICAS": "1"}
+    third = len(events) // 3 + 1
+    parts = [events[i : i + third] for i in range(0, len(events), third)]
+    a = WorkerProc(sc, "a", env)
+    b = WorkerProc(sc, "b", env)
+    try:
+        a.start().wait_metrics()
+        b.start().wait_metrics()
+        deadline = time.monotonic() + 180
+        txns = sc.topics["transactions"]
+        while not all(
+            any(x["topic"] == txns for x in w.label_sets("riskstream_consumer_lag")) for w in (a, b)
+        ):  # noqa: E501
+            assert time.monotonic() < deadline, b.log_tail()
+            time.sleep(0.5)
+        _replay(sc, parts[0])
+        _replay(sc, parts[1])
+        wait_caught_up(sc, timeout=300, worker=a)
+        time.sleep(6)
+        standby = [w.metric("riskstream_table_partitions", table="user", role="standby") for w in (a, b)]
+        read_before = a.metric("riskstream_user_state_records_read_total")
+        by_b = b.metric("riskstream_state_flush_users_sum")
+        b.kill()
+        _replay(sc, parts[2])
+        wait_caught_up(sc, timeout=300, worker=a)
+        read_after = a.metric("riskstream_user_state_records_read_total") - read_before
+    finally:
+        a.stop()
+        b.kill()
+    print(f"{store}: a read {read_before} records before b's kill (b wrote {by_b}), {read_after} after")
+    assert standby == [2, 2], f"standby partitions per worker: {standby}"
+    # a's copy read every record b wrote while both ran
+    assert read_before >= by_b > 0, (read_before, by_b)
+    if store == "disk":
+        # at most one record again per partition taken over, and what b wrote in its last moments
+        assert read_after <= sc.partitions, f"a read {read_after} records after the failover"
+    else:
+        assert read_after >= by_b, f"a read {read_after} records after the failover, b wrote {by_b}"
+    recs = run(consume(sc.bootstrap, sc.topics["risk_events"], timeout=60, idle=3))
+    got = scores_by_transaction(recs)
+    assert set(got) == {x.transaction_id for x in events if isinstance(x, Transaction)}, "lost events"
+    if store == "disk":
+        runner = FeatureRunner(FeatureEngine(FeatureConfig()))
+        for _ in runner.run(events):
+            pass
+        _assert_files_equal_replay(a.data_dir, runner)

@@ -16,9 +16,15 @@ a late event: DEVELOPERS.md, "Event time, late events and delayed labels").
   re-sent from its source record, read back at its offset and checked against the cut's sha256;
   where the source topic no longer holds it, it is skipped and counted.
 - Stored states (``riskstream-state-kind``) are never re-sent: they were no input.
-- Nothing records what was re-sent: running it twice over the same dead letters sends them
-  twice, and the workers would fold those transactions into the user's windows twice. Choose the
-  range (``since_ms``/``until_ms``, the dead letters' own timestamps) and try ``dry_run`` first.
+- What was re-sent is recorded: once a chunk's re-sent records are delivered, a record keyed by
+  each one's source (``<topic>:<partition>:<offset>``, the input message it was) goes to the
+  compacted topic ``<dead-letter topic>-redriven`` (:func:`redriven_topic`). A later run skips
+  dead letters whose source is there, so running it twice does not send a transaction twice
+  (the workers would fold it into the user's windows twice); ``again`` re-sends them anyway.
+  Duplicate dead letters of one source (a worker's redelivery after a crash) are sent once. A
+  message refused again after its re-send is a new dead letter with a new source, so a later
+  run sends it again. A run stopped between a chunk's delivery and its record can send that
+  chunk again: at least once, as everywhere else.
 """
 
 from __future__ import annotations
@@ -242,6 +248,7 @@ class RedriveReport:
     sent: Counter[str] = field(default_factory=Counter)  # by input topic
     from_source: int = 0  # cut dead letters re-sent from their source record
     skipped_states: int = 0
+    skipped_sent: int = 0  # sent back before (the record topic), or a duplicate in this run
     skipped_gone: list[str] = field(default_factory=list)  # "<topic>[<p>]@<offset>": source deleted
 
 
@@ -249,24 +256,98 @@ class RedriveReport:
 MAX_RESEND_BYTES = 64 << 20
 
 
+def redriven_topic(settings: Settings) -> str:
+    """The compacted topic that records the sources of the dead letters sent back."""
+    return f"{settings.topic_dead_letter}-redriven"
+
+
+def source_key(source: tuple[str, int, int]) -> bytes:
+    """A dead letter's source as the record topic keys it: ``<topic>:<partition>:<offset>``."""
+    topic, part, offset = source
+    return f"{topic}:{part}:{offset}".encode()
+
+
+async def sent_before(settings: Settings) -> set[bytes]:
+    """The sources recorded in :func:`redriven_topic` (none if it does not exist)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from streams.security import client_kwargs
+
+    name = redriven_topic(settings)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **client_kwargs(settings))
+    await admin.start()
+    try:  # listed, not described: a broker may create a topic it is asked to describe
+        if name not in await admin.list_topics():
+            return set()
+    finally:
+        await admin.close()
+    parts = await _partitions(settings, name)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, **client_kwargs(settings)
+    )
+    await consumer.start()
+    keys: set[bytes] = set()
+    try:
+        tps = [TopicPartition(name, p) for p in parts]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        starts = await consumer.beginning_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, starts[tp])
+        todo = {tp for tp in tps if starts[tp] < ends[tp]}
+        last_progress = time.monotonic()
+        while todo:
+            batch = await consumer.getmany(*todo, timeout_ms=1000)
+            for records in batch.values():
+                for r in records:
+                    if r.key is not None and r.value is not None:
+                        keys.add(r.key)
+            if batch:
+                last_progress = time.monotonic()
+            elif time.monotonic() - last_progress > 60:
+                raise DeadLetterError(f"reading {name} made no progress for 60 s")
+            todo = {tp for tp in todo if await consumer.position(tp) < ends[tp]}
+    finally:
+        await consumer.stop()
+    return keys
+
+
+async def _ensure_record_topic(settings: Settings) -> None:
+    from streams.broker.topics import ensure_topics
+    from streams.security import client_kwargs
+
+    name = redriven_topic(settings)
+    await ensure_topics(
+        settings.bootstrap_servers,
+        {name: 1},
+        settings.topic_replication,
+        configs={name: {"cleanup.policy": "compact"}},
+        **client_kwargs(settings),
+    )
+
+
 async def redrive(
     settings: Settings,
     chunks: AsyncIterator[list[Letter]],
     *,
     dry_run: bool = False,
+    again: bool = False,
     log: Callable[[str], None] = print,
 ) -> RedriveReport:
     """Send the dead letters of ``chunks`` (:func:`iter_letters`) back to their source topics, in
-    their order, a chunk at a time (module doc)."""
+    their order, a chunk at a time, and record their sources; skip those recorded before unless
+    ``again`` (module doc)."""
     from aiokafka import AIOKafkaProducer
 
     from streams.security import client_kwargs
 
     report = RedriveReport()
+    done = set() if again else await sent_before(settings)
     producer = None
     try:
         async for letters in chunks:
-            out = await _records(settings, letters, report)
+            out, sources = await _records(settings, letters, report, done)
             if dry_run or not out:
                 continue
             if producer is None:
@@ -278,6 +359,7 @@ async def redrive(
                     **client_kwargs(settings),
                 )
                 await producer.start()
+                await _ensure_record_topic(settings)
             try:
                 pending = [
                     await producer.send(topic, value, key=key, headers=h) for topic, key, value, h in out
@@ -285,10 +367,16 @@ async def redrive(
                 await producer.flush()
                 for fut in pending:
                     await fut
+                # delivered: recorded (a stop in between re-sends this chunk next time)
+                record = redriven_topic(settings)
+                marks = [await producer.send(record, origin, key=key) for key, origin in sources]
+                await producer.flush()
+                for fut in marks:
+                    await fut
             except Exception as exc:
-                done = sum(report.sent.values()) - len(out)
+                before = sum(report.sent.values()) - len(out)
                 raise DeadLetterError(
-                    f"re-sending dead letters failed, at least {done:,d} sent: {exc!r}"
+                    f"re-sending dead letters failed, at least {before:,d} sent: {exc!r}"
                 ) from exc
     finally:
         if producer is not None:
@@ -299,18 +387,23 @@ async def redrive(
 
 
 async def _records(
-    settings: Settings, letters: list[Letter], report: RedriveReport
-) -> list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]]:
-    """The records that send ``letters`` back, counted in ``report``."""
+    settings: Settings, letters: list[Letter], report: RedriveReport, done: set[bytes]
+) -> tuple[list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]], list[tuple[bytes, bytes]]]:
+    """The records that send ``letters`` back, counted in ``report``, and the records of their
+    sources for :func:`redriven_topic`; ``done``: the sources sent before, which this adds to."""
     todo: list[tuple[Letter, tuple[str, int, int]]] = []
     for letter in letters:
         source = letter.source
         if source is None:
             report.skipped_states += 1
+        elif source_key(source) in done:
+            report.skipped_sent += 1
         else:
+            done.add(source_key(source))
             todo.append((letter, source))
     originals = await _originals(settings, [letter for letter, _ in todo if letter.cut])
     out: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
+    sources: list[tuple[bytes, bytes]] = []
     for letter, (topic, part, offset) in todo:
         key, value = letter.key, letter.value
         headers: list[tuple[str, bytes]] = []
@@ -323,8 +416,9 @@ async def _records(
             report.from_source += 1
         origin = f"{settings.topic_dead_letter}:{letter.partition}:{letter.offset}"
         out.append((topic, key, value, [*headers, (REDRIVEN_HEADER, origin.encode())]))
+        sources.append((source_key((topic, part, offset)), origin.encode()))
         report.sent[topic] += 1
-    return out
+    return out, sources
 
 
 async def _originals(

@@ -42,6 +42,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--until", type=_time_ms, help="only dead letters written before this time (UTC)")
     p.add_argument("--json", action="store_true", help="summary: print JSON")
     p.add_argument("--dry-run", action="store_true", help="redrive: say what would be sent, send nothing")
+    p.add_argument(
+        "--again",
+        action="store_true",
+        help="redrive: also those sent back before (recorded in <dead-letter topic>-redriven)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "redrive" and not (args.topic or args.field):
         print(
             "riskstream dead-letters redrive: choose what to send back with --topic and/or --field "
-            "(see `riskstream dead-letters summary`): a dead letter sent twice is scored twice",
+            "(see `riskstream dead-letters summary`)",
             file=sys.stderr,
         )
         return 2
@@ -78,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         for (origin, fld), n in s.groups.most_common():
             print(f"{n:>9,d}  {origin}  {fld}: {s.example[(origin, fld)][:160]}")
         return 0
-    report = asyncio.run(redrive(settings, iter_letters(settings, **choice), dry_run=args.dry_run))
+    letters = iter_letters(settings, **choice)
+    report = asyncio.run(redrive(settings, letters, dry_run=args.dry_run, again=args.again))
     verb = "would send" if args.dry_run else "sent"
     for topic, n in sorted(report.sent.items()):
         print(f"{verb} {n:,d} back to {topic}")
@@ -86,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{verb} nothing: no dead letter of an input record matched")
     if report.from_source:
         print(f"  {report.from_source:,d} read again from their source record (their dead letter was cut)")
+    if report.skipped_sent:
+        print(
+            f"skipped {report.skipped_sent:,d} sent back before (or repeated in the topic);"
+            " --again sends them anyway"
+        )
     if report.skipped_states:
         print(f"skipped {report.skipped_states:,d} stored states (never re-sent)")
     if report.skipped_gone:

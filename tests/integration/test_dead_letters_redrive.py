@@ -96,3 +96,17 @@ def test_dead_letters_refused_by_a_setting_are_scored_once_it_changes(
         b.check_alive()
     finally:
         b.stop()
+
+    # 3. what was sent back is recorded: a second run sends only the new dead letter (the bad
+    #    record refused again, from its new offset), a third nothing; --again sends them all
+    choose = ("--topic", t["transactions"], "--field", "<message>")
+    res = _cli(sc, "redrive", *choose)
+    assert f"sent 1 back to {t['transactions']}" in res.stdout, res.stdout + res.stderr
+    assert "skipped 3 sent back before" in res.stdout and res.returncode == 0
+    res = _cli(sc, "redrive", *choose)
+    assert "sent nothing" in res.stdout and "skipped 4 sent back before" in res.stdout, res.stdout
+    res = _cli(sc, "redrive", *choose, "--again", "--dry-run")
+    assert f"would send 4 back to {t['transactions']}" in res.stdout, res.stdout + res.stderr
+    marks = run(consume(sc.bootstrap, f"{t['dead_letter']}-redriven", timeout=10, idle=2))
+    assert sorted(bytes(r.value).decode() for r in marks) == [f"{t['dead_letter']}:0:{i}" for i in range(4)]
+    assert len(run(consume(sc.bootstrap, t["transactions"], timeout=10, idle=2))) == 4 + 3 + 1

@@ -234,7 +234,7 @@ def test_a_standby_copy_on_disk_lets_a_failover_read_only_the_tail(
         txns = sc.topics["transactions"]
         while not all(
             any(x["topic"] == txns for x in w.label_sets("riskstream_consumer_lag")) for w in (a, b)
-        ):  # noqa: E501
+        ):
             assert time.monotonic() < deadline, b.log_tail()
             time.sleep(0.5)
         _replay(sc, parts[0])

@@ -4,9 +4,20 @@ tests/integration/test_dead_letters_redrive.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
-from streams.dead_letters import Letter, _matches, _selected, summarize
+from modeling.settings import Settings
+from streams.dead_letters import (
+    REDRIVEN_HEADER,
+    Letter,
+    RedriveReport,
+    _matches,
+    _records,
+    _selected,
+    source_key,
+    summarize,
+)
 from streams.unreadable import DeadLetter, fit
 
 
@@ -89,3 +100,21 @@ def test_a_source_record_matches_a_cut_letter_only_by_its_digest() -> None:
     assert _matches(letter, "value", original) and _matches(letter, "key", b"u1")
     assert not _matches(letter, "value", b"y" * 39) and not _matches(letter, "value", None)
     assert not _matches(letter, "key", b"u2")  # not cut: must equal the dead letter's
+
+
+def test_a_source_sent_back_before_or_twice_in_a_run_is_sent_once() -> None:
+    """``_records`` skips dead letters whose source is recorded as sent back, and a second dead
+    letter of one source in the same run (a worker's redelivery dead-lettered it twice); it
+    returns the records for the record topic, keyed by source. No cut letter here: no broker."""
+    a, b, c = (_letter(i, 100 * i, "tx", "amount") for i in (1, 2, 3))
+    twin = Letter(0, 7, 400, a.key, a.value, a.headers)  # a's source, dead-lettered again
+    done = {source_key(("tx", 2, 20))}  # b's, from an earlier run
+    report = RedriveReport()
+    settings = Settings()
+    out, sources = asyncio.run(_records(settings, [a, b, c, twin, STATE], report, done))
+    assert [rec[0] for rec in out] == ["tx", "tx"] and report.sent == {"tx": 2}
+    assert (report.skipped_sent, report.skipped_states) == (2, 1)
+    dlq = settings.topic_dead_letter
+    assert sources == [(b"tx:2:10", f"{dlq}:0:1".encode()), (b"tx:2:30", f"{dlq}:0:3".encode())]
+    assert done == {b"tx:2:10", b"tx:2:20", b"tx:2:30"}
+    assert dict(out[0][3])[REDRIVEN_HEADER] == f"{dlq}:0:1".encode()

@@ -73,7 +73,7 @@ from streams.state_flush import StateFlusher
 from streams.terminal_feed import FeedState
 from streams.terminal_loop import TerminalLoop
 from streams.terminal_overlay import APPLIED_KEY, TerminalOverlay, decode_position
-from streams.user_store import UserStore, table_store, user_store
+from streams.user_store import DiskUserStore, UserStore, table_store, user_store
 from streams.wiring import input_buffer, other_labels_partitions, store_dict, terminal_feed
 
 log = logging.getLogger("riskstream.worker")
@@ -333,6 +333,8 @@ def build_app(
         """The gauges that need no await: states, table partitions, caches, overlay, feed,
         watermark."""
         metrics.states.labels("user").set(states.count())
+        if isinstance(states, DiskUserStore):
+            metrics.set_user_store(states.usage(), len(states.pending))
         tables: Any = app.tables  # faust's TableManager: TableManagerT does not declare .recovery
         recovery = tables.recovery
         for kind, log_topic in (("user", user_log), ("terminal", terminal_log)):

@@ -272,6 +272,21 @@ class Metrics:
             registry=r,
         )
         self._cache_evictions: dict[str, int] = {}
+        self.user_store_bytes = Gauge(
+            "riskstream_user_store_bytes",
+            "The disk-backed user store (user_store=disk; streams/user_store.py), over its open "
+            "partition databases, by kind: sst (files on disk), memtables (write buffers in memory, "
+            "at most 2 x 16 MiB a partition), block_cache (read cache in memory, at most "
+            "user_store_block_cache_mb a partition)",
+            ["kind"],
+            registry=r,
+        )
+        self.user_store_pending = Gauge(
+            "riskstream_user_store_pending",
+            "User states written by the disk-backed store and waiting for their changelog record's "
+            "delivery before they go to disk",
+            registry=r,
+        )
         self.states_expired = Counter(
             "riskstream_states_expired",
             "States deleted by the state sweep: dormant users, terminals whose labels no longer count",
@@ -352,6 +367,12 @@ class Metrics:
             if cache.evictions > before:
                 self.state_cache_evictions.labels(kind).inc(cache.evictions - before)
                 self._cache_evictions[kind] = cache.evictions
+
+    def set_user_store(self, usage: Mapping[str, int], pending: int) -> None:
+        """The disk-backed user store's bytes by kind and its pending states."""
+        for kind, n in usage.items():
+            self.user_store_bytes.labels(kind).set(n)
+        self.user_store_pending.set(pending)
 
     def set_terminal_feed(self, counts: dict[str, int]) -> None:
         """The terminal feed's record counts since start (``FeedState.counts``)."""

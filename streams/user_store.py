@@ -40,6 +40,12 @@ import orjson
 OFFSET_KEY = b"__faust\0offset__"
 log = logging.getLogger("riskstream.worker")
 _MISSING = object()
+# riskstream_user_store_bytes{kind}: RocksDB's property for each
+USAGE = {
+    "sst": "rocksdb.total-sst-files-size",
+    "memtables": "rocksdb.cur-size-all-mem-tables",
+    "block_cache": "rocksdb.block-cache-usage",
+}
 
 # Sent: the output's (future, topic, partition, records) of a send (BatchOutput.send_counted).
 Sent = list[tuple[Any, str, int, int]]
@@ -162,6 +168,15 @@ class DiskUserStore:
     def paths(self, partitions: int) -> dict[int, Path]:
         """Each partition's database directory, as Faust names it."""
         return {p: Path(self.store.partition_path(p)) for p in range(partitions)}
+
+    def usage(self) -> dict[str, int]:
+        """Bytes over the open partition databases: files on disk, write buffers and block
+        cache in memory (RocksDB's own properties)."""
+        out = dict.fromkeys(USAGE, 0)
+        for db in list(self._dbs().values()):
+            for kind, prop in USAGE.items():
+                out[kind] += int(db.property_int_value(prop) or 0)
+        return out
 
     def count(self) -> int:
         """RocksDB's estimate of the keys held (exact once compacted)."""

@@ -244,6 +244,9 @@ def test_a_standby_copy_on_disk_lets_a_failover_read_only_the_tail(
         standby = [w.metric("riskstream_table_partitions", table="user", role="standby") for w in (a, b)]
         read_before = a.metric("riskstream_user_state_records_read_total")
         by_b = b.metric("riskstream_state_flush_users_sum")
+        if store == "disk":  # the store's gauges (streams/metrics.py, set_user_store)
+            assert a.metric("riskstream_user_store_bytes", kind="memtables") > 0
+            assert a.label_sets("riskstream_user_store_pending") == [{}]
         b.kill()
         _replay(sc, parts[2])
         wait_caught_up(sc, timeout=300, worker=a)

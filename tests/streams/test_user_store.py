@@ -203,3 +203,20 @@ def test_a_database_past_its_changelog_s_end_is_deleted(world: World) -> None:
     # partition 0's changelog now ends at 5 (created again), partition 1's at 4 (offset 3 is its last)
     assert drop_stale(paths, {0: 5, 1: 4, 2: 0, 3: 0}) == [0]
     assert not paths[0].exists() and stored_offset(paths[1]) == 3
+
+
+def test_usage_reads_rocksdb_s_own_figures(world: World) -> None:
+    w = world
+    changes = [(f"u{i}", i % 2, bytes(1000)) for i in range(200)]
+    for uid, part, raw in changes:
+        w.states.put(uid, part, raw)
+    sent = w.sent((0, 100), (1, 100))
+    w.states.track(sent, changes)
+    w.deliver(sent[0][0], 0, first=0)
+    w.deliver(sent[1][0], 1, first=0)
+    usage = w.states.usage()
+    assert set(usage) == {"sst", "memtables", "block_cache"}
+    assert usage["memtables"] >= 200 * 1000  # written, not flushed to files yet
+    for db in w.db.values():
+        db.flush()
+    assert w.states.usage()["sst"] > 0

@@ -157,18 +157,11 @@ async def iter_letters(
         if since_ms is not None:
             found = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
             starts = {tp: (ends[tp] if o is None else o.offset) for tp, o in found.items()}
-        for tp in tps:
-            consumer.seek(tp, starts[tp])
-        todo = {tp for tp in tps if starts[tp] < ends[tp]}
-        last_progress = time.monotonic()
-        while todo:
-            batch = await consumer.getmany(*todo, timeout_ms=1000)
+        async for records in _to_end(consumer, starts, ends, stall_s):
             chosen = [
                 letter
-                for tp, records in batch.items()
                 for r in records
-                if r.offset < ends[tp]
-                and _selected(
+                if _selected(
                     letter := Letter(r.partition, r.offset, r.timestamp, r.key, r.value, tuple(r.headers)),
                     topics,
                     fields,
@@ -176,15 +169,32 @@ async def iter_letters(
                     until_ms,
                 )
             ]
-            if batch:
-                last_progress = time.monotonic()
-            elif time.monotonic() - last_progress > stall_s:
-                raise DeadLetterError(f"reading {name} made no progress for {stall_s:.0f} s")
             if chosen:
                 yield chosen
-            todo = {tp for tp in todo if await consumer.position(tp) < ends[tp]}
     finally:
         await consumer.stop()
+
+
+async def _to_end(
+    consumer: Any, starts: dict[Any, int], ends: dict[Any, int], stall_s: float
+) -> AsyncIterator[list[Any]]:
+    """The records of the assigned partitions from ``starts`` to ``ends`` (exclusive), a fetch at
+    a time; :class:`DeadLetterError` after ``stall_s`` without progress."""
+    for tp, offset in starts.items():
+        consumer.seek(tp, offset)
+    todo = {tp for tp in starts if starts[tp] < ends[tp]}
+    last_progress = time.monotonic()
+    while todo:
+        batch = await consumer.getmany(*todo, timeout_ms=1000)
+        if batch:
+            last_progress = time.monotonic()
+        elif time.monotonic() - last_progress > stall_s:
+            names = sorted({tp.topic for tp in todo})
+            raise DeadLetterError(f"reading {', '.join(names)} made no progress for {stall_s:.0f} s")
+        records = [r for tp, rs in batch.items() for r in rs if r.offset < ends[tp]]
+        if records:
+            yield records
+        todo = {tp for tp in todo if await consumer.position(tp) < ends[tp]}
 
 
 async def _partitions(settings: Settings, topic: str) -> list[int]:
@@ -293,21 +303,8 @@ async def sent_before(settings: Settings) -> set[bytes]:
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         starts = await consumer.beginning_offsets(tps)
-        for tp in tps:
-            consumer.seek(tp, starts[tp])
-        todo = {tp for tp in tps if starts[tp] < ends[tp]}
-        last_progress = time.monotonic()
-        while todo:
-            batch = await consumer.getmany(*todo, timeout_ms=1000)
-            for records in batch.values():
-                for r in records:
-                    if r.key is not None and r.value is not None:
-                        keys.add(r.key)
-            if batch:
-                last_progress = time.monotonic()
-            elif time.monotonic() - last_progress > 60:
-                raise DeadLetterError(f"reading {name} made no progress for 60 s")
-            todo = {tp for tp in todo if await consumer.position(tp) < ends[tp]}
+        async for records in _to_end(consumer, starts, ends, 60.0):
+            keys.update(r.key for r in records if r.key is not None and r.value is not None)
     finally:
         await consumer.stop()
     return keys

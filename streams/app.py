@@ -148,7 +148,8 @@ def build_app(
     users = app.Table(
         "user-state", default=None, partitions=p, key_type=str, value_type=bytes, **table_store(settings)
     )
-    states = user_store(settings, users, ChangelogKeys(users))  # streams/user_store.py
+    user_keys = ChangelogKeys(users)  # its changelog key bytes, cached: the scorer's and the store's
+    states = user_store(settings, users, user_keys)  # streams/user_store.py
     terminals = app.GlobalTable(
         "terminal-state", default=None, partitions=1, key_type=str, value_type=bytes, recovery_buffer_size=1
     )
@@ -220,6 +221,7 @@ def build_app(
         in_buffer=in_buffer,
         feed=feed,
         users=users,
+        user_keys=user_keys,
         states=states,
         term_name=term_name,
         worker_id=worker_id,

@@ -198,7 +198,9 @@ async def _to_end(
 
 
 async def _partitions(settings: Settings, topic: str) -> list[int]:
-    """The partitions of ``topic``; none if it does not exist."""
+    """The partitions of ``topic``; none if it does not exist. Listed before it is described:
+    a broker with ``auto.create.topics.enable`` creates a topic it is asked to describe, with its
+    own defaults (the redrive record's topic came out with 4 partitions, not compacted)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     from streams.security import client_kwargs
@@ -206,6 +208,8 @@ async def _partitions(settings: Settings, topic: str) -> list[int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **client_kwargs(settings))
     await admin.start()
     try:
+        if topic not in await admin.list_topics():
+            return []
         for t in await admin.describe_topics([topic]):
             if t["topic"] == topic and t["error_code"] == 0:
                 return sorted(p["partition"] for p in t["partitions"])
@@ -280,19 +284,13 @@ def source_key(source: tuple[str, int, int]) -> bytes:
 async def sent_before(settings: Settings) -> set[bytes]:
     """The sources recorded in :func:`redriven_topic` (none if it does not exist)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.admin import AIOKafkaAdminClient
 
     from streams.security import client_kwargs
 
     name = redriven_topic(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **client_kwargs(settings))
-    await admin.start()
-    try:  # listed, not described: a broker may create a topic it is asked to describe
-        if name not in await admin.list_topics():
-            return set()
-    finally:
-        await admin.close()
     parts = await _partitions(settings, name)
+    if not parts:
+        return set()
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, **client_kwargs(settings)
     )

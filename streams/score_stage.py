@@ -51,13 +51,15 @@ class ScoreStage:
         in_buffer: InputBuffer,
         feed: TerminalFeed | None,
         users: Any,
+        user_keys: ChangelogKeys,
         states: UserStore,
         term_name: str,
         worker_id: bytes,
         dead_letter_room: int,
     ) -> None:
         """``kinds``: input topic -> record kind; ``users``: the user-state table (Faust), whose
-        states ``states`` reads and writes (streams/user_store.py);
+        changelog keys ``user_keys`` makes and whose states ``states`` reads and writes
+        (streams/user_store.py);
         ``term_name``: the terminal-labels topic; ``worker_id``: this worker's id in the records
         it forwards there; ``dead_letter_room``: what a dead letter keeps of a value
         (streams.broker.topics.dead_letter_room)."""
@@ -72,7 +74,7 @@ class ScoreStage:
         self.users = users
         self.states = states
         self.user_log = users.changelog_topic.get_topic_name()
-        self.user_keys = ChangelogKeys(users)
+        self.user_keys = user_keys
         self.term_name = term_name
         self.worker_id = worker_id
         self.own_header = [(WORKER_HEADER, worker_id)]

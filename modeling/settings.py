@@ -193,6 +193,14 @@ class Settings(BaseSettings):
     # worker that takes a failed worker's partitions over starts from its own copy's files and
     # reads only the changelog written after them (tests/integration/test_disk_store.py).
     table_standby_replicas: int = Field(default=0, ge=0)
+    # A worker that stops heartbeating (killed, its machine gone) keeps its partitions, and their
+    # users go unscored, until the group coordinator gives up on it after this long; a worker
+    # restarted after a crash waits for its predecessor's session to end too. Faust's default is
+    # 60 s (benchmarks/bench_failover.py measures both). Heartbeats go every third of it, at
+    # most every 3 s. Brokers refuse sessions under their group.min.session.timeout.ms (6 s by
+    # default). A worker whose event loop stalls for longer is taken out of the group: its
+    # partitions move to the others, and it rejoins when it runs again.
+    group_session_timeout_s: float = Field(default=10.0, ge=1.0, le=1800.0)
 
     # --- models ------------------------------------------------------------------------------
     registry_dir: Path = Field(default_factory=lambda: default_home() / "registry")

@@ -123,6 +123,10 @@ def build_app(
         broker_max_poll_records=2 * settings.pipeline_max_batch,
         table_cleanup_interval=3600.0,
         table_standby_replicas=settings.table_standby_replicas,
+        broker_session_timeout=settings.group_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.group_session_timeout_s / 3),
+        # Faust refuses a session longer than its request timeout (90 s by default)
+        broker_request_timeout=max(90.0, settings.group_session_timeout_s),
         consumer_auto_offset_reset="earliest",
         broker_credentials=faust_credentials(settings),  # TLS / SASL (streams/security.py)
     )

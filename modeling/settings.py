@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     # needed (~15 µs a typical user). The tables' serialized states are not counted here.
     user_state_cache_mb: int = Field(default=1024, ge=0)
     terminal_state_cache_mb: int = Field(default=1024, ge=0)
+    # The terminal states the worker owning the terminal-labels partition wrote, decoded
+    # (streams/terminal_loop.py, WrittenTerminals): past this bound the least recently written
+    # ones that the table has read back go, and are decoded again when next labelled.
+    terminal_loop_cache_mb: int = Field(default=256, ge=0)
     # Where the user-state table lives (streams/user_store.py). "memory": Faust's memory store;
     # memory grows with the users held (~1.5 KB each) and a (re)started worker rebuilds them all
     # from the changelog (faust-streaming #284). "disk": RocksDB files (rocksdict) under

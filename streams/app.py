@@ -351,7 +351,9 @@ def build_app(
             )
         term_store = store_dict(terminals)
         metrics.states.labels("terminal").set(len(term_store) - (APPLIED_KEY in term_store))
-        metrics.set_state_caches({"user": processor.users, "terminal": processor.terminals})
+        metrics.set_state_caches(
+            {"user": processor.users, "terminal": processor.terminals, "terminal_loop": terminal_loop.own}
+        )
         if processor.overlay is not None:
             processor.overlay.prune()
             metrics.set_terminal_overlay(processor.overlay.n_labels, processor.overlay.dropped)

@@ -257,12 +257,17 @@ class Metrics:
         self.state_cache_bytes = Gauge(
             "riskstream_state_cache_bytes",
             "Estimated memory of the decoded states the scorer keeps between batches, by kind "
-            "(user, terminal); bounded by user_state_cache_mb and terminal_state_cache_mb",
+            "(user, terminal; terminal_loop: those the terminal loop wrote, on the worker owning "
+            "the terminal-labels partition); bounded by user_state_cache_mb, "
+            "terminal_state_cache_mb and terminal_loop_cache_mb",
             ["kind"],
             registry=r,
         )
         self.state_cache_entries = Gauge(
-            "riskstream_state_cache_entries", "Decoded states the scorer keeps, by kind", ["kind"], registry=r
+            "riskstream_state_cache_entries",
+            "Decoded states the scorer (and the terminal loop) keeps, by kind",
+            ["kind"],
+            registry=r,
         )
         self.state_cache_evictions = Counter(
             "riskstream_state_cache_evictions",

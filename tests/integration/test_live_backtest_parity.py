@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from harness import Scenario, WorkerProc, consume, isolated_scenario, run, scores_by_transaction
 
 from modeling.features import Event, FeatureConfig, FeatureEngine
@@ -67,7 +68,13 @@ def _replay_hour_by_hour(sc: Scenario, w: WorkerProc, events: list[Event]) -> No
             run(replay_events(txns, settings, progress=False))
 
 
-def test_replayed_live_scores_equal_backtest(kafka_broker: str, model_registry: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("loop_cache_mb", [None, 0], ids=["default", "terminal-loop-cache-0"])
+def test_replayed_live_scores_equal_backtest(
+    kafka_broker: str, model_registry: Path, tmp_path: Path, loop_cache_mb: int | None
+) -> None:
+    """``terminal-loop-cache-0``: the terminal loop keeps no written state past the batch the
+    table has read back (streams/terminal_loop.py, WrittenTerminals), so it builds on states
+    read back from the table."""
     df = load_history(DATA)
     users = sorted(df["user_id"].unique())[250:400]
     df = df[df["user_id"].isin(users)].reset_index(drop=True)
@@ -87,14 +94,21 @@ def test_replayed_live_scores_equal_backtest(kafka_broker: str, model_registry: 
     runner, _ = build_state(history, FeatureEngine(config))
     run(seed_state(runner, sc.settings()))
 
-    w = WorkerProc(sc, "parity").start()
+    env = {} if loop_cache_mb is None else {"RISKSTREAM_TERMINAL_LOOP_CACHE_MB": str(loop_cache_mb)}
+    w = WorkerProc(sc, "parity", env).start()
     try:
         w.wait_metrics()
         time.sleep(3)
         _replay_hour_by_hour(sc, w, events)
         recs = run(consume(sc.bootstrap, sc.topics["risk_events"], until=n_tx, timeout=240))
+        time.sleep(6)  # the gauges are reported every 5 s
+        evicted = w.metric("riskstream_state_cache_evictions_total", kind="terminal_loop")
     finally:
         w.stop()
+    if loop_cache_mb == 0:
+        assert evicted > 0, "the terminal loop dropped no state: the test did not build on read-back states"
+    else:
+        assert evicted == 0
     live = scores_by_transaction(recs)
     assert len(live) == n_tx
 

@@ -61,7 +61,7 @@ from workerbench.kafka import Topics, create_topics, end_count, finish, read_all
 from workerbench.latency import paced_send
 from workerbench.messages import build_warm_state, load_messages, train_registry
 from workerbench.procs import Ctx, Proc, riskstream_env, seed_worker
-from workerbench.system import loadavg, machine_info
+from workerbench.system import loadavg, result_header, unwind_on_sigterm
 
 
 def partitions_of(proc: Proc, topic: str) -> set[int]:
@@ -224,10 +224,6 @@ async def bench(ctx: Ctx, args: argparse.Namespace, result: dict[str, Any]) -> N
             )
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -246,9 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     result: dict[str, Any] = {
-        "command": " ".join(["python", "benchmarks/bench_failover.py", *argv]),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine_info(),
+        **result_header("bench_failover.py", argv),
         "runs": [],
     }
     work = Path(tempfile.mkdtemp(prefix="bench-failover-"))
@@ -262,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         result["messages"] = {"file": args.file.name, "start_day": args.start_day, "fed": need}
         registry = args.registry or train_registry(work / "registry")
-        signal.signal(signal.SIGTERM, _interrupt)  # after Paddle's import: unwind, stop the broker
+        unwind_on_sigterm()
         kafka, info = start_broker(work, args.broker_dir)
         result["broker"] = info
         run_id = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]

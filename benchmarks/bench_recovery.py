@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 import tempfile
 import time
@@ -53,7 +52,7 @@ from workerbench.config import DATA, DEFAULT_WORKER, PARTITIONS
 from workerbench.kafka import Topics, create_topics, finish, seed_changelogs, start_broker
 from workerbench.messages import build_warm_state, load_messages, train_registry
 from workerbench.procs import Ctx, Proc, riskstream_env
-from workerbench.system import cpu_seconds, machine_info, peak_rss_mb
+from workerbench.system import cpu_seconds, peak_rss_mb, result_header, unwind_on_sigterm
 from workerbench.tables import log_times, recovery_after, scrape_tables
 
 RESTORING = "Restoring state from changelog topics..."
@@ -207,10 +206,6 @@ async def bench(
                     print(f"  {r}", flush=True)
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -235,9 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     counts = [int(x) for x in args.users.split(",")]
     result: dict[str, Any] = {
-        "command": " ".join(["python", "benchmarks/bench_recovery.py", *argv]),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine_info(),
+        **result_header("bench_recovery.py", argv),
         "runs": [],
     }
     work = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
@@ -247,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # so the terminal states need a longer one.
         msgs = load_messages(args.file, 1000, 7.0 if args.table == "user" else 13.0)
         registry = args.registry or train_registry(work / "registry")
-        signal.signal(signal.SIGTERM, _interrupt)  # after Paddle's import: unwind, stop the broker
+        unwind_on_sigterm()
         kafka, info = start_broker(work, args.broker_dir)
         result["broker"] = info
         run_id = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]

@@ -41,7 +41,6 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import sys
 import tempfile
 import time
@@ -58,7 +57,7 @@ from workerbench.kafka import Topics, create_topics, end_count, finish, read_all
 from workerbench.measure import _interp, batch_stats, start_profile
 from workerbench.messages import build_warm_state, load_messages, train_registry
 from workerbench.procs import Ctx, Proc, riskstream_env, seed_worker
-from workerbench.system import loadavg, machine_info, peak_rss_mb, tree_cpu_seconds
+from workerbench.system import loadavg, peak_rss_mb, result_header, tree_cpu_seconds, unwind_on_sigterm
 from workerbench.tables import recovery_after, scrape_tables
 
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -211,10 +210,6 @@ async def bench(ctx: Ctx, rounds: int, timeout: float, result: dict[str, Any]) -
         )
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -232,9 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     result: dict[str, Any] = {
-        "command": " ".join(["python", "benchmarks/bench_standby.py", *argv]),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine_info(),
+        **result_header("bench_standby.py", argv),
         "runs": [],
     }
     work = Path(tempfile.mkdtemp(prefix="bench-standby-"))
@@ -244,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         msgs = load_messages(args.file, args.transactions, args.start_day)
         result["messages"] = {"file": args.file.name, "start_day": args.start_day, **msgs.counts}
         registry = args.registry or train_registry(work / "registry")
-        signal.signal(signal.SIGTERM, _interrupt)  # after Paddle's import: unwind, stop the broker
+        unwind_on_sigterm()
         kafka, info = start_broker(work, args.broker_dir)
         result["broker"] = info
         run_id = time.strftime("%H%M%S") + uuid.uuid4().hex[:4]

@@ -102,7 +102,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -134,7 +133,7 @@ from workerbench.messages import train_registry as train_registry
 from workerbench.procs import Ctx
 from workerbench.report import print_table, summarize
 from workerbench.runs import run_floor, run_plain, run_profiles, run_relay, run_worker
-from workerbench.system import filesystem_of, loadavg
+from workerbench.system import filesystem_of, loadavg, result_header, unwind_on_sigterm
 from workerbench.system import machine_info as machine_info
 
 from modeling.native import why_sources
@@ -233,10 +232,6 @@ async def bench(args: argparse.Namespace, ctx: Ctx, result: dict[str, Any]) -> N
     if ctx.profile_dir is not None:
         print(f"profiling (untimed) into {ctx.profile_dir}", flush=True)
         await run_profiles(ctx, measured.get("default"), args.latency_fraction, args.warmup)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -355,9 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from modeling.settings import load_settings
 
     result: dict[str, Any] = {
-        "command": " ".join(["python", "benchmarks/bench_worker.py", *argv]),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine_info(),
+        **result_header("bench_worker.py", argv),
         # modeling/native.py: null when the compiled hot-path modules ran, else why the sources did
         "sources_loaded_because": why_sources(),
         "runs": [],
@@ -402,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # From here on SIGTERM (``timeout``, ``kill``) unwinds like Ctrl-C, so that the broker and
         # the workers this run starts are stopped by its ``finally`` blocks instead of outliving
         # it. Set after Paddle is imported: its own handler aborts the process.
-        signal.signal(signal.SIGTERM, _interrupt)
+        unwind_on_sigterm()
         if args.bootstrap:
             bootstrap, broker_pid = args.bootstrap, None
             result["broker"] = {"bootstrap": bootstrap, "own": False}

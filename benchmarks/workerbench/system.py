@@ -7,10 +7,31 @@ import contextlib
 import gc
 import os
 import platform
+import signal
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+
+def result_header(script: str, argv: Sequence[str]) -> dict[str, Any]:
+    """The head of a benchmark's results file: its command, start time and machine."""
+    return {
+        "command": " ".join(["python", f"benchmarks/{script}", *argv]),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine_info(),
+    }
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def unwind_on_sigterm() -> None:
+    """SIGTERM unwinds the benchmark as Ctrl-C does: its ``finally`` stops the broker and writes
+    what it measured. Call it after Paddle's import, which installs its own handler."""
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def free_port() -> int:

@@ -80,17 +80,20 @@ class WrittenTerminals(MutableMapping[str, TerminalState]):
 
     def trim(self, held: int | None) -> None:
         """Past the bound, drop the least recently written states of batches at or before
-        ``held``, the loop position the table has read back (None: none yet)."""
+        ``held``, the loop position the table has read back (None: none yet). The loop's
+        positions only grow, so the states are in the order of their positions too: the first
+        one not read back ends the walk (no walk over every state while the table lags)."""
         if self.bytes <= self.max_bytes:
             return
         gone = []
         over = self.bytes - self.max_bytes
         for tid, (_, position, w) in self._d.items():
-            if position <= (-1 if held is None else held):
-                gone.append(tid)
-                over -= w
-                if over <= 0:
-                    break
+            if position > (-1 if held is None else held):
+                break
+            gone.append(tid)
+            over -= w
+            if over <= 0:
+                break
         for tid in gone:
             del self[tid]
         self.evictions += len(gone)

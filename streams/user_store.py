@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -224,58 +223,3 @@ def user_store(settings: Any, table: Any, key_bytes: Callable[[str], bytes]) -> 
     if settings.user_store == "memory":
         return MemoryUserStore.of(table)
     return DiskUserStore(table.data, key_bytes)
-
-
-def stored_offset(path: Path) -> int | None:
-    """The changelog offset a closed partition database holds (None: no database, or none)."""
-    if not path.exists():
-        return None
-    from rocksdict import AccessType, Options, Rdict
-
-    db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
-    try:
-        raw = db.get(OFFSET_KEY)
-    finally:
-        db.close()
-    return None if raw is None else int(raw)
-
-
-def drop_stale(paths: dict[int, Path], ends: dict[int, int]) -> list[int]:
-    """Delete the partition databases whose offset is at or past their changelog's end
-    (``ends``: partition -> the offset the next record would get). Their changelog is not the
-    one they were built from: it was deleted and created again while the worker was down, say.
-    Faust's recovery would seek past its end and keep every stale state; without the database
-    it rebuilds the partition from the changelog. Returns the partitions deleted."""
-    dropped = []
-    for part, path in sorted(paths.items()):
-        offset = stored_offset(path)
-        end = ends.get(part)
-        if offset is not None and end is not None and offset >= end:
-            log.warning(
-                "user-state database %s holds changelog offset %d, past the changelog's end (%d):"
-                " not built from this changelog; deleted, the partition is rebuilt from the changelog",
-                path,
-                offset,
-                end,
-            )
-            shutil.rmtree(path)
-            dropped.append(part)
-    return dropped
-
-
-async def changelog_ends(settings: Any, topic: str, partitions: int) -> dict[int, int]:
-    """The end offset of each partition of ``topic``."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    from streams.security import client_kwargs
-
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, group_id=None, **client_kwargs(settings)
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        ends = await consumer.end_offsets(tps)
-        return {tp.partition: int(off) for tp, off in ends.items()}
-    finally:
-        await consumer.stop()

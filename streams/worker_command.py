@@ -23,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
     from streams import gc_pauses
     from streams.app import build_app
     from streams.broker.topics import ensure_project_topics, read_topic_limits, user_state_changelog
-    from streams.user_store import DiskUserStore, changelog_ends, drop_stale
+    from streams.store_files import drop_stale
+    from streams.user_store import DiskUserStore
 
     overrides = {}
     if args.web_port is not None:
@@ -45,11 +46,10 @@ def run(args: argparse.Namespace) -> int:
         raise
     rt = build_app(settings, dead_letter_limit=dead_limit.get(settings.topic_dead_letter))
     if isinstance(rt.user_states, DiskUserStore):
-        # databases left from a changelog that is gone: deleted before Faust opens them
-        ends = loop.run_until_complete(
-            changelog_ends(settings, user_state_changelog(settings), settings.topic_partitions)
-        )
-        drop_stale(rt.user_states.paths(settings.topic_partitions), ends)
+        # databases not built from this changelog (or that cannot be checked against it):
+        # deleted before Faust opens them
+        paths = rt.user_states.paths(settings.topic_partitions)
+        loop.run_until_complete(drop_stale(settings, user_state_changelog(settings), paths))
     collector = gc_pauses.tune(rt.metrics, settings.gc_thresholds, auto_full=settings.gc_auto_full)
     gc_pauses.schedule(rt.app, collector, settings.gc_sweep_interval_s)
     rt.metrics.serve(settings.metrics_port)

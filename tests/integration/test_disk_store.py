@@ -28,7 +28,9 @@ from harness import (
 
 from modeling.features import Event, FeatureConfig, FeatureEngine, FeatureRunner, UserState
 from modeling.records import Label, Transaction
+from streams.broker.topics import ensure_project_topics, user_state_changelog
 from streams.replay import replay_events
+from streams.store_files import stored_offset
 from streams.user_store import OFFSET_KEY
 from training.history import event_stream, load_history
 
@@ -73,16 +75,62 @@ def _replay(sc: Scenario, events: list[Event]) -> None:
     run(replay_events(events, sc.settings(), kafka_timestamps="event", progress=False))
 
 
-def _drain(sc: Scenario, tag: str) -> float:
+def _drain(sc: Scenario, tag: str, read_at_least: int = 0) -> tuple[float, str]:
     """Start worker ``tag`` (its own data directory, kept across starts), let it score all
-    input, stop it; the user-state changelog records it read back."""
-    w = WorkerProc(sc, tag, DISK).start()
+    input (and read back at least ``read_at_least`` changelog records), stop it; the user-state
+    changelog records it read back, and what it logged."""
+    w = WorkerProc(sc, tag, DISK)
+    logged = w.log_path.stat().st_size if w.log_path.exists() else 0
+    w.start()
     try:
         w.wait_metrics()
+        deadline = time.monotonic() + 120
+        while (read := w.metric("riskstream_user_state_records_read_total")) < read_at_least:
+            assert time.monotonic() < deadline, f"read {read} of {read_at_least} changelog records"
+            w.check_alive()
+            time.sleep(0.5)
         wait_caught_up(sc, timeout=300, worker=w)
-        return w.metric("riskstream_user_state_records_read_total")
+        read = w.metric("riskstream_user_state_records_read_total")
     finally:
         w.stop()
+    with w.log_path.open("rb") as f:
+        f.seek(logged)
+        return read, f.read().decode(errors="replace")
+
+
+def _offsets(data_dir: Path) -> dict[int, int]:
+    """partition -> the changelog offset its database holds (the worker stopped)."""
+    out = {}
+    for path in data_dir.glob("**/*-user-state-*.db"):
+        offset = stored_offset(path)
+        assert offset is not None, path
+        out[int(path.stem.rsplit("-", 1)[1])] = offset
+    return out
+
+
+async def _write_again(
+    bootstrap: str, topic: str, records: dict[int, list[tuple[bytes, bytes]]], past: dict[int, int]
+) -> None:
+    """Write each partition's ``records`` (key, value) round and round until its end is just
+    past offset ``past[partition] + 1`` (half a round further), as a changelog deleted and
+    written again would be. Returns the records written."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    written = 0
+    try:
+        for part, recs in records.items():
+            n = past[part] + 1 + len(recs) // 2
+            assert n >= len(recs), "every key written at least once"
+            for i in range(n):
+                key, value = recs[i % len(recs)]
+                await producer.send(topic, value, key=key, partition=part)
+            written += n
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return written
 
 
 def _assert_files_equal_replay(data_dir: Path, runner: FeatureRunner) -> None:
@@ -104,13 +152,15 @@ def test_a_restarted_worker_reads_only_the_changelog_tail_and_scores_as_a_backte
     settings = sc.settings()
     half = len(events) // 2
     _replay(sc, events[:half])
-    first_read = _drain(sc, "disk")
+    first_read, _ = _drain(sc, "disk")
     log = run(consume(sc.bootstrap, f"rs-{sc.name}-user-state-changelog", timeout=30, idle=3))
     users_first = {orjson.loads(r.key) for r in log}
     assert first_read == 0 and len(log) >= len(users_first) > 100
 
     _replay(sc, events[half:])
-    second_read = _drain(sc, "disk")  # the same data directory
+    second_read, logged = _drain(sc, "disk")  # the same data directory
+    # the start-time check read the changelog up to the files' offsets and found them agreeing
+    assert logged.count("states agree with the changelog") == partitions, logged[-3000:]
     # Faust's recovery seeks to the offset the database holds and reads that record again: one
     # per partition, where the memory store would have read all of them.
     assert second_read <= partitions, f"read {second_read} of {len(log)} changelog records"
@@ -131,11 +181,37 @@ def test_a_restarted_worker_reads_only_the_changelog_tail_and_scores_as_a_backte
 
     _assert_files_equal_replay(sc.home / "data-disk", runner)
 
+    # The changelog deleted while the worker is down and written again past the files'
+    # offsets, with other states (the users' after the first half). Trusted, the files would
+    # keep the states of every user not written again after their offset.
+    changelog = user_state_changelog(settings)
+    assert changelog == f"rs-{sc.name}-user-state-changelog"
+    offsets = _offsets(sc.home / "data-disk")
+    assert set(offsets) == set(range(partitions))
+    run(_delete_topic(sc.bootstrap, changelog))
+    run(ensure_project_topics(settings, internal=True))
+    half_runner = FeatureRunner(FeatureEngine(FeatureConfig()))
+    for _ in half_runner.run(events[:half]):
+        pass
+    where = {orjson.loads(r.key): (r.key, r.partition) for r in log}
+    again: dict[int, list[tuple[bytes, bytes]]] = {}
+    for uid, st in sorted(half_runner.users.items()):
+        key, part = where[uid]
+        again.setdefault(part, []).append((key, st.to_bytes()))
+    written = run(_write_again(sc.bootstrap, changelog, again, offsets))
+    read, logged = _drain(sc, "disk", read_at_least=written)
+    assert read == written  # the files deleted: the whole changelog read
+    assert logged.count("not built from this changelog") == partitions, logged[-3000:]
+    assert _disk_states(sc.home / "data-disk") == {
+        orjson.loads(k): v for recs in again.values() for k, v in recs
+    }
+
     # The changelog deleted while the worker is down (and created again at its start, empty):
     # the databases' offsets are past its end, so they are deleted, not trusted.
-    changelog = f"rs-{sc.name}-user-state-changelog"
     run(_delete_topic(sc.bootstrap, changelog))
-    third = WorkerProc(sc, "disk", DISK).start()
+    third = WorkerProc(sc, "disk", DISK)
+    logged_before = third.log_path.stat().st_size
+    third.start()
     try:
         third.wait_metrics()
         wait_caught_up(sc, timeout=120, worker=third)
@@ -143,7 +219,7 @@ def test_a_restarted_worker_reads_only_the_changelog_tail_and_scores_as_a_backte
         assert third.metric("riskstream_states", kind="user") == 0
     finally:
         third.stop()
-    log_text = third.log_path.read_text(errors="replace")
+    log_text = third.log_path.read_bytes()[logged_before:].decode(errors="replace")
     assert log_text.count("past the changelog's end") == partitions, third.log_tail()
     assert _disk_states(sc.home / "data-disk") == {}
 

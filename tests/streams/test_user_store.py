@@ -18,12 +18,11 @@ from faust.types import TP, Message
 
 from modeling.settings import Settings
 from streams.output import ChangelogKeys
+from streams.store_files import stored_offset
 from streams.user_store import (
     OFFSET_KEY,
     DiskUserStore,
     MemoryUserStore,
-    drop_stale,
-    stored_offset,
     table_store,
     user_store,
 )
@@ -185,9 +184,9 @@ def test_the_memory_store_writes_at_once_and_tracks_nothing() -> None:
     assert data == {} and parts == {} and states.count() == 0
 
 
-def test_a_database_past_its_changelog_s_end_is_deleted(world: World) -> None:
-    """A changelog deleted and created again while the worker was down ends before the offsets
-    its databases hold: they are deleted before Faust opens them (streams/worker_command.py)."""
+def test_a_closed_database_s_offset_is_read_before_faust_opens_it(world: World) -> None:
+    """streams/store_files.py checks each database's offset against the changelog at a
+    worker's start, before Faust opens the databases."""
     w = world
     for part, first in ((0, 10), (1, 3)):
         w.states.put(f"u{part}", part, b"S")
@@ -199,10 +198,7 @@ def test_a_database_past_its_changelog_s_end_is_deleted(world: World) -> None:
     w.table.data._dbs.clear()
     w.db.clear()
     gc.collect()  # closed, as at a worker's start
-    assert (stored_offset(paths[0]), stored_offset(paths[1]), stored_offset(paths[2])) == (10, 3, None)
-    # partition 0's changelog now ends at 5 (created again), partition 1's at 4 (offset 3 is its last)
-    assert drop_stale(paths, {0: 5, 1: 4, 2: 0, 3: 0}) == [0]
-    assert not paths[0].exists() and stored_offset(paths[1]) == 3
+    assert [stored_offset(paths[p]) for p in range(4)] == [10, 3, None, None]
 
 
 def test_usage_reads_rocksdb_s_own_figures(world: World) -> None:

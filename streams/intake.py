@@ -386,17 +386,24 @@ class BatchingConsumer(faust_aiokafka.Consumer):
 
 
 def unfetched(consumer: Any, tp: Any) -> bool | None:
-    """:meth:`BatchingConsumer.unfetched` for an aiokafka consumer: its high-water mark beyond
-    its position; False when ``tp`` is not assigned, None when not fetched yet."""
+    """:meth:`BatchingConsumer.unfetched` for an aiokafka consumer: the end it can fetch to
+    beyond its position; False when ``tp`` is not assigned, None when not fetched yet. Read
+    committed, that end is the last stable offset: what lies past it waits on a transaction
+    still open, as a message not produced yet does."""
     # aiokafka's own path to the partition's state (AIOKafkaConsumer.highwater)
     subscription = consumer._subscription.subscription
     assignment = subscription.assignment if subscription is not None else None
     state = assignment.state_value(tp) if assignment is not None else None
     if state is None:  # aiokafka keeps a state for each assigned partition only
         return False
-    if state.highwater is None or not state.has_valid_position:
+    end = (
+        state.lso
+        if state.lso is not None and consumer._isolation_level == "read_committed"
+        else state.highwater
+    )
+    if end is None or not state.has_valid_position:
         return None
-    return bool(state.highwater > state.position)
+    return bool(end > state.position)
 
 
 def throttle_metadata_retries(client: Any, max_backoff_s: float = 1.0) -> None:
@@ -429,14 +436,23 @@ def throttle_metadata_retries(client: Any, max_backoff_s: float = 1.0) -> None:
 
 
 class BatchingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust's consumer thread, with the app's fetch settings (Faust fixes 1 byte / 1.5 s) and
-    metadata retries that back off (:func:`throttle_metadata_retries`)."""
+    """Faust's consumer thread, with the app's fetch settings (Faust fixes 1 byte / 1.5 s),
+    metadata retries that back off (:func:`throttle_metadata_retries`), and reading committed
+    records only.
+
+    Faust reads uncommitted records unless the app itself runs exactly-once. A producer that
+    writes the input in Kafka transactions and aborts one would then have its records scored
+    and folded into the users' windows, in no backtest's history. Read committed, the fetcher
+    hands out a partition's records up to its last stable offset (the first record of a
+    transaction still open) and never those of an aborted one. Records written without
+    transactions (every changelog of the worker's) are all committed."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
+        # Read by AIOKafkaConsumer.start() when it builds its Fetcher.
+        consumer._isolation_level = "read_committed"
         fetch = getattr(self.app, "fetch_settings", None)
         if fetch is not None:
-            # Read by AIOKafkaConsumer.start() when it builds its Fetcher.
             consumer._fetch_min_bytes, consumer._fetch_max_wait_ms = fetch
         throttle_metadata_retries(consumer._client)
         return consumer

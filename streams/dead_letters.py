@@ -16,15 +16,21 @@ a late event: DEVELOPERS.md, "Event time, late events and delayed labels").
   re-sent from its source record, read back at its offset and checked against the cut's sha256;
   where the source topic no longer holds it, it is skipped and counted.
 - Stored states (``riskstream-state-kind``) are never re-sent: they were no input.
-- What was re-sent is recorded: once a chunk's re-sent records are delivered, a record keyed by
-  each one's source (``<topic>:<partition>:<offset>``, the input message it was) goes to the
-  compacted topic ``<dead-letter topic>-redriven`` (:func:`redriven_topic`). A later run skips
-  dead letters whose source is there, so running it twice does not send a transaction twice
-  (the workers would fold it into the user's windows twice); ``again`` re-sends them anyway.
+- What was re-sent is recorded: with each chunk's re-sent records, a record keyed by each one's
+  source (``<topic>:<partition>:<offset>``, the input message it was) goes to the compacted
+  topic ``<dead-letter topic>-redriven`` (:func:`redriven_topic`). A later run skips dead
+  letters whose source is there, so running it twice does not send a transaction twice (the
+  workers would fold it into the user's windows twice); ``again`` re-sends them anyway.
   Duplicate dead letters of one source (a worker's redelivery after a crash) are sent once. A
   message refused again after its re-send is a new dead letter with a new source, so a later
-  run sends it again. A run stopped between a chunk's delivery and its record can send that
-  chunk again: at least once, as everywhere else.
+  run sends it again.
+- A chunk's records and their records of what was sent go in one Kafka transaction
+  (:func:`redrive_transactional_id`): a run stopped anywhere leaves each chunk either sent and
+  recorded or, aborted, neither. The workers read committed records only
+  (``streams/intake.py``), so they never score an aborted chunk's records, and the next run
+  sends it whole. The id is one per app and dead-letter topic: a second run started while one
+  is running fences it (the first fails on its next chunk, its open chunk aborted), and reads
+  what was recorded only after that, so the two never send one dead letter both.
 """
 
 from __future__ import annotations
@@ -275,6 +281,12 @@ def redriven_topic(settings: Settings) -> str:
     return f"{settings.topic_dead_letter}-redriven"
 
 
+def redrive_transactional_id(settings: Settings) -> str:
+    """The redrive's Kafka transactional id: one per app and dead-letter topic (module doc). A
+    cluster with ACLs must let the redrive's principal write and describe it."""
+    return f"{settings.app_id}-redrive-{settings.topic_dead_letter}"
+
+
 def source_key(source: tuple[str, int, int]) -> bytes:
     """A dead letter's source as the record topic keys it: ``<topic>:<partition>:<offset>``."""
     topic, part, offset = source
@@ -292,7 +304,10 @@ async def sent_before(settings: Settings) -> set[bytes]:
     if not parts:
         return set()
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False, **client_kwargs(settings)
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        isolation_level="read_committed",  # an aborted chunk's records were not sent
+        **client_kwargs(settings),
     )
     await consumer.start()
     keys: set[bytes] = set()
@@ -338,40 +353,37 @@ async def redrive(
     from streams.security import client_kwargs
 
     report = RedriveReport()
-    done = set() if again else await sent_before(settings)
     producer = None
+    if not dry_run:
+        await _ensure_record_topic(settings)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers,
+            transactional_id=redrive_transactional_id(settings),
+            max_request_size=MAX_RESEND_BYTES,
+            **client_kwargs(settings),
+        )
+        # fences an earlier run still running (module doc) before what was sent is read
+        await producer.start()
     try:
+        done = set() if again else await sent_before(settings)
+        record = redriven_topic(settings)
         async for letters in chunks:
             out, sources = await _records(settings, letters, report, done)
-            if dry_run or not out:
+            if producer is None or not out:
                 continue
-            if producer is None:
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=settings.bootstrap_servers,
-                    acks="all",
-                    enable_idempotence=True,
-                    max_request_size=MAX_RESEND_BYTES,
-                    **client_kwargs(settings),
-                )
-                await producer.start()
-                await _ensure_record_topic(settings)
             try:
-                pending = [
-                    await producer.send(topic, value, key=key, headers=h) for topic, key, value, h in out
-                ]
-                await producer.flush()
-                for fut in pending:
-                    await fut
-                # delivered: recorded (a stop in between re-sends this chunk next time)
-                record = redriven_topic(settings)
-                marks = [await producer.send(record, origin, key=key) for key, origin in sources]
-                await producer.flush()
-                for fut in marks:
-                    await fut
+                async with producer.transaction():  # aborted on an error
+                    sends = [
+                        await producer.send(topic, value, key=key, headers=h) for topic, key, value, h in out
+                    ]
+                    sends += [await producer.send(record, origin, key=key) for key, origin in sources]
+                    for fut in sends:
+                        await fut
             except Exception as exc:
                 before = sum(report.sent.values()) - len(out)
                 raise DeadLetterError(
-                    f"re-sending dead letters failed, at least {before:,d} sent: {exc!r}"
+                    f"re-sending dead letters failed after {before:,d} were sent; the chunk that"
+                    f" failed was not (its transaction aborted): {exc!r}"
                 ) from exc
     finally:
         if producer is not None:
@@ -431,6 +443,7 @@ async def _originals(
         bootstrap_servers=settings.bootstrap_servers,
         enable_auto_commit=False,
         auto_offset_reset="none",
+        isolation_level="read_committed",  # as the workers read the input
         max_partition_fetch_bytes=MAX_RESEND_BYTES,
         **client_kwargs(settings),
     )

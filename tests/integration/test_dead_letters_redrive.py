@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pytest
 from harness import RISKSTREAM, ROOT, Scenario, WorkerProc, consume, isolated_scenario, produce, run
 
 from modeling.records import Transaction
 from streams.broker.topics import ensure_topics
-from streams.dead_letters import REDRIVEN_HEADER
+from streams.dead_letters import REDRIVEN_HEADER, DeadLetterError, iter_letters, redrive
+from streams.unreadable import ERROR, ERROR_FIELD, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
 
 BIG = 2 << 20  # over the 1 MiB + 64 KiB the dead-letter topic takes (state_max_record_bytes 1 MiB)
 
@@ -110,3 +114,69 @@ def test_dead_letters_refused_by_a_setting_are_scored_once_it_changes(
     marks = run(consume(sc.bootstrap, f"{t['dead_letter']}-redriven", timeout=10, idle=2))
     assert sorted(bytes(r.value).decode() for r in marks) == [f"{t['dead_letter']}:0:{i}" for i in range(4)]
     assert len(run(consume(sc.bootstrap, t["transactions"], timeout=10, idle=2))) == 4 + 3 + 1
+
+
+async def _write_letters(bootstrap: str, topic: str, letters: list[tuple[str, bytes]]) -> None:
+    """Dead letters as a worker writes them (``streams/unreadable.py``): the input's bytes,
+    headers naming its source (``letters``: source topic, value; each at offset 0)."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for source, value in letters:
+            headers = [
+                (SOURCE_TOPIC, source.encode()),
+                (SOURCE_PARTITION, b"0"),
+                (SOURCE_OFFSET, b"0"),
+                (ERROR_FIELD, b"<message>"),
+                (ERROR, b"refused by a setting since changed"),
+            ]
+            await producer.send_and_wait(topic, value, key=b"u1", headers=headers)
+    finally:
+        await producer.stop()
+
+
+async def _redrive_in_one_chunk(settings: Any, topics: set[str]) -> Any:
+    letters = [x async for chunk in iter_letters(settings, topics=topics) for x in chunk]
+
+    async def one_chunk() -> AsyncIterator[list[Any]]:
+        yield letters
+
+    return await redrive(settings, one_chunk(), log=lambda _: None)
+
+
+def test_a_chunk_that_fails_midway_is_neither_sent_nor_recorded(
+    kafka_broker: str, model_registry: Path, tmp_path: Path
+) -> None:
+    """A chunk's re-sent records and its records of what was sent go in one Kafka transaction.
+    Here its second record is refused by its topic (lowered to 1,000 bytes a message) after its
+    first was written: the transaction is aborted, so neither is there for a committed reader
+    (the workers) and the first is sent once, by the next run."""
+    sc = isolated_scenario(kafka_broker, model_registry, tmp_path, partitions=1)
+    t = sc.topics
+    tiny = f"tiny-{sc.name}"
+    run(ensure_topics(sc.bootstrap, {t["dead_letter"]: 1, t["transactions"]: 1}))
+    run(ensure_topics(sc.bootstrap, {tiny: 1}, configs={tiny: {"max.message.bytes": "1000"}}))
+    settings = sc.settings()
+    run(
+        _write_letters(
+            sc.bootstrap, t["dead_letter"], [(t["transactions"], _txn("a-1", 0)), (tiny, b"x" * 4000)]
+        )
+    )
+
+    with pytest.raises(DeadLetterError, match="re-sending dead letters failed") as failed:
+        run(_redrive_in_one_chunk(settings, {t["transactions"], tiny}))
+    assert "MessageSizeTooLarge" in str(failed.value)
+    committed = {"isolation_level": "read_committed"}
+    # written, then aborted: a reader of everything sees it, a committed reader does not
+    assert len(run(consume(sc.bootstrap, t["transactions"], timeout=10, idle=2))) == 1
+    assert run(consume(sc.bootstrap, t["transactions"], timeout=6, idle=2, **committed)) == []
+    assert run(consume(sc.bootstrap, f"{t['dead_letter']}-redriven", timeout=6, idle=2, **committed)) == []
+
+    report = run(_redrive_in_one_chunk(settings, {t["transactions"]}))  # the one that fits
+    assert dict(report.sent) == {t["transactions"]: 1}
+    report = run(_redrive_in_one_chunk(settings, {t["transactions"]}))
+    assert dict(report.sent) == {} and report.skipped_sent == 1
+    sent = run(consume(sc.bootstrap, t["transactions"], timeout=10, idle=2, **committed))
+    assert [bytes(r.value) for r in sent] == [_txn("a-1", 0)]

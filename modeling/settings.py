@@ -205,6 +205,12 @@ class Settings(BaseSettings):
     # default). A worker whose event loop stalls for longer is taken out of the group: its
     # partitions move to the others, and it rejoins when it runs again.
     group_session_timeout_s: float = Field(default=10.0, ge=1.0, le=1800.0)
+    # Which input records the worker reads. read_committed (the default): records of Kafka
+    # transactions that their producer committed, and every record written without one; a
+    # partition's records after a transaction still open wait until it ends. read_uncommitted
+    # (Faust's unless the app runs exactly-once): everything at once, so the records of a
+    # transaction the producer aborts are scored and folded into the users' windows too.
+    input_isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
 
     # --- models ------------------------------------------------------------------------------
     registry_dir: Path = Field(default_factory=lambda: default_home() / "registry")

@@ -100,6 +100,7 @@ def build_app(
     app = BatchingApp(
         settings.app_id,
         fetch_settings=(settings.fetch_min_bytes, settings.fetch_max_wait_ms),
+        isolation_level=settings.input_isolation_level,
         transport_type=InLoopTransport if settings.consumer_in_loop else BatchingTransport,
         broker=[f"kafka://{h.strip()}" for h in settings.bootstrap_servers.split(",")],
         store="memory://",

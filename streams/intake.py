@@ -438,7 +438,7 @@ def throttle_metadata_retries(client: Any, max_backoff_s: float = 1.0) -> None:
 class BatchingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     """Faust's consumer thread, with the app's fetch settings (Faust fixes 1 byte / 1.5 s),
     metadata retries that back off (:func:`throttle_metadata_retries`), and reading committed
-    records only.
+    records only (the setting ``input_isolation_level``).
 
     Faust reads uncommitted records unless the app itself runs exactly-once. A producer that
     writes the input in Kafka transactions and aborts one would then have its records scored
@@ -450,7 +450,7 @@ class BatchingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # Read by AIOKafkaConsumer.start() when it builds its Fetcher.
-        consumer._isolation_level = "read_committed"
+        consumer._isolation_level = getattr(self.app, "isolation_level", "read_committed")
         fetch = getattr(self.app, "fetch_settings", None)
         if fetch is not None:
             consumer._fetch_min_bytes, consumer._fetch_max_wait_ms = fetch
@@ -477,6 +477,7 @@ class BatchingApp(faust.App):
 
     input_buffers: dict[str, InputBuffer]
     fetch_settings: tuple[int, int] | None  # (fetch_min_bytes, fetch_max_wait_ms); None: Faust's
+    isolation_level: str  # the consumer's (BatchingConsumerThread)
     on_fetch: Any  # called with the number of records of each fetch (a metric's observe)
     on_poll: Any  # called after every poll of the fetcher, with its records (0 too), or None
     direct_replicas: tuple[Any, ...] = ()  # streams/replica.py's DirectReplica of each table that has one
@@ -485,6 +486,7 @@ class BatchingApp(faust.App):
         self,
         *args: Any,
         fetch_settings: tuple[int, int] | None = None,
+        isolation_level: str = "read_committed",
         transport_type: type[faust_aiokafka.Transport] = BatchingTransport,
         **kwargs: Any,
     ) -> None:
@@ -492,6 +494,7 @@ class BatchingApp(faust.App):
         super().__init__(*args, **kwargs)
         self.input_buffers = {}
         self.fetch_settings = fetch_settings
+        self.isolation_level = isolation_level
         self.on_fetch = lambda n: None
         self.on_poll = None
 

@@ -135,6 +135,7 @@ SWEEP: dict[str, dict[str, Any]] = {
     # store: the worker starts on an empty data directory, so it first copies the seeded changelog
     # into its databases; its state flushes then write each delivered batch of states to disk.
     "disk-store": {"user_store": "disk"},
+    "read-uncommitted": {"input_isolation_level": "read_uncommitted"},  # the worker before session 38
 }
 # (b) calls the model one transaction at a time, where oneDNN is slowest (batch 1: 0.40 ms
 # against 0.11 with Paddle's own kernels, results/predictor.json): its "default" runs with oneDNN

@@ -2,8 +2,9 @@
 through the real broker: a worker restarted on its data directory reads only the changelog
 written after what its RocksDB files hold, scores what follows as a backtest does, and its files
 hold the states of a from-scratch replay; databases left from a changelog deleted since, and
-written again past their offsets or not, are deleted, not trusted (streams/store_files.py). The SIGKILL case (a crash between a state's write and
-its changelog delivery) is tests/integration/test_crash_scores.py, run with both stores."""
+written again past their offsets or not, are deleted, not trusted (streams/store_files.py).
+The SIGKILL case (a crash between a state's write and its changelog delivery) is
+tests/integration/test_crash_scores.py, run with both stores."""
 
 from __future__ import annotations
 

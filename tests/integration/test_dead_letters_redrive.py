@@ -16,7 +16,13 @@ from harness import RISKSTREAM, ROOT, Scenario, WorkerProc, consume, isolated_sc
 
 from modeling.records import Transaction
 from streams.broker.topics import ensure_topics
-from streams.dead_letters import REDRIVEN_HEADER, DeadLetterError, iter_letters, redrive
+from streams.dead_letters import (
+    REDRIVEN_HEADER,
+    DeadLetterError,
+    iter_letters,
+    redrive,
+    redrive_transactional_id,
+)
 from streams.unreadable import ERROR, ERROR_FIELD, SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
 
 BIG = 2 << 20  # over the 1 MiB + 64 KiB the dead-letter topic takes (state_max_record_bytes 1 MiB)
@@ -180,3 +186,45 @@ def test_a_chunk_that_fails_midway_is_neither_sent_nor_recorded(
     assert dict(report.sent) == {} and report.skipped_sent == 1
     sent = run(consume(sc.bootstrap, t["transactions"], timeout=10, idle=2, **committed))
     assert [bytes(r.value) for r in sent] == [_txn("a-1", 0)]
+
+
+async def _two_runs(settings: Any, topic: str) -> tuple[Any, BaseException | None]:
+    """A first run mid-chunk (its transactional producer, one record written, not committed),
+    then a second run whole, then the first trying to commit: the second's report, and what
+    the first's commit raised."""
+    from aiokafka import AIOKafkaProducer
+
+    first = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, transactional_id=redrive_transactional_id(settings)
+    )
+    await first.start()
+    try:
+        await first.begin_transaction()
+        await first.send_and_wait(topic, _txn("from-the-first-run", 0), key=b"u1")
+        report = await _redrive_in_one_chunk(settings, {topic})
+        try:
+            await first.commit_transaction()
+        except Exception as exc:
+            return report, exc
+        return report, None
+    finally:
+        await first.stop()
+
+
+def test_a_second_run_fences_a_first_still_running(
+    kafka_broker: str, model_registry: Path, tmp_path: Path
+) -> None:
+    """Both runs have the one transactional id: the second's start aborts the first's open chunk,
+    and the first cannot commit it afterwards."""
+    sc = isolated_scenario(kafka_broker, model_registry, tmp_path, partitions=1)
+    t = sc.topics
+    run(ensure_topics(sc.bootstrap, {t["dead_letter"]: 1, t["transactions"]: 1}))
+    settings = sc.settings()
+    run(_write_letters(sc.bootstrap, t["dead_letter"], [(t["transactions"], _txn("a-1", 0))]))
+    report, raised = run(_two_runs(settings, t["transactions"]))
+    assert dict(report.sent) == {t["transactions"]: 1}
+    assert raised is not None and "Fenced" in type(raised).__name__, repr(raised)
+    committed = run(
+        consume(sc.bootstrap, t["transactions"], timeout=10, idle=2, isolation_level="read_committed")
+    )
+    assert [bytes(r.value) for r in committed] == [_txn("a-1", 0)]  # the first run's record aborted

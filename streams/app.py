@@ -370,6 +370,7 @@ def build_app(
         # partitions given away in a rebalance leave the gauge
         metrics.set_consumer_lag(await consumer_lags(consumer, kinds))
         if isinstance(consumer, BatchingConsumer):  # BatchingApp's, on the loop or not
+            metrics.set_consumer_held(consumer.held(kinds))
             await report_uncommitted(consumer)
 
     app.timer(interval=5.0)(rounds.guard("metrics_report", report))

@@ -40,6 +40,7 @@ from faust.transport.consumer import ensure_TP
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streams.input_buffer import InputBuffer as InputBuffer  # re-exported: the consumer fills it
+from streams.partition_state import held_back, unfetched
 
 log = logging.getLogger("riskstream.intake")
 
@@ -175,6 +176,19 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         assigned; None when unknown (assigned, not fetched yet)."""
         client = getattr(getattr(self, "_thread", None), "_consumer", None)
         return unfetched(client, tp) if client is not None else False
+
+    def held(self, topics: Collection[str]) -> dict[tuple[str, int], tuple[int, int]]:
+        """Each assigned partition of ``topics`` fetched read committed: ``(last stable offset,
+        messages past it)`` from its last fetch (:func:`held_back`)."""
+        client = getattr(getattr(self, "_thread", None), "_consumer", None)
+        if client is None:
+            return {}
+        wanted = set(topics)
+        out = {}
+        for tp in list(client.assignment()):
+            if tp.topic in wanted and (found := held_back(client, tp)) is not None:
+                out[(tp.topic, tp.partition)] = found
+        return out
 
     def _discard_buffered(self, tps: Any) -> None:
         for buf in self._buffers():
@@ -383,27 +397,6 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             if self.transport.app.should_stop:
                 return
             raise
-
-
-def unfetched(consumer: Any, tp: Any) -> bool | None:
-    """:meth:`BatchingConsumer.unfetched` for an aiokafka consumer: the end it can fetch to
-    beyond its position; False when ``tp`` is not assigned, None when not fetched yet. Read
-    committed, that end is the last stable offset: what lies past it waits on a transaction
-    still open, as a message not produced yet does."""
-    # aiokafka's own path to the partition's state (AIOKafkaConsumer.highwater)
-    subscription = consumer._subscription.subscription
-    assignment = subscription.assignment if subscription is not None else None
-    state = assignment.state_value(tp) if assignment is not None else None
-    if state is None:  # aiokafka keeps a state for each assigned partition only
-        return False
-    end = (
-        state.lso
-        if state.lso is not None and consumer._isolation_level == "read_committed"
-        else state.highwater
-    )
-    if end is None or not state.has_valid_position:
-        return None
-    return bool(end > state.position)
 
 
 def throttle_metadata_retries(client: Any, max_backoff_s: float = 1.0) -> None:

@@ -114,6 +114,20 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.consumer_stable_offset = Gauge(
+            "riskstream_consumer_stable_offset",
+            "The partition's last stable offset at the worker's last fetch: the first message of "
+            "the earliest Kafka transaction still open there, or the log end with none open",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.consumer_held = Gauge(
+            "riskstream_consumer_held",
+            "Messages past the last stable offset: written in Kafka transactions still open, or "
+            "after one; read committed, the worker takes none of them until those end",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.model_info = Info("riskstream_model", "The model versions being served", registry=r)
         self.model_swaps = Counter("riskstream_model_swaps", "Hot model swaps done", ["kind"], registry=r)
         self.gc_pause_seconds = Histogram(
@@ -408,6 +422,12 @@ class Metrics:
         """As :meth:`set_consumer_lag`, from the group's committed offsets: what was fetched and
         not scored counts too, which the fetch position does not show (RiskstreamInputStuck)."""
         self._set_per_partition(self.consumer_uncommitted, counts)
+
+    def set_consumer_held(self, held: dict[tuple[str, int], tuple[int, int]]) -> None:
+        """``(topic, partition) -> (last stable offset, messages past it)``, as
+        :meth:`set_consumer_lag` (RiskstreamInputHeldByOpenTransaction)."""
+        self._set_per_partition(self.consumer_stable_offset, {tp: lso for tp, (lso, _) in held.items()})
+        self._set_per_partition(self.consumer_held, {tp: n for tp, (_, n) in held.items()})
 
     def _set_per_partition(self, gauge: Gauge, values: dict[tuple[str, int], int]) -> None:
         now = {(topic, str(partition)): v for (topic, partition), v in values.items()}

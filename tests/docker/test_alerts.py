@@ -129,6 +129,32 @@ CASES: list[dict[str, Any]] = [
         ],
     },
     {
+        # group-a's partition 0: a transaction open since the start, its last stable offset
+        # still; partition 1: transactions that end, so the stable offset moves; group-b: none
+        "name": "a producer's Kafka transaction left open holds a partition back",
+        "series": [
+            _s("riskstream_consumer_held", {**A, "topic": "tx", "partition": "0"}, "1+10x80"),
+            _s("riskstream_consumer_stable_offset", {**A, "topic": "tx", "partition": "0"}, "500x80"),
+            _s("riskstream_consumer_held", {**A, "topic": "tx", "partition": "1"}, "3x80"),
+            _s("riskstream_consumer_stable_offset", {**A, "topic": "tx", "partition": "1"}, "0+10x80"),
+            _s("riskstream_consumer_held", {**B, "topic": "tx", "partition": "0"}, "0x80"),
+            _s("riskstream_consumer_stable_offset", {**B, "topic": "tx", "partition": "0"}, "700x80"),
+        ],
+        "expect": [
+            ("4m", "RiskstreamInputHeldByOpenTransaction", []),
+            (
+                "6m",
+                "RiskstreamInputHeldByOpenTransaction",
+                [
+                    (
+                        {"job": "group-a", "topic": "tx", "partition": "0"},
+                        "241 messages of tx [0] wait behind a Kafka transaction open for 10 minutes and more",
+                    )
+                ],
+            ),
+        ],
+    },
+    {
         "name": "a published bundle is refused",
         "series": [
             _s("riskstream_model_rejections_total", {**W1, "kind": "behaviour"}, "0x20 1x20"),

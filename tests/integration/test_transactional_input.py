@@ -99,12 +99,12 @@ def test_transactional_input_is_scored_and_its_markers_are_not_counted_as_waitin
 
 async def _fetched_before_an_open_transaction(
     bootstrap: str, topic: str
-) -> tuple[bool | None, int, int, int]:
+) -> tuple[bool | None, tuple[int, int] | None, int, int, int]:
     """A record, then a transaction left open: what a committed-only consumer can fetch ends
     at the open transaction's first record (the last stable offset), before the log's end."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from streams.intake import unfetched
+    from streams.partition_state import held_back, unfetched
 
     plain = AIOKafkaProducer(bootstrap_servers=bootstrap)
     upstream = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"open-{topic}")
@@ -124,23 +124,26 @@ async def _fetched_before_an_open_transaction(
             got = await consumer.getmany(tp, timeout_ms=2000)
         await consumer.getmany(tp, timeout_ms=500)  # a fetch at the stable end: its marks read
         highwater = consumer.highwater(tp)
+        seen = unfetched(consumer, tp), held_back(consumer, tp)
         await upstream.abort_transaction()
-        return unfetched(consumer, tp), len(got[tp]), await consumer.position(tp), highwater
+        return *seen, len(got[tp]), await consumer.position(tp), highwater
     finally:
         await consumer.stop()
         await upstream.stop()
         await plain.stop()
 
 
-def test_what_waits_on_an_open_transaction_is_not_counted_unfetched(
+def test_what_waits_on_an_open_transaction_is_not_counted_unfetched_but_held(
     kafka_broker: str, model_registry: Path, tmp_path: Path
 ) -> None:
     """The input alignment waits (bounded) for a partition with messages in Kafka not handed
     out yet (streams/wiring.py, ``lagging``). Past the last stable offset there is nothing the
     worker could fetch: it waits on the producer, as a message not produced yet does."""
     sc = isolated_scenario(kafka_broker, model_registry, tmp_path, partitions=1)
-    fetchable, fetched, position, highwater = run(
+    fetchable, held, fetched, position, highwater = run(
         _fetched_before_an_open_transaction(sc.bootstrap, sc.topics["transactions"])
     )
     assert (fetched, position, highwater) == (1, 1, 2)
     assert fetchable is False
+    # the held-back gauges' reading: the last stable offset 1, one message past it
+    assert held == (1, 1)

@@ -82,6 +82,12 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.duplicate_transactions = Counter(
+            "riskstream_duplicate_transactions",
+            "Transactions at a new offset whose id the user's state holds among its latest: sent "
+            "again upstream (a producer's retry), neither folded into the windows nor scored again",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "riskstream_batch_size", "Transactions per inference micro-batch", buckets=_SIZE, registry=r
         )
@@ -359,6 +365,8 @@ class Metrics:
             self.late_events.inc(res.n_late)
         for kind, n in res.redelivered.items():
             self.redelivered.labels(kind).inc(n)
+        if res.duplicates:
+            self.duplicate_transactions.inc(res.duplicates)
         if res.n_overlay:
             self.terminal_overlay_transactions.inc(res.n_overlay)
 

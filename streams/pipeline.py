@@ -84,6 +84,9 @@ class BatchResult:
     # input events the user's state already held, by kind: received again after a crash or a
     # rebalance (a transaction among them is not scored again)
     redelivered: dict[str, int] = field(default_factory=dict)
+    # transactions at a new offset whose id the user's state holds among its latest: sent
+    # again upstream (a producer's retry), neither folded nor scored again (FeatureEngine.duplicate)
+    duplicates: int = 0
     cpu_s: float = 0.0  # process_async: the loop thread's CPU outside its awaits
     dead_fields: list[tuple[str, str]] = field(default_factory=list)  # (topic, field)
     unreadable_states: list[str] = field(default_factory=list)  # kinds, one per dead-lettered state
@@ -333,6 +336,9 @@ class BatchProcessor:
             elif st.applied.get(source, -1) < m.offset:
                 st.applied[source] = m.offset
             if isinstance(rec, Transaction):
+                if engine.duplicate(st, rec):
+                    out.duplicates += 1
+                    continue
                 ts = self._terminal(rec.terminal_id)
                 if overlay is not None:
                     seen = ts

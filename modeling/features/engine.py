@@ -13,6 +13,13 @@ such states from its table (``streams/retention.py``) without changing any vecto
 Late events (documented policy): a transaction at most ``allowed_lateness_ms`` behind the user's
 latest transaction is folded into the windows at that latest time; an older one is still scored,
 from the state as of the user's latest time, but leaves the windows untouched (``late=True``).
+
+Duplicates (documented policy): a transaction whose id is among the user's latest
+``RECENT_TXN_IDS`` folded in (:meth:`FeatureEngine.duplicate`) is the same transaction sent
+again, by an upstream producer's retry, say: its callers (the live batch step,
+:class:`FeatureRunner`) neither featurize, fold nor score it. Its first risk event stands. A
+too-late transaction leaves the state untouched, its id included, so a duplicate of one is
+scored again.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import numpy.typing as npt
 
 from modeling.features.aggregators import ClickWindows, LabelIndex
 from modeling.features.config import DAY_MS, HOUR_MS, FeatureConfig
-from modeling.features.state import TerminalState, UserState
+from modeling.features.state import TerminalState, UserState, txn_key
 from modeling.records import ClickEvent, Label, Transaction
 
 # Final: compiled by mypyc (modeling/native.py), a module constant is a C static, not a global
@@ -139,6 +146,7 @@ class FeatureEngine:
         self._retention = c.user_retention_ms
         self._pack_tab = _packer(c.n_features)
         self._pack_step = _packer(c.seq_dim)
+        self._key_of, self._key = "", txn_key("")  # the last transaction id keyed (_txn_key)
         # the packed steps a user keeps: the previous seq_len - 1
         self._seq_keep = 4 * c.seq_dim * (c.seq_len - 1)
 
@@ -151,6 +159,20 @@ class FeatureEngine:
         return UserState(self.config)
 
     # ------------------------------------------------------------------------- transactions
+
+    def duplicate(self, st: UserState, txn: Transaction) -> bool:
+        """Whether ``txn`` was folded into this user's state before: its id is among the user's
+        latest ``RECENT_TXN_IDS`` (module doc, "Duplicates")."""
+        return self._txn_key(txn.transaction_id) in st.recent_ids
+
+    def _txn_key(self, transaction_id: str) -> int:
+        """``txn_key``, computed once for a transaction that :meth:`duplicate` then
+        :meth:`transaction` both look at (the same id object)."""
+        if transaction_id is self._key_of:
+            return self._key
+        key = self._key = txn_key(transaction_id)
+        self._key_of = transaction_id
+        return key
 
     def transaction(
         self, st: UserState, txn: Transaction, terminal: TerminalState | None, *, fold: bool = True
@@ -219,6 +241,7 @@ class FeatureEngine:
         packed = self._pack(st, tab_t, step)
 
         if fold and not late:
+            st.recent_ids.append(self._txn_key(txn.transaction_id))
             self._add(st, te, cents, txn.terminal_id)
             st.seq.append(step)
             if packed is not None:

@@ -22,6 +22,7 @@ class FeatureRunner:
         self.engine = engine
         self.users: dict[str, UserState] = {}
         self.terminals: dict[str, TerminalState] = {}
+        self.duplicates = 0  # transactions skipped by run() as duplicates
 
     def _user(self, user_id: str) -> UserState:
         st = self.users.get(user_id)
@@ -43,10 +44,16 @@ class FeatureRunner:
         self.engine.terminal_label(ts, label)
 
     def run(self, events: Iterable[Event]) -> Iterator[tuple[Transaction, TxnFeatures]]:
-        """Feed ``events`` in order; yield each transaction with its features."""
+        """Feed ``events`` in order; yield each transaction with its features, but for a
+        duplicate (a transaction id the user's state holds among its latest: counted in
+        :attr:`duplicates`, skipped, as the live worker skips it)."""
         on_txn, on_click, on_label = self.on_transaction, self.on_click, self.on_label
+        duplicate, user = self.engine.duplicate, self._user
         for ev in events:
             if isinstance(ev, Transaction):
+                if duplicate(user(ev.user_id), ev):
+                    self.duplicates += 1
+                    continue
                 yield ev, on_txn(ev)
             elif isinstance(ev, ClickEvent):
                 on_click(ev)

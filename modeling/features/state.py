@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import deque
+from hashlib import blake2b as _blake2b
 from typing import Any, Final
 
 import msgpack
@@ -23,7 +24,18 @@ from modeling.features.config import FeatureConfig
 
 USER_STATE_MAGIC: Final = b"RSU"
 TERMINAL_STATE_MAGIC: Final = b"RST"
-STATE_FORMAT_VERSION: Final = 1
+# Format versions of the snapshots this build writes, and those it reads. User format 2 added
+# the user's recent transaction ids (``UserState.recent_ids``); a format-1 snapshot reads with
+# none. A build that reads only format 1 stops on a format-2 snapshot (StateVersionError).
+USER_STATE_FORMAT: Final = 2
+USER_STATE_FORMATS_READ: Final = (1, 2)
+TERMINAL_STATE_FORMAT: Final = 1
+# How many of a user's latest transaction ids a state remembers: a transaction whose id is
+# among them is a duplicate (an upstream producer's retry at a new offset), neither folded into
+# the windows nor scored again (FeatureEngine.duplicate). Kept as 64-bit keys (txn_key): 9
+# bytes each in a snapshot, where a UUID would take 37, and the same chance of two ids
+# colliding in one user's 16 as of winning nothing at all (16 / 2**64).
+RECENT_TXN_IDS: Final = 16
 
 
 class UserState:
@@ -43,6 +55,7 @@ class UserState:
         "logins",
         "n_seen",
         "prev_ms",
+        "recent_ids",
         "seq",
         "seq_packed",
         "terms",
@@ -73,6 +86,8 @@ class UserState:
         # Source positions already folded in (e.g. Kafka offset per input topic), so that a
         # batch re-delivered after a crash is not applied twice. The offline path leaves it empty.
         self.applied: dict[str, int] = {}
+        # Keys (txn_key) of the ids of the user's latest transactions folded in, oldest first.
+        self.recent_ids: deque[int] = deque(maxlen=RECENT_TXN_IDS)
 
     def last_activity_ms(self) -> int:
         """Time of the latest event folded in: transaction, click or fraud label (-1: none)."""
@@ -83,17 +98,18 @@ class UserState:
         return last
 
     def reset(self, config: FeatureConfig) -> None:
-        """Forget the user's behaviour (a dormant user starting over); the source offsets stay,
-        so a redelivered event is still not applied twice."""
-        applied = self.applied
+        """Forget the user's behaviour (a dormant user starting over); the source offsets and the
+        recent transaction ids stay, so a redelivered or duplicated event is still not applied
+        twice."""
+        applied, recent = self.applied, self.recent_ids
         self.__init__(config)  # type: ignore[misc]
-        self.applied = applied
+        self.applied, self.recent_ids = applied, recent
 
     # ----------------------------------------------------------------------------- snapshot
 
     def to_bytes(self) -> bytes:
         body = [
-            STATE_FORMAT_VERSION,
+            USER_STATE_FORMAT,
             self.txn_last_ms,
             self.prev_ms,
             self.n_seen,
@@ -106,14 +122,17 @@ class UserState:
             self.logins,
             self.frauds,
             self.applied,
+            list(self.recent_ids),
         ]
         out: bytes = USER_STATE_MAGIC + _pack(body)
         return out
 
     @classmethod
     def from_bytes(cls, data: bytes, config: FeatureConfig) -> UserState:
-        body = _unpack(data, USER_STATE_MAGIC, "user")
+        body = _unpack(data, USER_STATE_MAGIC, "user", USER_STATE_FORMATS_READ)
         try:
+            if body[0] == 1:  # format 1: no recent transaction ids
+                body = (*body, ())
             (
                 _,
                 txn_last,
@@ -128,6 +147,7 @@ class UserState:
                 logins,
                 frauds,
                 applied,
+                recent,
             ) = body
             st = cls(config)
             st.txn_last_ms, st.prev_ms, st.n_seen, st.base = int(txn_last), int(prev), int(n_seen), int(base)
@@ -140,6 +160,7 @@ class UserState:
             st.logins = list(logins)
             st.frauds = dict(frauds)
             st.applied = dict(applied)
+            st.recent_ids.extend(recent)
             st._rebuild(config)
         except (TypeError, ValueError, AttributeError, IndexError) as exc:
             raise StateError(f"user state snapshot is malformed: {exc}") from None
@@ -184,6 +205,12 @@ TERMINAL_DECODED_FIXED: Final = 1024
 TERMINAL_DECODED_PER_BYTE: Final = 7
 
 
+def txn_key(transaction_id: str) -> int:
+    """A transaction id's key in ``UserState.recent_ids``: the first 8 bytes of its BLAKE2b
+    digest, as an unsigned integer (the same in every process, unlike ``hash()``)."""
+    return int.from_bytes(_blake2b(transaction_id.encode(), digest_size=8).digest(), "little")
+
+
 def user_decoded_bytes(snapshot_len: int) -> int:
     """Estimated memory of a user state decoded from a snapshot of ``snapshot_len`` bytes."""
     return USER_DECODED_FIXED + USER_DECODED_PER_BYTE * snapshot_len
@@ -204,8 +231,10 @@ def snapshot_last_activity_ms(data: bytes) -> int:
     u = msgpack.Unpacker(raw=False, strict_map_key=False, use_list=False)
     u.feed(data[3:])
     try:
-        if u.read_array_header() != _USER_FIELDS or u.unpack() != STATE_FORMAT_VERSION:
-            raise StateError(f"user state snapshot is not format version {STATE_FORMAT_VERSION}")
+        fields = u.read_array_header()
+        version = u.unpack()
+        if _USER_FIELDS.get(version) != fields:
+            raise StateError(f"user state snapshot is not of format version {USER_STATE_FORMATS_READ}")
         last = int(u.unpack())  # txn_last_ms
         for _ in range(6):  # prev_ms, n_seen, base, hist, seq, clicks
             u.skip()
@@ -222,7 +251,8 @@ def snapshot_last_activity_ms(data: bytes) -> int:
     return last
 
 
-_USER_FIELDS: Final = 13  # elements of a user snapshot's body (UserState.to_bytes)
+# elements of a user snapshot's body (UserState.to_bytes), by format version
+_USER_FIELDS: Final = {1: 13, 2: 14}
 
 
 class TerminalState:
@@ -257,13 +287,13 @@ class TerminalState:
         return st
 
     def to_bytes(self) -> bytes:
-        body = [STATE_FORMAT_VERSION, self.latest_label_ms, self.labels]
+        body = [TERMINAL_STATE_FORMAT, self.latest_label_ms, self.labels]
         out: bytes = TERMINAL_STATE_MAGIC + _pack(body)
         return out
 
     @classmethod
     def from_bytes(cls, data: bytes) -> TerminalState:
-        body = _unpack(data, TERMINAL_STATE_MAGIC, "terminal")
+        body = _unpack(data, TERMINAL_STATE_MAGIC, "terminal", (TERMINAL_STATE_FORMAT,))
         try:
             _, latest, labels = body
             st = cls()
@@ -277,18 +307,17 @@ class TerminalState:
 _pack: Final = msgspec.msgpack.Encoder().encode
 
 
-def _unpack(data: bytes, magic: bytes, what: str) -> tuple[Any, ...]:
+def _unpack(data: bytes, magic: bytes, what: str, versions: tuple[int, ...]) -> tuple[Any, ...]:
     if not isinstance(data, bytes | bytearray | memoryview) or bytes(data[:3]) != magic:
         raise StateError(f"not a riskstream {what} state snapshot", magic=bytes(data[:3]))
     try:
         body = msgpack.unpackb(bytes(data[3:]), raw=False, strict_map_key=False, use_list=False)
     except (msgpack.UnpackException, ValueError) as exc:
         raise StateError(f"{what} state snapshot is corrupt: {exc}") from None
-    if not isinstance(body, tuple) or not body or body[0] != STATE_FORMAT_VERSION:
+    if not isinstance(body, tuple) or not body or body[0] not in versions:
         version = body[0] if isinstance(body, tuple) and body else None
-        message = (
-            f"{what} state snapshot has format version {version!r}; this build reads {STATE_FORMAT_VERSION}"
-        )
+        reads = ", ".join(map(str, versions))
+        message = f"{what} state snapshot has format version {version!r}; this build reads {reads}"
         if isinstance(version, int) and not isinstance(version, bool):
             raise StateVersionError(message, format_version=version)
         raise StateError(message)

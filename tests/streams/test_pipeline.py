@@ -16,9 +16,9 @@ import orjson
 import pytest
 
 from modeling.errors import StateVersionError
-from modeling.features import FeatureConfig, FeatureEngine, FeatureRunner
+from modeling.features import FeatureConfig, FeatureEngine, FeatureRunner, UserState
 from modeling.predictor import Predictor, PredictorOptions
-from modeling.records import ClickEvent, Label, Transaction
+from modeling.records import ClickEvent, Label, Transaction, parse_click, parse_label, parse_transaction
 from modeling.registry import ModelRegistry
 from modeling.scoring import Scorer
 from streams.pipeline import (
@@ -197,6 +197,44 @@ def test_a_redelivered_batch_is_neither_applied_nor_scored_again() -> None:
     for uid, raw in states.items():
         if uid not in touched_again:
             assert proc.dirty[uid].to_bytes() == raw
+
+
+def test_a_transaction_sent_again_at_a_new_offset_is_a_duplicate_live_and_offline() -> None:
+    """An upstream producer's retry: the same transaction at a new offset. The batch step counts
+    it and neither scores nor folds it (its first risk event stands), as FeatureRunner skips it
+    offline: the vectors of the rest are the same both ways. Its offset is recorded, so the
+    retry redelivered after a crash is a redelivery, not a second duplicate."""
+    msgs = _messages(60, seed=5)
+    txns = [m for m in msgs if m.kind == KIND_TXN]
+    dup = txns[4]
+    last = txns[-1].offset
+    resend = InMessage(dup.kind, dup.topic, 0, last + 1, dup.key, dup.value, dup.kafka_ts_ms, 0.0)
+    engine = FeatureEngine(CONFIG)
+    proc = BatchProcessor(engine, lambda: None, {}.get, lambda t: None)  # type: ignore[arg-type,return-value]
+    first = proc.prepare(msgs)
+    uid = orjson.loads(dup.value)["user_id"]
+    before = proc.dirty[uid].to_bytes()
+    again = proc.prepare([resend])
+    assert again.out.duplicates == 1 and again.txns == [] and not again.out.redelivered
+    after = proc.dirty[uid]
+    st = UserState.from_bytes(before, CONFIG)
+    assert [a.count for a in after.aggs] == [a.count for a in st.aggs] and after.n_seen == st.n_seen
+    assert after.applied["transaction:0"] == last + 1
+    third = proc.prepare([resend])
+    assert third.out.duplicates == 0 and sum(third.out.redelivered.values()) == 1
+
+    runner = FeatureRunner(FeatureEngine(CONFIG))
+    events = [_record(m) for m in [*msgs, resend]]
+    offline = list(runner.run(events))
+    assert runner.duplicates == 1
+    assert [x.transaction_id for x, _ in offline] == [x.transaction_id for x in first.txns]
+    assert [f.tab for _, f in offline] == [f.tab for f in first.feats]
+    assert [f.seq for _, f in offline] == [f.seq for f in first.feats]
+
+
+def _record(m: InMessage) -> Transaction | ClickEvent | Label:
+    parse = {KIND_TXN: parse_transaction, KIND_CLICK: parse_click, KIND_LABEL: parse_label}[m.kind]
+    return parse(m.value)  # type: ignore[no-any-return]
 
 
 def test_the_state_cache_keeps_the_most_recently_used_within_its_budget() -> None:
@@ -378,11 +416,11 @@ def test_a_state_in_another_format_version_stops_the_batch() -> None:
     """Not corruption: another release wrote it. Starting the key over would overwrite it."""
     import msgpack
 
-    newer = b"RSU" + msgpack.packb([2, 1, 2, 3])
+    newer = b"RSU" + msgpack.packb([3, 1, 2, 3])
     proc = BatchProcessor(FeatureEngine(CONFIG), lambda: None, {"u1": newer}.get, lambda t: None)  # type: ignore[arg-type,return-value]
     t = Transaction("t1", "u1", "term1", 20.0, T0)
     msg = InMessage(KIND_TXN, "transactions", 0, 0, b"u1", orjson.dumps(t.to_dict()), T0, 0.0)
-    with pytest.raises(StateVersionError, match="format version 2; this build reads 1"):
+    with pytest.raises(StateVersionError, match="format version 3; this build reads 1, 2"):
         proc.prepare([msg])
 
 

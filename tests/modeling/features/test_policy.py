@@ -139,3 +139,56 @@ def test_snapshots_are_the_bytes_msgpack_python_writes() -> None:
         body = msgpack.unpackb(raw[3:], raw=False, strict_map_key=False)
         assert msgpack.packb(body, use_bin_type=True) == raw[3:]
     assert UserState.from_bytes(st.to_bytes(), CFG).to_bytes() == st.to_bytes()
+
+
+def test_a_transaction_sent_again_is_a_duplicate_until_its_id_leaves_the_recent_ones() -> None:
+    """A transaction id among the user's latest RECENT_TXN_IDS folded in is a duplicate: the
+    offline runner skips it (and counts it), as the live batch step does, so the windows count
+    it once. Ids are per user; a too-late transaction leaves its id out, as the rest of its
+    state; a dormant user's reset keeps them."""
+    from modeling.features.state import RECENT_TXN_IDS, txn_key
+
+    events = [txn(0, T0), txn(1, T0 + H), txn(0, T0 + 2 * H), txn(0, T0 + 3 * H, user="v")]
+    runner = FeatureRunner(FeatureEngine(CFG))
+    out = list(runner.run(events))
+    assert [(x.transaction_id, x.user_id) for x, _ in out] == [("x0", "u"), ("x1", "u"), ("x0", "v")]
+    assert runner.duplicates == 1
+    assert runner.users["u"].aggs[CFG.txn_windows_ms.index(D)].count == 2
+    assert list(runner.users["u"].recent_ids) == [txn_key("x0"), txn_key("x1")]
+    # the keys are in snapshots: pinned, so that no release changes them
+    assert txn_key("x0") == 0x734852D20975E6BE
+
+    eng = FeatureEngine(CFG)
+    st = eng.new_user()
+    for i in range(RECENT_TXN_IDS + 1):
+        eng.transaction(st, txn(i, T0 + i * 600_000), None)
+    assert not eng.duplicate(st, txn(0, T0)) and eng.duplicate(st, txn(1, T0))  # x0 forgotten
+    late = txn(99, T0)  # more than an hour behind the user's latest
+    assert eng.transaction(st, late, None).late and not eng.duplicate(st, late)
+    st.reset(CFG)
+    assert eng.duplicate(st, txn(RECENT_TXN_IDS, T0)) and st.n_seen == 0
+
+
+def test_a_format_1_snapshot_reads_with_no_recent_ids() -> None:
+    """Format 2 added the recent transaction ids; a state written by a build before reads."""
+    import msgpack
+
+    from modeling.features.state import snapshot_last_activity_ms
+
+    eng = FeatureEngine(CFG)
+    st = eng.new_user()
+    for i in range(5):
+        eng.transaction(st, txn(i, T0 + i * H), None)
+    raw = st.to_bytes()
+    body = msgpack.unpackb(raw[3:], raw=False, strict_map_key=False)
+    assert body[0] == 2 and len(body[-1]) == 5
+    v1 = raw[:3] + msgpack.packb([1, *body[1:-1]], use_bin_type=True)
+    old = UserState.from_bytes(v1, CFG)
+    assert list(old.recent_ids) == [] and old.n_seen == 5
+    assert UserState.from_bytes(raw, CFG).recent_ids == st.recent_ids
+    assert snapshot_last_activity_ms(v1) == snapshot_last_activity_ms(raw) == T0 + 4 * H
+    # a format-1 body with a format-2 length, or the reverse, is malformed
+    with pytest.raises(StateError):
+        UserState.from_bytes(raw[:3] + msgpack.packb([1, *body[1:]], use_bin_type=True), CFG)
+    with pytest.raises(StateError):
+        snapshot_last_activity_ms(raw[:3] + msgpack.packb([2, *body[1:-1]], use_bin_type=True))

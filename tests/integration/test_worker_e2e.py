@@ -110,7 +110,8 @@ def test_n_in_n_out_and_dead_letters(
         at_limit = b"x" * 1_048_400
         run(produce(sc.bootstrap, sc.topics["transactions"], [(b"u1", at_limit)], max_request_size=2 << 20))
         bad.append(at_limit)
-        run(produce(sc.bootstrap, sc.topics["transactions"], [(b"u1", orjson.dumps(good))]))
+        # ok-1 sent twice (a producer's retry, a new offset): scored once, the second counted
+        run(produce(sc.bootstrap, sc.topics["transactions"], [(b"u1", orjson.dumps(good))] * 2))
         n = len(df) + 1
         ids = _risk_ids(sc, n)
         assert Counter(ids) == Counter([*df["transaction_id"].tolist(), "ok-1"])  # exactly N, no duplicates
@@ -140,6 +141,7 @@ def test_n_in_n_out_and_dead_letters(
         ]
         assert w.metric("riskstream_dead_letters_total", topic=internal, field="schema") == 1
         assert w.metric("riskstream_events_out_total", topic=sc.topics["risk_events"]) == n
+        assert w.metric("riskstream_duplicate_transactions_total") == 1
         assert w.metric("riskstream_batch_size_count") > 0
         # Everything scored is committed: nothing after the group's committed offsets (what
         # RiskstreamInputStuck reads; reported every 5 s, committed every second), on every

@@ -42,7 +42,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import signal
 import sys
@@ -61,7 +60,7 @@ from workerbench.kafka import Topics, create_topics, end_count, finish, read_all
 from workerbench.latency import paced_send
 from workerbench.messages import build_warm_state, load_messages, train_registry
 from workerbench.procs import Ctx, Proc, riskstream_env, seed_worker
-from workerbench.system import loadavg, result_header, unwind_on_sigterm
+from workerbench.system import add_run_options, loadavg, start_result, unwind_on_sigterm
 
 
 def partitions_of(proc: Proc, topic: str) -> set[int]:
@@ -234,17 +233,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--after", type=float, default=90.0, help="seconds of feed after the kill")
     ap.add_argument("--transactions", type=int, default=50_000, help="transactions in the message window")
     ap.add_argument("--start-day", type=float, default=7.0, help="window start, days into the file")
-    ap.add_argument("--file", type=Path, default=DATA)
-    ap.add_argument("--registry", type=Path, help="reuse a registry with a published behaviour model")
-    ap.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the last risk events")
-    ap.add_argument("--broker-dir", type=Path, help="the broker's data in this folder (/dev/shm)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "failover.json")
+    add_run_options(
+        ap,
+        data=DATA,
+        out=Path(__file__).parent / "results" / "failover.json",
+        timeout=180.0,
+        timeout_help="seconds to wait for the last risk events",
+    )
     args = ap.parse_args(argv)
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)
-    result: dict[str, Any] = {
-        **result_header("bench_failover.py", argv),
-        "runs": [],
-    }
+    result: dict[str, Any] = start_result("bench_failover.py", argv)
     work = Path(tempfile.mkdtemp(prefix="bench-failover-"))
     kafka = None
     try:

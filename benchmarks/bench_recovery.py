@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 import tempfile
 import time
@@ -52,7 +51,13 @@ from workerbench.config import DATA, DEFAULT_WORKER, PARTITIONS
 from workerbench.kafka import Topics, create_topics, finish, seed_changelogs, start_broker
 from workerbench.messages import build_warm_state, load_messages, train_registry
 from workerbench.procs import Ctx, Proc, riskstream_env
-from workerbench.system import cpu_seconds, peak_rss_mb, result_header, unwind_on_sigterm
+from workerbench.system import (
+    add_run_options,
+    cpu_seconds,
+    peak_rss_mb,
+    start_result,
+    unwind_on_sigterm,
+)
 from workerbench.tables import log_times, recovery_after, scrape_tables
 
 RESTORING = "Restoring state from changelog topics..."
@@ -221,18 +226,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "restarted on it (disk-restart)",
     )
     ap.add_argument("--repeat", type=int, default=2, help="runs of each count, order reversed each time")
-    ap.add_argument("--file", type=Path, default=DATA)
-    ap.add_argument("--registry", type=Path, help="reuse a registry with a published behaviour model")
-    ap.add_argument("--timeout", type=float, default=600.0, help="seconds a worker may take to be ready")
-    ap.add_argument("--broker-dir", type=Path, help="the broker's data in this folder (/dev/shm)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "recovery.json")
+    add_run_options(
+        ap,
+        data=DATA,
+        out=Path(__file__).parent / "results" / "recovery.json",
+        timeout=600.0,
+        timeout_help="seconds a worker may take to be ready",
+    )
     args = ap.parse_args(argv)
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)
     counts = [int(x) for x in args.users.split(",")]
-    result: dict[str, Any] = {
-        **result_header("bench_recovery.py", argv),
-        "runs": [],
-    }
+    result: dict[str, Any] = start_result("bench_recovery.py", argv)
     work = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
     kafka = None
     try:

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 import tempfile
 import time
@@ -57,7 +56,14 @@ from workerbench.kafka import Topics, create_topics, end_count, finish, read_all
 from workerbench.measure import _interp, batch_stats, start_profile
 from workerbench.messages import build_warm_state, load_messages, train_registry
 from workerbench.procs import Ctx, Proc, riskstream_env, seed_worker
-from workerbench.system import loadavg, peak_rss_mb, result_header, tree_cpu_seconds, unwind_on_sigterm
+from workerbench.system import (
+    add_run_options,
+    loadavg,
+    peak_rss_mb,
+    start_result,
+    tree_cpu_seconds,
+    unwind_on_sigterm,
+)
 from workerbench.tables import recovery_after, scrape_tables
 
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -215,21 +221,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--transactions", type=int, default=30_000, help="transactions in the message window")
     ap.add_argument("--start-day", type=float, default=7.0, help="window start, days into the file")
-    ap.add_argument("--file", type=Path, default=DATA)
     ap.add_argument("--rounds", type=int, default=2, help="runs of each setting, alternated")
-    ap.add_argument("--registry", type=Path, help="reuse a registry with a published behaviour model")
-    ap.add_argument("--timeout", type=float, default=240.0, help="seconds per drain before giving up")
-    ap.add_argument("--broker-dir", type=Path, help="the broker's data in this folder (/dev/shm)")
     ap.add_argument("--profile", type=Path, help="py-spy (raw folded stacks) on both workers of every drain")
     ap.add_argument("--py-spy-args", default="--gil --rate 400", help="extra py-spy record options")
     ap.add_argument("--profile-s", type=float, default=8.0, help="seconds each py-spy records")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "standby.json")
+    add_run_options(
+        ap,
+        data=DATA,
+        out=Path(__file__).parent / "results" / "standby.json",
+        timeout=240.0,
+        timeout_help="seconds per drain before giving up",
+    )
     args = ap.parse_args(argv)
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)
-    result: dict[str, Any] = {
-        **result_header("bench_standby.py", argv),
-        "runs": [],
-    }
+    result: dict[str, Any] = start_result("bench_standby.py", argv)
     work = Path(tempfile.mkdtemp(prefix="bench-standby-"))
     kafka = None
     ctx: Ctx | None = None

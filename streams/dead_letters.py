@@ -36,7 +36,6 @@ a late event: DEVELOPERS.md, "Event time, late events and delayed labels").
 from __future__ import annotations
 
 import hashlib
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from typing import Any
 
 from modeling.errors import RiskstreamError
 from modeling.settings import Settings
+from streams.broker.ranges import read_range
 from streams.broker.topics import dead_letter_max_bytes
 from streams.unreadable import (
     ERROR,
@@ -184,23 +184,12 @@ async def iter_letters(
 async def _to_end(
     consumer: Any, starts: dict[Any, int], ends: dict[Any, int], stall_s: float
 ) -> AsyncIterator[list[Any]]:
-    """The records of the assigned partitions from ``starts`` to ``ends`` (exclusive), a fetch at
-    a time; :class:`DeadLetterError` after ``stall_s`` without progress."""
-    for tp, offset in starts.items():
-        consumer.seek(tp, offset)
-    todo = {tp for tp in starts if starts[tp] < ends[tp]}
-    last_progress = time.monotonic()
-    while todo:
-        batch = await consumer.getmany(*todo, timeout_ms=1000)
-        if batch:
-            last_progress = time.monotonic()
-        elif time.monotonic() - last_progress > stall_s:
-            names = sorted({tp.topic for tp in todo})
-            raise DeadLetterError(f"reading {', '.join(names)} made no progress for {stall_s:.0f} s")
-        records = [r for tp, rs in batch.items() for r in rs if r.offset < ends[tp]]
-        if records:
+    """:func:`~streams.broker.ranges.read_range`, a stall raised as :class:`DeadLetterError`."""
+    try:
+        async for records in read_range(consumer, starts, ends, stall_s):
             yield records
-        todo = {tp for tp in todo if await consumer.position(tp) < ends[tp]}
+    except TimeoutError as exc:
+        raise DeadLetterError(str(exc)) from None
 
 
 async def _partitions(settings: Settings, topic: str) -> list[int]:

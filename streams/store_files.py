@@ -27,18 +27,18 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streams.broker.ranges import read_range
 from streams.user_store import OFFSET_KEY
 
 log = logging.getLogger("riskstream.worker")
 CHECK_WINDOW = 256  # changelog offsets read back per step
 CHECK_WINDOWS = 16  # at most this many steps back from a database's offset
-READ_TIMEOUT_S = 15.0  # per partition
+STALL_S = 15.0  # a read back that gets no record for this long gives the check up
 # A changelog record: (offset, key, value or None for a delete).
 Record = tuple[int, bytes, bytes | None]
 
@@ -158,28 +158,20 @@ async def _check(
     records: list[Record] = []
     verdict = judge(offset, begin, end, records, held)
     hi = offset + 1
-    deadline = time.monotonic() + READ_TIMEOUT_S
     for _ in range(CHECK_WINDOWS):
         if verdict.kind != "unchecked" or hi <= begin:
             break
         lo = max(begin, hi - CHECK_WINDOW)
         try:
-            records = await _read(consumer, tp, lo, hi, deadline) + records
+            window = [
+                (r.offset, r.key, r.value)
+                async for rs in read_range(consumer, {tp: lo}, {tp: hi}, STALL_S)
+                for r in rs
+            ]
         except TimeoutError:
             reason = f"holds changelog offset {offset}; reading offsets {lo}-{hi - 1} timed out"
             return Verdict("unchecked", reason)
+        records = window + records
         verdict = judge(offset, begin, end, records, held)
         hi = lo
     return verdict
-
-
-async def _read(consumer: Any, tp: Any, lo: int, hi: int, deadline: float) -> list[Record]:
-    """The records of ``tp`` in offsets [lo, hi) (fewer where compaction removed some)."""
-    consumer.seek(tp, lo)
-    out: list[Record] = []
-    while await consumer.position(tp) < hi:
-        if time.monotonic() > deadline:
-            raise TimeoutError
-        batch = await consumer.getmany(tp, timeout_ms=500)
-        out += [(r.offset, r.key, r.value) for r in batch.get(tp, ()) if r.offset < hi]
-    return out

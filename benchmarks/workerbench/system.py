@@ -3,8 +3,10 @@ run-queue wait read from /proc."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
+import logging
 import os
 import platform
 import signal
@@ -22,6 +24,25 @@ def result_header(script: str, argv: Sequence[str]) -> dict[str, Any]:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(),
     }
+
+
+def add_run_options(
+    ap: argparse.ArgumentParser, *, data: Path, out: Path, timeout: float, timeout_help: str
+) -> None:
+    """The options every worker benchmark takes alike: the event file, a registry to reuse, its
+    timeout, the broker's data folder and the results file."""
+    ap.add_argument("--file", type=Path, default=data)
+    ap.add_argument("--registry", type=Path, help="reuse a registry with a published behaviour model")
+    ap.add_argument("--timeout", type=float, default=timeout, help=timeout_help)
+    ap.add_argument("--broker-dir", type=Path, help="the broker's data in this folder (/dev/shm)")
+    ap.add_argument("--out", type=Path, default=out)
+
+
+def start_result(script: str, argv: Sequence[str]) -> dict[str, Any]:
+    """A benchmark's results document, no runs yet (:func:`result_header`), with aiokafka's own
+    logging quietened to errors."""
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    return {**result_header(script, argv), "runs": []}
 
 
 def _interrupt(signum: int, frame: Any) -> None:

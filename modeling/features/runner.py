@@ -47,14 +47,15 @@ class FeatureRunner:
         """Feed ``events`` in order; yield each transaction with its features, but for a
         duplicate (a transaction id the user's state holds among its latest: counted in
         :attr:`duplicates`, skipped, as the live worker skips it)."""
-        on_txn, on_click, on_label = self.on_transaction, self.on_click, self.on_label
-        duplicate, user = self.engine.duplicate, self._user
+        on_click, on_label = self.on_click, self.on_label
+        engine, user, terminals = self.engine, self._user, self.terminals
         for ev in events:
             if isinstance(ev, Transaction):
-                if duplicate(user(ev.user_id), ev):
+                st = user(ev.user_id)
+                if engine.duplicate(st, ev):
                     self.duplicates += 1
                     continue
-                yield ev, on_txn(ev)
+                yield ev, engine.transaction(st, ev, terminals.get(ev.terminal_id))
             elif isinstance(ev, ClickEvent):
                 on_click(ev)
             else:

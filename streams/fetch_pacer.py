@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from streams.intake import aiokafka_consumer
+
 log = logging.getLogger("riskstream.intake")
 
 IDLE_AFTER_S = 1.0  # seconds without a fetched record before the consumer long-polls
@@ -72,5 +74,4 @@ class FetchPacer:
 def aiokafka_fetcher(consumer: Any) -> Any:
     """The aiokafka ``Fetcher`` behind a Faust consumer (``streams/intake.py``), or None before
     it started."""
-    client = getattr(getattr(consumer, "_thread", None), "_consumer", None)
-    return getattr(client, "_fetcher", None)
+    return getattr(aiokafka_consumer(consumer), "_fetcher", None)

@@ -157,7 +157,7 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         fetch brings new records or its timeout (1 s here) passes. Records of a partition
         released meanwhile waited for that: with batches of 8 (a partition held and released
         every few batches), groups waited for them up to 1 s (session 17)."""
-        fetcher = getattr(self._client(), "_fetcher", None)
+        fetcher = getattr(aiokafka_consumer(self), "_fetcher", None)
         if fetcher is None:
             return
 
@@ -173,17 +173,13 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         yet: its high-water mark (from the last fetch) beyond its position, which moves past
         transaction markers and compacted gaps as records are handed out. False when it is not
         assigned; None when unknown (assigned, not fetched yet)."""
-        client = self._client()
+        client = aiokafka_consumer(self)
         return unfetched(client, tp) if client is not None else False
-
-    def _client(self) -> Any:
-        """The consumer thread's aiokafka consumer (None before it is created)."""
-        return getattr(getattr(self, "_thread", None), "_consumer", None)
 
     def held(self, topics: Collection[str]) -> dict[tuple[str, int], tuple[int, int]]:
         """Each assigned partition of ``topics`` fetched read committed: ``(last stable offset,
         messages past it)`` from its last fetch (:func:`held_back`)."""
-        client = self._client()
+        client = aiokafka_consumer(self)
         if client is None:
             return {}
         wanted = set(topics)
@@ -400,6 +396,11 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             if self.transport.app.should_stop:
                 return
             raise
+
+
+def aiokafka_consumer(consumer: Any) -> Any:
+    """The aiokafka consumer behind a Faust consumer's thread (None before it is created)."""
+    return getattr(getattr(consumer, "_thread", None), "_consumer", None)
 
 
 def throttle_metadata_retries(client: Any, max_backoff_s: float = 1.0) -> None:

@@ -80,9 +80,12 @@ def states(base: dict[str, bytes], n: int) -> dict[str, bytes]:
 # changelog partitions
 PATHS = {"direct": True, "faust": False}
 TABLES = {"user": ("user_recovery_direct", PARTITIONS), "terminal": ("terminal_replica_direct", 1)}
-# The disk-backed user store (user table only): a first start on an empty data directory
-# ("disk"), then the same worker restarted on what that start wrote ("disk-restart")
-DISK = {"user_store": "disk", "user_recovery_direct": True}
+# The table on disk (streams/user_store.py, streams/terminal_store.py): a first start on an empty
+# data directory ("disk"), then the same worker restarted on what that start wrote ("disk-restart")
+DISK = {
+    "user": {"user_store": "disk", "user_recovery_direct": True},
+    "terminal": {"terminal_store": "disk", "terminal_replica_direct": True},
+}
 RESTART = "disk-restart"
 
 
@@ -106,7 +109,7 @@ async def run_one(
     if not restart:
         await create_topics(ctx.bootstrap, [*topics.inputs, out, f"{out}-dlq"])
         await seed_changelogs(ctx.bootstrap, {changelog: (users, partitions)})
-    worker = {**DEFAULT_WORKER, **(DISK if path in ("disk", RESTART) else {setting: PATHS[path]})}
+    worker = {**DEFAULT_WORKER, **(DISK[table] if path in ("disk", RESTART) else {setting: PATHS[path]})}
     env = riskstream_env(ctx, app_id, topics, out, worker)
     cmd = [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "info"]
     proc = Proc(cmd, env, ctx.work / f"{app_id}.log").start()
@@ -222,8 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--paths",
         default="direct,faust",
         help="user_recovery_direct (terminal_replica_direct) on (direct), off (faust), or both; "
-        "disk: the user table on disk (user_store), started on an empty data directory and then "
-        "restarted on it (disk-restart)",
+        "disk: the table on disk (user_store, terminal_store), started on an empty data directory "
+        "and then restarted on it (disk-restart)",
     )
     ap.add_argument("--repeat", type=int, default=2, help="runs of each count, order reversed each time")
     add_run_options(

@@ -44,10 +44,13 @@ mkdir -p "$work/registry"
 from workerbench.messages import train_registry; train_registry(Path('$work/registry'))"
 chmod -R a+rX "$work"
 
-# USER_STORE=disk: the worker keeps its user states in RocksDB files (streams/user_store.py)
+# USER_STORE=disk: the worker keeps its user states in RocksDB files (streams/user_store.py);
+# TERMINAL_STORE=disk: the terminal table too (streams/terminal_store.py)
 USER_STORE=${USER_STORE:-memory}
+TERMINAL_STORE=${TERMINAL_STORE:-memory}
 envs=(-e "RISKSTREAM_BOOTSTRAP_SERVERS=$RISKSTREAM_BOOTSTRAP_SERVERS" -e RISKSTREAM_APP_ID=smoke
-  -e RISKSTREAM_METRICS_PORT=29464 -e RISKSTREAM_WEB_PORT=29066 -e "RISKSTREAM_USER_STORE=$USER_STORE")
+  -e RISKSTREAM_METRICS_PORT=29464 -e RISKSTREAM_WEB_PORT=29066 -e "RISKSTREAM_USER_STORE=$USER_STORE"
+  -e "RISKSTREAM_TERMINAL_STORE=$TERMINAL_STORE")
 "$ENGINE" "${RUN_FLAGS[@]}" run -d --name "$name" --network host \
   -v "$work/registry:/var/lib/riskstream/registry:ro" "${envs[@]}" "$IMAGE" worker >/dev/null
 metric() {
@@ -68,7 +71,7 @@ for _ in $(seq 180); do
 done
 log=$("$ENGINE" "${RUN_FLAGS[@]}" logs "$name" 2>&1)
 user=$("$ENGINE" "${RUN_FLAGS[@]}" inspect "$name" --format '{{.Config.User}}')
-echo "transactions $want, risk events ${got:-0}; user $user; $(grep -o 'hot-path modules: .*' <<<"$log"); user store $USER_STORE"
+echo "transactions $want, risk events ${got:-0}; user $user; $(grep -o 'hot-path modules: .*' <<<"$log"); user store $USER_STORE, terminal store $TERMINAL_STORE"
 fail=0
 [ "${got:-0}" -eq "$want" ] || { echo "FAIL: ${got:-0} risk events for $want transactions" >&2; fail=1; }
 [ "$user" = "10001:10001" ] || { echo "FAIL: the worker runs as $user" >&2; fail=1; }
@@ -80,6 +83,12 @@ if [ "$USER_STORE" = disk ]; then
   files=$("$ENGINE" "${RUN_FLAGS[@]}" exec "$name" sh -c 'ls -d "$RISKSTREAM_HOME"/worker/v*/tables/smoke-user-state-*.db' 2>&1 || true)
   echo "user-state databases: $(wc -w <<<"$files")"
   grep -q 'smoke-user-state-0.db' <<<"$files" || { echo "FAIL: no user-state databases: $files" >&2; fail=1; }
+fi
+if [ "$TERMINAL_STORE" = disk ]; then
+  grep -q 'Store: rocksdb:smoke-terminal-state' <<<"$log" || { echo "FAIL: no terminal RocksDB store in the log" >&2; fail=1; }
+  # shellcheck disable=SC2016  # expanded by the container's shell
+  files=$("$ENGINE" "${RUN_FLAGS[@]}" exec "$name" sh -c 'ls -d "$RISKSTREAM_HOME"/worker/v*/tables/smoke-terminal-state-0.db' 2>&1 || true)
+  grep -q 'smoke-terminal-state-0.db' <<<"$files" || { echo "FAIL: no terminal-state database: $files" >&2; fail=1; }
 fi
 if grep -q Traceback <<<"$log"; then echo "FAIL: the worker logged a traceback" >&2; fail=1; fi
 if [ "$fail" = 0 ]; then echo "smoke test passed"; else tail -40 <<<"$log" >&2; fi

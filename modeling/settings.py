@@ -123,6 +123,14 @@ class Settings(BaseSettings):
     # user_store_block_cache_mb and up to 2 x 16 MiB of write buffers per partition.
     user_store: Literal["memory", "disk"] = "memory"
     user_store_block_cache_mb: int = Field(default=64, ge=1)
+    # Where the global terminal table lives (streams/terminal_store.py): every worker holds every
+    # terminal. "memory": Faust's memory store, rebuilt from the table's whole changelog at every
+    # start. "disk": one RocksDB database under worker_data_dir, written only from the changelog
+    # read back; a worker restarted on the same directory reads only the changelog written
+    # since, and holds in memory only RocksDB's caches: a block cache of
+    # terminal_store_block_cache_mb and up to 2 x 16 MiB of write buffers.
+    terminal_store: Literal["memory", "disk"] = "memory"
+    terminal_store_block_cache_mb: int = Field(default=64, ge=1)
     # Dormant users' states are deleted from the state table (and, by tombstone, its changelog)
     # every interval, once their latest event is a retention (a feature setting, below) behind
     # the inputs' event time (streams/retention.py). 0: never.

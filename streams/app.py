@@ -73,8 +73,10 @@ from streams.state_flush import StateFlusher
 from streams.terminal_feed import FeedState
 from streams.terminal_loop import TerminalLoop
 from streams.terminal_overlay import APPLIED_KEY, TerminalOverlay, decode_position
+from streams.terminal_store import DiskTerminalStore, TerminalStore, terminal_store
+from streams.terminal_store import table_store as terminal_table_store
 from streams.user_store import DiskUserStore, UserStore, table_store, user_store
-from streams.wiring import input_buffer, other_labels_partitions, store_dict, terminal_feed
+from streams.wiring import input_buffer, other_labels_partitions, terminal_feed
 
 log = logging.getLogger("riskstream.worker")
 
@@ -89,6 +91,7 @@ class Runtime:
     watcher: ModelWatcher
     metrics: Metrics
     user_states: UserStore
+    terminal_states: TerminalStore
 
 
 def build_app(
@@ -156,22 +159,28 @@ def build_app(
     user_keys = ChangelogKeys(users)  # its changelog key bytes, cached: the scorer's and the store's
     states = user_store(settings, users, user_keys)  # streams/user_store.py
     terminals = app.GlobalTable(
-        "terminal-state", default=None, partitions=1, key_type=str, value_type=bytes, recovery_buffer_size=1
+        "terminal-state",
+        default=None,
+        partitions=1,
+        key_type=str,
+        value_type=bytes,
+        recovery_buffer_size=1,
+        **terminal_table_store(settings),
     )
+    terminal_keys = ChangelogKeys(terminals)
+    term_states = terminal_store(settings, terminals, terminal_keys)  # streams/terminal_store.py
 
     watcher = ModelWatcher(settings, engine.config, metrics)
     processor = BatchProcessor(
         engine,
         watcher.scorer,
         states.get,
-        lambda tid: store_dict(terminals).get(tid),
+        term_states.get,
         shadow=watcher.shadow,
         max_message_bytes=settings.max_message_bytes,
         require_user_keys=settings.require_user_keys,
         max_event_ahead_ms=settings.max_event_ahead_s * 1000.0,
-        terminal_overlay=TerminalOverlay(
-            engine, lambda: decode_position(store_dict(terminals).get(APPLIED_KEY))
-        )
+        terminal_overlay=TerminalOverlay(engine, lambda: decode_position(term_states.get(APPLIED_KEY)))
         if settings.terminal_overlay
         else None,
         user_cache_bytes=settings.user_state_cache_mb << 20,
@@ -211,7 +220,6 @@ def build_app(
         replicas.append(DirectReplica(app, users, on_user, during_recovery=True))
     app.direct_replicas = tuple(replicas)
     out = BatchOutput(app, metrics.stage_cpu_seconds.labels("output"))
-    terminal_keys = ChangelogKeys(terminals)
     terminal_log = terminals.changelog_topic.get_topic_name()
     user_log = users.changelog_topic.get_topic_name()
     term_name = term_topic.get_topic_name()
@@ -252,7 +260,7 @@ def build_app(
         settings,
         metrics,
         out,
-        lambda: store_dict(terminals),
+        term_states,
         terminal_log,
         terminal_keys,
         term_name,
@@ -263,7 +271,7 @@ def build_app(
         processor,
         engine.config,
         terminal_loop.own,
-        store_dict(terminals),
+        term_states,
         terminal_loop.send_tombstones,
         lock=terminal_loop.lock,
         owner=lambda: any(tp.topic == term_name for tp in app.consumer.assignment()),
@@ -350,8 +358,9 @@ def build_app(
                 sum(tp.topic == log_topic for tp in recovery.active_tps),
                 sum(tp.topic == log_topic for tp in recovery.standby_tps),
             )
-        term_store = store_dict(terminals)
-        metrics.states.labels("terminal").set(len(term_store) - (APPLIED_KEY in term_store))
+        metrics.states.labels("terminal").set(term_states.count())
+        if isinstance(term_states, DiskTerminalStore):
+            metrics.set_terminal_store(term_states.usage())
         metrics.set_state_caches(
             {"user": processor.users, "terminal": processor.terminals, "terminal_loop": terminal_loop.own}
         )
@@ -395,7 +404,7 @@ def build_app(
             # does not hold before the first batch is scored (streams/terminal_feed.py).
             # Holding every labels partition, it pauses after that first read: nobody else
             # forwards labels (measured: reading its own back cost a single worker ~10 %).
-            position = decode_position(store_dict(terminals).get(APPLIED_KEY))
+            position = decode_position(term_states.get(APPLIED_KEY))
             try:
                 if not feed.started:
                     await feed.start(position)
@@ -421,4 +430,4 @@ def build_app(
         processor.forget()
         terminal_loop.own.clear()
 
-    return Runtime(app, processor, flusher, sweeper, terminal_sweeper, watcher, metrics, states)
+    return Runtime(app, processor, flusher, sweeper, terminal_sweeper, watcher, metrics, states, term_states)

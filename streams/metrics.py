@@ -261,7 +261,9 @@ class Metrics:
         self.states = Gauge(
             "riskstream_states",
             "States in this worker's table stores: user (its partitions', and standby copies of "
-            "others' with table_standby_replicas above 0) and terminal (the global table: all of them)",
+            "others' with table_standby_replicas above 0) and terminal (the global table: all of them); "
+            "a table on disk (user_store, terminal_store) gives RocksDB's estimate, which counts "
+            "deleted states until its files are compacted",
             ["kind"],
             registry=r,
         )
@@ -303,6 +305,14 @@ class Metrics:
             "partition databases, by kind: sst (files on disk), memtables (write buffers in memory, "
             "at most 2 x 16 MiB a partition), block_cache (read cache in memory, at most "
             "user_store_block_cache_mb a partition)",
+            ["kind"],
+            registry=r,
+        )
+        self.terminal_store_bytes = Gauge(
+            "riskstream_terminal_store_bytes",
+            "The disk-backed terminal table (terminal_store=disk; streams/terminal_store.py), its "
+            "one database, by kind: sst (files on disk), memtables (write buffers in memory, at most "
+            "2 x 16 MiB), block_cache (read cache in memory, at most terminal_store_block_cache_mb)",
             ["kind"],
             registry=r,
         )
@@ -400,6 +410,11 @@ class Metrics:
         for kind, n in usage.items():
             self.user_store_bytes.labels(kind).set(n)
         self.user_store_pending.set(pending)
+
+    def set_terminal_store(self, usage: Mapping[str, int]) -> None:
+        """The disk-backed terminal table's bytes by kind."""
+        for kind, n in usage.items():
+            self.terminal_store_bytes.labels(kind).set(n)
 
     def set_terminal_feed(self, counts: dict[str, int]) -> None:
         """The terminal feed's record counts since start (``FeedState.counts``)."""

@@ -47,6 +47,7 @@ from modeling.features import (
 )
 from streams.pipeline import BatchProcessor
 from streams.terminal_overlay import APPLIED_KEY
+from streams.terminal_store import TerminalStore
 from streams.user_store import UserStore
 
 log = logging.getLogger("riskstream.worker")
@@ -179,7 +180,7 @@ class TerminalSweeper:
         processor: BatchProcessor,
         config: FeatureConfig,
         own: MutableMapping[str, TerminalState],
-        store: MutableMapping[str, bytes],
+        store: TerminalStore,
         send_tombstones: SendTerminalTombstones,
         *,
         lock: asyncio.Lock,
@@ -205,7 +206,7 @@ class TerminalSweeper:
             return res
         cutoff = terminal_expiry_cutoff(res.watermark_ms, self.config)
         await _in_chunks(
-            list(self.store),
+            self.store.keys(),
             self.chunk,
             self.lock,
             lambda: self.paused() or not self.owner(),
@@ -234,7 +235,7 @@ class TerminalSweeper:
             res.checked += 1
             if terminal_is_expired(state, cutoff):
                 self.own.pop(tid, None)
-                self.store.pop(tid, None)
+                self.store.deleted(tid)
                 self.processor.terminals.drop(tid)
                 gone.append(tid)
         res.deleted += len(gone)

@@ -1,11 +1,12 @@
-"""The user-state databases left on a worker's disk (``user_store = "disk"``), checked against
-the changelog before Faust opens them (streams/worker_command.py).
+"""The table databases left on a worker's disk (``user_store = "disk"``, ``terminal_store =
+"disk"``), checked against their changelog before Faust opens them (streams/worker_command.py).
 
 A partition's database holds exactly a prefix of its changelog partition: the states of every
-record up to the offset it holds (streams/user_store.py says how). Faust's recovery trusts that
-offset and reads on from it. Files built from another changelog (the topic deleted and created
-again while the worker was down, or a data directory restored from another cluster) would keep
-every stale state they hold. So each database is checked first, and deleted unless:
+record up to the offset it holds (streams/user_store.py and streams/terminal_store.py say how).
+Faust's recovery trusts that offset and reads on from it. Files built from another changelog
+(the topic deleted and created again while the worker was down, or a data directory restored
+from another cluster) would keep every stale state they hold. So each database is checked
+first, and deleted unless:
 
 - its offset is before the changelog's end (one at or past it was built from a longer log);
 - the changelog still starts at or before that offset;
@@ -106,9 +107,12 @@ def open_db(path: Path) -> Any:
     return Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
 
 
-async def drop_stale(settings: Any, topic: str, paths: dict[int, Path]) -> dict[int, Verdict]:
+async def drop_stale(
+    settings: Any, topic: str, paths: dict[int, Path], kind: str = "user-state"
+) -> dict[int, Verdict]:
     """Check every partition database in ``paths`` (partition -> directory) against changelog
-    ``topic`` and delete those not found "ok". Returns the verdict of each database checked."""
+    ``topic`` and delete those not found "ok". Returns the verdict of each database checked.
+    ``kind``: the table's, for the log."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from streams.security import client_kwargs
@@ -140,10 +144,11 @@ async def drop_stale(settings: Any, topic: str, paths: dict[int, Path]) -> dict[
         await consumer.stop()
     for part, verdict in verdicts.items():
         if verdict.kind == "ok":
-            log.info("user-state database %s %s", paths[part], verdict.reason)
+            log.info("%s database %s %s", kind, paths[part], verdict.reason)
             continue
         log.warning(
-            "user-state database %s %s: %s; deleted, the partition is read from the changelog",
+            "%s database %s %s: %s; deleted, the partition is read from the changelog",
+            kind,
             paths[part],
             verdict.reason,
             "not built from this changelog" if verdict.kind == "stale" else "it cannot be checked",

@@ -25,6 +25,7 @@ from streams.metrics import Metrics
 from streams.output import BatchOutput
 from streams.terminal_feed import PROGRESS_KEY
 from streams.terminal_overlay import APPLIED_KEY, decode_position, encode_position
+from streams.terminal_store import TerminalStore
 from streams.unreadable import KIND_TERMINAL_STATE, dead_letter_record, input_dead_letter, terminal_or_new
 
 log = logging.getLogger("riskstream.worker")
@@ -109,7 +110,7 @@ class TerminalLoop:
         settings: Settings,
         metrics: Metrics,
         out: BatchOutput,
-        store: Callable[[], dict[str, bytes]],
+        store: TerminalStore,
         changelog: str,
         keys: Callable[[str], bytes],
         labels_topic: str,
@@ -122,7 +123,7 @@ class TerminalLoop:
         self.settings = settings
         self.metrics = metrics
         self.out = out
-        self.store = store  # the table's store (the global table: every terminal)
+        self.store = store  # the global table's store: every terminal (streams/terminal_store.py)
         self.changelog = changelog
         self.keys = keys
         self.labels_topic = labels_topic
@@ -143,7 +144,7 @@ class TerminalLoop:
     async def _handle(self, taken: list[tuple[float, Any]]) -> list[Any]:
         t0 = time.thread_time()
         touched: dict[str, TerminalState] = {}
-        store = self.store()
+        store = self.store
         records: list[Any] = []
         for _, m in taken:
             if m.key == PROGRESS_KEY:
@@ -170,7 +171,7 @@ class TerminalLoop:
         for tid, ts in touched.items():
             raw = ts.to_bytes()
             records.append((self.changelog, 0, self.keys(tid), raw, None))  # one partition
-            store[tid] = raw
+            store.written(tid, raw)
             self.own.wrote(tid, ts, position, len(raw))
         records.append((self.changelog, 0, self.keys(APPLIED_KEY), encode_position(position), None))
         self.own.trim(decode_position(store.get(APPLIED_KEY)))

@@ -169,13 +169,8 @@ class DiskUserStore:
         return {p: Path(self.store.partition_path(p)) for p in range(partitions)}
 
     def usage(self) -> dict[str, int]:
-        """Bytes over the open partition databases: files on disk, write buffers and block
-        cache in memory (RocksDB's own properties)."""
-        out = dict.fromkeys(USAGE, 0)
-        for db in list(self._dbs().values()):
-            for kind, prop in USAGE.items():
-                out[kind] += int(db.property_int_value(prop) or 0)
-        return out
+        """Bytes over the open partition databases (:func:`usage`)."""
+        return usage(list(self._dbs().values()))
 
     def count(self) -> int:
         """RocksDB's estimate of the keys held (exact once compacted)."""
@@ -197,26 +192,41 @@ def write(db: Any, items: Iterable[tuple[bytes, bytes | None]], offset: int) -> 
     db.write(batch)
 
 
-def table_store(settings: Any) -> dict[str, Any]:
-    """The user-state table's store arguments (``app.Table(**table_store(settings))``)."""
-    if settings.user_store == "memory":
-        return {}
+def usage(dbs: Iterable[Any]) -> dict[str, int]:
+    """Bytes over open databases: files on disk, write buffers and block cache in memory
+    (RocksDB's own properties)."""
+    out = dict.fromkeys(USAGE, 0)
+    for db in dbs:
+        for kind, prop in USAGE.items():
+            out[kind] += int(db.property_int_value(prop) or 0)
+    return out
+
+
+def rocksdb_table(app_id: str, table: str, block_cache_mb: int) -> dict[str, Any]:
+    """A table's store arguments for Faust's RocksDB store (``app.Table(**...)``)."""
     mb = 1 << 20
     return {
-        # Files <worker_data_dir>/v1/tables/<app id>-user-state-<partition>.db: the app id in
-        # the name, so that another app started on the same directory does not take them for
-        # its own. (A path is needed anyway: yarl's URL("rocksdb://") is false, and Faust's
-        # table then takes the app's store, memory, instead.)
-        "store": f"rocksdb:{re.sub(r'[^A-Za-z0-9._-]', '_', settings.app_id)}-user-state",
+        # Files <worker_data_dir>/v1/tables/<app id>-<table>-<partition>.db: the app id in the
+        # name, so that another app started on the same directory does not take them for its
+        # own. (A path is needed anyway: yarl's URL("rocksdb://") is false, and Faust's table
+        # then takes the app's store, memory, instead.)
+        "store": f"rocksdb:{re.sub(r'[^A-Za-z0-9._-]', '_', app_id)}-{table}",
         "options": {
             "driver": "rocksdict",
             # Faust's defaults allow 2 GiB of block cache and 3 x 64 MiB of memtables per
             # partition: bounded here per partition database.
-            "block_cache_size": settings.user_store_block_cache_mb * mb,
+            "block_cache_size": block_cache_mb * mb,
             "write_buffer_size": 16 * mb,
             "max_write_buffer_number": 2,
         },
     }
+
+
+def table_store(settings: Any) -> dict[str, Any]:
+    """The user-state table's store arguments (``app.Table(**table_store(settings))``)."""
+    if settings.user_store == "memory":
+        return {}
+    return rocksdb_table(settings.app_id, "user-state", settings.user_store_block_cache_mb)
 
 
 def user_store(settings: Any, table: Any, key_bytes: Callable[[str], bytes]) -> UserStore:

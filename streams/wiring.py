@@ -1,5 +1,5 @@
 """Pieces of the worker's Faust shell that ``streams/app.py`` assembles: the scoring loop's input
-buffer, the terminal feed, and the raw dicts inside the tables' memory stores."""
+buffer and the terminal feed."""
 
 from __future__ import annotations
 
@@ -105,13 +105,3 @@ def terminal_feed(settings: Settings, topic: str, state: FeedState, on_progress:
         return consumer
 
     return TerminalFeed(make, topic, state, on_progress)
-
-
-def store_dict(table: Any) -> dict[str, bytes]:
-    """The dict inside a table's memory store: reads and writes without Faust's per-key hooks.
-
-    The worker writes the changelog itself (``streams/output.py``); Faust's recovery fills this
-    same dict from the changelog.
-    """
-    d: dict[str, bytes] = table.data.data
-    return d

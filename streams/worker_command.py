@@ -22,8 +22,14 @@ def run(args: argparse.Namespace) -> int:
     from modeling.settings import load_settings
     from streams import gc_pauses
     from streams.app import build_app
-    from streams.broker.topics import ensure_project_topics, read_topic_limits, user_state_changelog
+    from streams.broker.topics import (
+        ensure_project_topics,
+        read_topic_limits,
+        terminal_state_changelog,
+        user_state_changelog,
+    )
     from streams.store_files import drop_stale
+    from streams.terminal_store import DiskTerminalStore
     from streams.user_store import DiskUserStore
 
     overrides = {}
@@ -50,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
         # deleted before Faust opens them
         paths = rt.user_states.paths(settings.topic_partitions)
         loop.run_until_complete(drop_stale(settings, user_state_changelog(settings), paths))
+    if isinstance(rt.terminal_states, DiskTerminalStore):
+        terminal_paths = {0: rt.terminal_states.path()}
+        terminal_log = terminal_state_changelog(settings)
+        loop.run_until_complete(drop_stale(settings, terminal_log, terminal_paths, "terminal-state"))
     collector = gc_pauses.tune(rt.metrics, settings.gc_thresholds, auto_full=settings.gc_auto_full)
     gc_pauses.schedule(rt.app, collector, settings.gc_sweep_interval_s)
     rt.metrics.serve(settings.metrics_port)

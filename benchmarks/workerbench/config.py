@@ -135,6 +135,10 @@ SWEEP: dict[str, dict[str, Any]] = {
     # store: the worker starts on an empty data directory, so it first copies the seeded changelog
     # into its databases; its state flushes then write each delivered batch of states to disk.
     "disk-store": {"user_store": "disk"},
+    # The global terminal table in a RocksDB database (streams/terminal_store.py): the scorer reads
+    # a transaction's terminal from it (a bloom filter check and a read) instead of from a dict.
+    "terminal-disk": {"terminal_store": "disk"},
+    "disk-stores": {"user_store": "disk", "terminal_store": "disk"},
     "read-uncommitted": {"input_isolation_level": "read_uncommitted"},  # the worker before session 38
 }
 # (b) calls the model one transaction at a time, where oneDNN is slowest (batch 1: 0.40 ms

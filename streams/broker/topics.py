@@ -38,11 +38,16 @@ def user_state_changelog(settings: Settings) -> str:
     return f"{settings.app_id}-user-state-changelog"
 
 
+def terminal_state_changelog(settings: Settings) -> str:
+    """The global terminal table's changelog, as Faust names it: one partition."""
+    return f"{settings.app_id}-terminal-state-changelog"
+
+
 def changelog_topics(settings: Settings) -> dict[str, int]:
     """The worker's table changelogs (compacted), as Faust names them: name -> partitions."""
     return {
         user_state_changelog(settings): settings.topic_partitions,
-        f"{settings.app_id}-terminal-state-changelog": 1,
+        terminal_state_changelog(settings): 1,
     }
 
 

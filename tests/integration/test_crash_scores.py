@@ -71,9 +71,11 @@ def _expired(w: WorkerProc) -> dict[str, int]:
 def test_scores_after_sigkill_equal_a_crash_free_run(
     kafka_broker: str, model_registry: Path, tmp_path: Path, events: list[Event], store: str
 ) -> None:
-    """With ``store`` "disk" the successor starts on the killed worker's RocksDB files, which must
-    hold no state whose changelog record was not delivered (streams/user_store.py)."""
-    env = {"RISKSTREAM_USER_STORE": store}
+    """With ``store`` "disk" (both tables) the successor starts on the killed worker's RocksDB
+    files, which must hold no state whose changelog record was not delivered
+    (streams/user_store.py), and no terminal state the changelog was not read back with
+    (streams/terminal_store.py)."""
+    env = {"RISKSTREAM_USER_STORE": store, "RISKSTREAM_TERMINAL_STORE": store}
     sc = isolated_scenario(kafka_broker, model_registry, tmp_path, partitions=4)
     reg = sc.registry_dir
     t = sc.topics
@@ -100,7 +102,9 @@ def test_scores_after_sigkill_equal_a_crash_free_run(
         first.kill()
     killed_ms = time.time() * 1000.0  # risk events stamped before it are the first worker's
     n_log = len(run(consume(sc.bootstrap, f"rs-{sc.name}-user-state-changelog", timeout=30, idle=3)))
-    second = WorkerProc(sc, "first" if store == "disk" else "second", env).start()
+    second = WorkerProc(sc, "first" if store == "disk" else "second", env)
+    logged = second.log_path.stat().st_size if second.log_path.exists() else 0
+    second.start()
     try:
         second.wait_metrics()
         wait_caught_up(sc, timeout=300, worker=second)
@@ -114,6 +118,12 @@ def test_scores_after_sigkill_equal_a_crash_free_run(
         assert read >= n_log > 0, f"read {read} of {n_log} changelog records"  # all rebuilt
     else:  # the tail past the databases' offsets: records delivered but not yet on disk
         assert read < n_log, f"read {read} of {n_log} changelog records"
+        # the killed worker's terminal database passed the start-time check (streams/store_files.py)
+        log_text = second.log_path.read_bytes()[logged:].decode(errors="replace")
+        checked = [line for line in log_text.splitlines() if "terminal-state database" in line]
+        assert len(checked) == 1 and "states agree with the changelog" in checked[0], (
+            checked or log_text[-3000:]
+        )
     recs = run(consume(sc.bootstrap, t["risk_events"], timeout=60, idle=3))
     docs = [orjson.loads(r.value) for r in recs]
     assert {d["transaction_id"] for d in docs} == {x.transaction_id for x in txns}, "lost events"

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from harness import (
     Scenario,
     WorkerProc,
@@ -47,6 +48,7 @@ from harness import (
 from modeling.features import Event, FeatureConfig, FeatureEngine, FeatureRunner
 from modeling.records import Label, Transaction
 from modeling.scoring import Scorer
+from streams.broker.topics import terminal_labels_topic, terminal_state_changelog
 from streams.replay import replay_events
 
 T = 1_528_588_800_000  # 2018-06-10
@@ -172,27 +174,73 @@ def test_two_workers_catching_up_together_score_as_the_backtest(
     assert all(n > 0 for n in direct), direct
 
 
+def _terminal_database(data_dir: Path) -> tuple[int, dict[str, bytes]]:
+    """A stopped worker's terminal database: the changelog offset it holds, and its terminals."""
+    import orjson
+
+    from streams.store_files import open_db
+    from streams.terminal_overlay import APPLIED_KEY
+    from streams.user_store import OFFSET_KEY
+
+    paths = sorted(data_dir.glob("**/*-terminal-state-0.db"))
+    assert len(paths) == 1, paths
+    db = open_db(paths[0])
+    try:
+        held = {orjson.loads(k): v for k, v in db.items() if k != OFFSET_KEY}
+        offset = int(db.get(OFFSET_KEY))
+    finally:
+        db.close()
+    held.pop(APPLIED_KEY)
+    return offset, held
+
+
+@pytest.mark.parametrize("store", ["memory", "disk"])
 def test_a_restarted_worker_reads_the_terminal_table_back_a_fetch_at_a_time(
-    kafka_broker: str, model_registry: Path, tmp_path: Path
+    kafka_broker: str, model_registry: Path, tmp_path: Path, store: str
 ) -> None:
     """The labels are folded into the terminal table by a first worker, which then stops; the
     next worker starts on the table's changelog alone. Its recovery applies that changelog a
     fetch at a time (streams/replica.py, ``during_recovery``), never through Faust's per-record
-    path, and its scores equal the backtest's: the restored table is the one the labels built."""
+    path, and its scores equal the backtest's: the restored table is the one the labels built.
+
+    ``disk`` (``RISKSTREAM_TERMINAL_STORE=disk``, streams/terminal_store.py): the next worker is
+    the first one restarted on its data directory. Its database holds every terminal, the
+    start-time check finds it agreeing with the changelog, and the worker reads only the
+    changelog written after the database's offset, where the memory store reads all of it."""
     sc, reg, settings = _scenario(kafka_broker, model_registry, tmp_path)
+    env = {"RISKSTREAM_TERMINAL_STORE": store}
     labels, txns = _events()
-    first = WorkerProc(sc, "labels").start()
+    term_topic = terminal_labels_topic(settings)
+    first = WorkerProc(sc, "labels", env).start()
     try:
         first.wait_metrics()
         run(replay_events(labels, settings, kafka_timestamps="event", progress=False))
         deadline = time.monotonic() + 180
-        while first.metric("riskstream_states", kind="terminal") < TERMINALS:
+        # every label forwarded and folded in by the terminal loop, and the table holding them
+        while (
+            first.metric("riskstream_events_in_total", topic=term_topic) < len(labels)
+            or first.metric("riskstream_states", kind="terminal") < TERMINALS
+        ):
             assert time.monotonic() < deadline, first.log_tail()
             first.check_alive()
             time.sleep(1.0)
+        # and its changelog read back: no record more for 3 s
+        read_back = [-1.0, first.metric("riskstream_terminal_replica_records_total")]
+        while read_back[-1] != read_back[-2]:
+            assert time.monotonic() < deadline, first.log_tail()
+            time.sleep(3.0)
+            read_back.append(first.metric("riskstream_terminal_replica_records_total"))
     finally:
         first.stop()
-    w = WorkerProc(sc, "restarted").start()
+    changelog = run(consume(sc.bootstrap, terminal_state_changelog(settings), timeout=30, idle=3))
+    end = max(r.offset for r in changelog) + 1
+    if store == "disk":
+        offset, held = _terminal_database(first.data_dir)
+        assert len(held) == TERMINALS and offset < end
+        tail = end - offset  # the records after the database's offset, and that one again
+    w = WorkerProc(sc, "labels" if store == "disk" else "restarted", env)
+    logged = w.log_path.stat().st_size if w.log_path.exists() else 0
+    w.start()
     try:
         w.wait_metrics()
         deadline = time.monotonic() + 180
@@ -200,12 +248,20 @@ def test_a_restarted_worker_reads_the_terminal_table_back_a_fetch_at_a_time(
             assert time.monotonic() < deadline, w.log_tail()
             w.check_alive()
             time.sleep(0.5)
-        read = {p: w.metric("riskstream_terminal_replica_records_total", path=p) for p in ("direct", "faust")}
         run(replay_events(txns, settings, kafka_timestamps="event", progress=False))
         recs = run(consume(sc.bootstrap, sc.topics["risk_events"], until=len(txns), timeout=240))
+        read = {p: w.metric("riskstream_terminal_replica_records_total", path=p) for p in ("direct", "faust")}
         overlaid = w.metric("riskstream_terminal_overlay_transactions_total")
     finally:
         w.stop()
-    assert read["direct"] >= TERMINALS and read["faust"] == 0, read
+    assert read["faust"] == 0, read
+    if store == "disk":
+        log_text = w.log_path.read_bytes()[logged:].decode(errors="replace")
+        assert "terminal-state database" in log_text and "states agree with the changelog" in log_text, (
+            log_text[-3000:]
+        )
+        assert read["direct"] <= tail < len(changelog), (read, tail, len(changelog))
+    else:
+        assert read["direct"] >= TERMINALS, read
     _assert_backtest_scores(recs, labels, txns, served_scorer(reg, settings))
     assert overlaid == 0  # no label of this worker's: every one came from the restored table

@@ -12,6 +12,7 @@ from modeling.features.config import DAY_MS
 from modeling.records import Transaction
 from streams.pipeline import BatchProcessor
 from streams.retention import StateSweeper
+from streams.terminal_store import MemoryTerminalStore
 from streams.user_store import MemoryUserStore
 
 T0 = 1_527_811_200_000
@@ -163,7 +164,7 @@ def test_terminal_sweep_deletes_the_states_whose_labels_no_longer_count() -> Non
         processor,
         CONFIG,
         own,
-        store,
+        MemoryTerminalStore(lambda: store),
         send,
         lock=asyncio.Lock(),
         owner=lambda: owner[0],

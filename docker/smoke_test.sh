@@ -78,14 +78,14 @@ fail=0
 grep -q 'hot-path modules: compiled (mypyc)' <<<"$log" || { echo "FAIL: not the compiled modules" >&2; fail=1; }
 if [ "$USER_STORE" = disk ]; then
   # the table's RocksDB store started, and its files are in the container's data directory
-  grep -q 'Store: rocksdb:smoke-user-state' <<<"$log" || { echo "FAIL: no RocksDB store in the log" >&2; fail=1; }
+  grep -qE 'Store: (riskstream-)?rocksdb:smoke-user-state' <<<"$log" || { echo "FAIL: no RocksDB store in the log" >&2; fail=1; }
   # shellcheck disable=SC2016  # expanded by the container's shell
   files=$("$ENGINE" "${RUN_FLAGS[@]}" exec "$name" sh -c 'ls -d "$RISKSTREAM_HOME"/worker/v*/tables/smoke-user-state-*.db' 2>&1 || true)
   echo "user-state databases: $(wc -w <<<"$files")"
   grep -q 'smoke-user-state-0.db' <<<"$files" || { echo "FAIL: no user-state databases: $files" >&2; fail=1; }
 fi
 if [ "$TERMINAL_STORE" = disk ]; then
-  grep -q 'Store: rocksdb:smoke-terminal-state' <<<"$log" || { echo "FAIL: no terminal RocksDB store in the log" >&2; fail=1; }
+  grep -qE 'Store: (riskstream-)?rocksdb:smoke-terminal-state' <<<"$log" || { echo "FAIL: no terminal RocksDB store in the log" >&2; fail=1; }
   # shellcheck disable=SC2016  # expanded by the container's shell
   files=$("$ENGINE" "${RUN_FLAGS[@]}" exec "$name" sh -c 'ls -d "$RISKSTREAM_HOME"/worker/v*/tables/smoke-terminal-state-0.db' 2>&1 || true)
   grep -q 'smoke-terminal-state-0.db' <<<"$files" || { echo "FAIL: no terminal-state database: $files" >&2; fail=1; }

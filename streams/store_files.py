@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.broker.ranges import read_range
-from streams.user_store import OFFSET_KEY
+from streams.table_db import OFFSET_KEY
 
 log = logging.getLogger("riskstream.worker")
 CHECK_WINDOW = 256  # changelog offsets read back per step

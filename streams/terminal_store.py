@@ -33,8 +33,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from streams.table_db import OFFSET_KEY, rocksdb_table, usage
 from streams.terminal_overlay import APPLIED_KEY
-from streams.user_store import OFFSET_KEY, rocksdb_table, usage
 
 
 class TerminalStore(Protocol):

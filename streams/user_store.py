@@ -27,24 +27,16 @@ the changelog.
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
 
-# Faust's RocksDB store keeps the offset of the last changelog record a partition database
-# holds under this key (faust.stores.rocksdb.Store.offset_key).
-OFFSET_KEY = b"__faust\0offset__"
+from streams.table_db import OFFSET_KEY, rocksdb_table, usage, write
+
 log = logging.getLogger("riskstream.worker")
 _MISSING = object()
-# riskstream_user_store_bytes{kind}: RocksDB's property for each
-USAGE = {
-    "sst": "rocksdb.total-sst-files-size",
-    "memtables": "rocksdb.cur-size-all-mem-tables",
-    "block_cache": "rocksdb.block-cache-usage",
-}
 
 # Sent: the output's (future, topic, partition, records) of a send (BatchOutput.send_counted).
 Sent = list[tuple[Any, str, int, int]]
@@ -176,50 +168,6 @@ class DiskUserStore:
         """RocksDB's estimate of the keys held (exact once compacted)."""
         dbs = self._dbs().values()
         return sum(int(db.property_int_value("rocksdb.estimate-num-keys") or 0) for db in dbs)
-
-
-def write(db: Any, items: Iterable[tuple[bytes, bytes | None]], offset: int) -> None:
-    """Puts and deletes, and the partition's changelog offset, in one atomic write batch."""
-    from rocksdict import WriteBatch
-
-    batch = WriteBatch(raw_mode=True)
-    for key, raw in items:
-        if raw is None:
-            batch.delete(key)
-        else:
-            batch.put(key, raw)
-    batch.put(OFFSET_KEY, str(offset).encode())
-    db.write(batch)
-
-
-def usage(dbs: Iterable[Any]) -> dict[str, int]:
-    """Bytes over open databases: files on disk, write buffers and block cache in memory
-    (RocksDB's own properties)."""
-    out = dict.fromkeys(USAGE, 0)
-    for db in dbs:
-        for kind, prop in USAGE.items():
-            out[kind] += int(db.property_int_value(prop) or 0)
-    return out
-
-
-def rocksdb_table(app_id: str, table: str, block_cache_mb: int) -> dict[str, Any]:
-    """A table's store arguments for Faust's RocksDB store (``app.Table(**...)``)."""
-    mb = 1 << 20
-    return {
-        # Files <worker_data_dir>/v1/tables/<app id>-<table>-<partition>.db: the app id in the
-        # name, so that another app started on the same directory does not take them for its
-        # own. (A path is needed anyway: yarl's URL("rocksdb://") is false, and Faust's table
-        # then takes the app's store, memory, instead.)
-        "store": f"rocksdb:{re.sub(r'[^A-Za-z0-9._-]', '_', app_id)}-{table}",
-        "options": {
-            "driver": "rocksdict",
-            # Faust's defaults allow 2 GiB of block cache and 3 x 64 MiB of memtables per
-            # partition: bounded here per partition database.
-            "block_cache_size": block_cache_mb * mb,
-            "write_buffer_size": 16 * mb,
-            "max_write_buffer_number": 2,
-        },
-    }
 
 
 def table_store(settings: Any) -> dict[str, Any]:

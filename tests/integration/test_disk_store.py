@@ -32,7 +32,7 @@ from modeling.records import Label, Transaction
 from streams.broker.topics import ensure_project_topics, user_state_changelog
 from streams.replay import replay_events
 from streams.store_files import stored_offset
-from streams.user_store import OFFSET_KEY
+from streams.table_db import OFFSET_KEY
 from training.history import event_stream, load_history
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "handbook_2w.parquet"

@@ -12,7 +12,7 @@ from harness import Scenario, produce, run
 
 from streams.broker.topics import ensure_topics
 from streams.store_files import CHECK_WINDOW, CHECK_WINDOWS, drop_stale, stored_offset
-from streams.user_store import write
+from streams.table_db import write
 
 
 def _database(path: Path, items: dict[bytes, bytes], offset: int) -> None:

@@ -179,8 +179,8 @@ def _terminal_database(data_dir: Path) -> tuple[int, dict[str, bytes]]:
     import orjson
 
     from streams.store_files import open_db
+    from streams.table_db import OFFSET_KEY
     from streams.terminal_overlay import APPLIED_KEY
-    from streams.user_store import OFFSET_KEY
 
     paths = sorted(data_dir.glob("**/*-terminal-state-0.db"))
     assert len(paths) == 1, paths

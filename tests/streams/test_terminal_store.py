@@ -24,9 +24,9 @@ from streams.output import ChangelogKeys
 from streams.pipeline import BatchProcessor
 from streams.retention import TerminalSweeper
 from streams.store_files import judge
+from streams.table_db import OFFSET_KEY
 from streams.terminal_overlay import APPLIED_KEY
 from streams.terminal_store import DiskTerminalStore, MemoryTerminalStore, table_store, terminal_store
-from streams.user_store import OFFSET_KEY
 
 
 class World:

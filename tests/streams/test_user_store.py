@@ -19,8 +19,8 @@ from faust.types import TP, Message
 from modeling.settings import Settings
 from streams.output import ChangelogKeys
 from streams.store_files import stored_offset
+from streams.table_db import OFFSET_KEY
 from streams.user_store import (
-    OFFSET_KEY,
     DiskUserStore,
     MemoryUserStore,
     table_store,

@@ -54,14 +54,12 @@ def disk_store(home: Path, states: dict[str, bytes]) -> Any:
 
     from modeling.settings import Settings
     from streams.output import ChangelogKeys
-    from streams.terminal_store import table_store, terminal_store
+    from streams.terminal_store import terminal_store, terminal_table
 
     asyncio.set_event_loop(asyncio.new_event_loop())
     settings = Settings(terminal_store="disk")
     app = faust.App("bench-terminals", broker="kafka://127.0.0.1:1", store="memory://", datadir=str(home))
-    table = app.GlobalTable(
-        "terminal-state", default=None, partitions=1, key_type=str, value_type=bytes, **table_store(settings)
-    )
+    table = terminal_table(app, settings)  # as the worker builds it
     keys = ChangelogKeys(table)
     topic = table.changelog_topic.get_topic_name()
     tp = TP(topic, 0)

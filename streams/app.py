@@ -73,8 +73,7 @@ from streams.state_flush import StateFlusher
 from streams.terminal_feed import FeedState
 from streams.terminal_loop import TerminalLoop
 from streams.terminal_overlay import APPLIED_KEY, TerminalOverlay, decode_position
-from streams.terminal_store import DiskTerminalStore, TerminalStore, terminal_store
-from streams.terminal_store import table_store as terminal_table_store
+from streams.terminal_store import DiskTerminalStore, TerminalStore, terminal_store, terminal_table
 from streams.user_store import DiskUserStore, UserStore, table_store, user_store
 from streams.wiring import input_buffer, other_labels_partitions, terminal_feed
 
@@ -158,15 +157,7 @@ def build_app(
     )
     user_keys = ChangelogKeys(users)  # its changelog key bytes, cached: the scorer's and the store's
     states = user_store(settings, users, user_keys)  # streams/user_store.py
-    terminals = app.GlobalTable(
-        "terminal-state",
-        default=None,
-        partitions=1,
-        key_type=str,
-        value_type=bytes,
-        recovery_buffer_size=1,
-        **terminal_table_store(settings),
-    )
+    terminals = terminal_table(app, settings)
     terminal_keys = ChangelogKeys(terminals)
     term_states = terminal_store(settings, terminals, terminal_keys)  # streams/terminal_store.py
 

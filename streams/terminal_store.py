@@ -138,6 +138,20 @@ def table_store(settings: Any) -> dict[str, Any]:
     return rocksdb_table(settings.app_id, "terminal-state", settings.terminal_store_block_cache_mb)
 
 
+def terminal_table(app: Any, settings: Any) -> Any:
+    """The worker's global terminal table on ``app``: one changelog partition, read back a
+    record at a time by Faust's own path (the replica applies a fetch at a time)."""
+    return app.GlobalTable(
+        "terminal-state",
+        default=None,
+        partitions=1,
+        key_type=str,
+        value_type=bytes,
+        recovery_buffer_size=1,
+        **table_store(settings),
+    )
+
+
 def terminal_store(settings: Any, table: Any, key_bytes: Callable[[str], bytes]) -> TerminalStore:
     if settings.terminal_store == "memory":
         return MemoryTerminalStore.of(table)

@@ -11,21 +11,16 @@ from typing import Any
 import faust
 from faust.types import TP, Message
 
+from modeling.settings import Settings
 from streams.output import ChangelogKeys
 from streams.replica import DirectReplica
+from streams.terminal_store import terminal_table
 
 
 class World:
     def __init__(self) -> None:
         self.app = faust.App("t-replica", broker="kafka://127.0.0.1:1", store="memory://")
-        self.table = self.app.GlobalTable(
-            "terminal-state",
-            default=None,
-            partitions=1,
-            key_type=str,
-            value_type=bytes,
-            recovery_buffer_size=1,
-        )
+        self.table = terminal_table(self.app, Settings())  # as the worker builds it
         self.recovery = self.app.tables.recovery
         self.topic = self.table.changelog_topic.get_topic_name()
         self.tp = TP(self.topic, 0)

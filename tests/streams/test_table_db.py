@@ -7,15 +7,13 @@ it stale (this test fails with it)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import faust
 import pytest
-from faust.events import Event
-from faust.types import TP, Message
+from faust_tables import Changelog, own_event_loop
 
 from modeling.settings import Settings
 from streams.output import ChangelogKeys
@@ -55,8 +53,6 @@ class KilledAfter:
 
 class World:
     def __init__(self, home: Path) -> None:
-        self.loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self.loop)
         self.app = faust.App("t-table-db", broker="kafka://127.0.0.1:1", store="memory://", datadir=str(home))
         self.table = self.app.Table(
             "user-state",
@@ -66,27 +62,13 @@ class World:
             value_type=bytes,
             **table_store(Settings(user_store="disk")),
         )
-        self.topic = self.table.changelog_topic.get_topic_name()
-        self.keys = ChangelogKeys(self.table)
-        self.log: dict[int, list[tuple[int, bytes, bytes | None]]] = {0: [], 1: []}
-
-    def read_back(self, *records: tuple[int, str, bytes | None]) -> None:
-        """Changelog records ``(partition, key, value)`` appended and read back in one batch."""
-        events = []
-        for part, uid, raw in records:
-            offset, key = len(self.log[part]), self.keys(uid)
-            self.log[part].append((offset, key, raw))
-            msg = Message(self.topic, part, offset, 0.0, 0, None, key, raw, None, tp=TP(self.topic, part))
-            events.append(Event(self.app, uid, raw, None, msg))
-        self.table.apply_changelog_batch(events)
+        self.changelog = Changelog(self.app, self.table, ChangelogKeys(self.table))
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    yield w
-    w.loop.close()
-    asyncio.set_event_loop(None)
+    with own_event_loop():
+        yield World(tmp_path)
 
 
 def test_the_tables_use_this_store(world: World) -> None:
@@ -97,7 +79,7 @@ def test_the_tables_use_this_store(world: World) -> None:
 @pytest.mark.parametrize("writes", [0, 1, 2, 3])
 def test_a_worker_killed_inside_a_batch_leaves_a_prefix_of_the_changelog(world: World, writes: int) -> None:
     w = world
-    w.read_back(*((i % 2, f"u{i % 5}", f"first {i}".encode()) for i in range(12)))
+    w.changelog.read_back(*((i % 2, f"u{i % 5}", f"first {i}".encode()) for i in range(12)))
     store = w.table.data
     dbs = {p: store._db_for_partition(p) for p in (0, 1)}
     store._dbs.update({p: KilledAfter(db, writes) for p, db in dbs.items()})
@@ -105,14 +87,14 @@ def test_a_worker_killed_inside_a_batch_leaves_a_prefix_of_the_changelog(world: 
     second.append((0, "u1", None))
     killed = False
     try:
-        w.read_back(*second)
+        w.changelog.read_back(*second)
     except Killed:
         killed = True
     store._dbs.update(dbs)
     assert killed == (writes == 0)  # one write a partition: records and offset together
     for part, db in dbs.items():
         offset = int(db.get(OFFSET_KEY))
-        log = w.log[part]
+        log = w.changelog.log[part]
         assert offset == (len(log) - 1 if not killed else 5), (part, offset)
         verdict = judge(offset, 0, len(log), log, db.get)
         assert verdict.kind == "ok", (part, writes, verdict.reason)

@@ -13,8 +13,8 @@ from typing import Any
 
 import faust
 import pytest
-from faust.events import Event
-from faust.types import TP, Message
+from faust.types import TP
+from faust_tables import Changelog, own_event_loop
 
 from modeling.features import FeatureConfig, FeatureEngine, TerminalState
 from modeling.features.config import DAY_MS
@@ -26,42 +26,26 @@ from streams.retention import TerminalSweeper
 from streams.store_files import judge
 from streams.table_db import OFFSET_KEY
 from streams.terminal_overlay import APPLIED_KEY
-from streams.terminal_store import DiskTerminalStore, MemoryTerminalStore, table_store, terminal_store
+from streams.terminal_store import DiskTerminalStore, MemoryTerminalStore, terminal_store, terminal_table
 
 
 class World:
     def __init__(self, home: Path, store: str = "disk") -> None:
-        self.loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self.loop)
+        self.loop = asyncio.get_event_loop()
         settings = Settings(terminal_store=store)  # type: ignore[arg-type]
         self.app = faust.App(
             "t-terminals", broker="kafka://127.0.0.1:1", store="memory://", datadir=str(home)
         )
-        self.table = self.app.GlobalTable(
-            "terminal-state",
-            default=None,
-            partitions=1,
-            key_type=str,
-            value_type=bytes,
-            recovery_buffer_size=1,
-            **table_store(settings),
-        )
-        self.topic = self.table.changelog_topic.get_topic_name()
+        self.table = terminal_table(self.app, settings)  # as the worker builds it
         self.keys = ChangelogKeys(self.table)
         self.states = terminal_store(settings, self.table, self.keys)
-        self.log: list[tuple[int, bytes, bytes | None]] = []  # the changelog: (offset, key, value)
+        self.changelog = Changelog(self.app, self.table, self.keys)
+        self.topic = self.changelog.topic
+        self.log = self.changelog.log.setdefault(0, [])  # the changelog: (offset, key, value)
 
     def read_back(self, *records: tuple[str, bytes | None]) -> None:
-        """Records the changelog gets next, read back into the table as the replica applies
-        them (streams/replica.py: one ``apply_changelog_batch`` per fetch)."""
-        tp = TP(self.topic, 0)
-        events = []
-        for tid, raw in records:
-            offset, key = len(self.log), self.keys(tid)
-            self.log.append((offset, key, raw))
-            msg = Message(self.topic, 0, offset, 0.0, 0, None, key, raw, None, tp=tp)
-            events.append(Event(self.app, tid, raw, None, msg))
-        self.table.apply_changelog_batch(events)
+        """Records the changelog gets next, read back into the table."""
+        self.changelog.read_back(*((0, tid, raw) for tid, raw in records))
 
     def db(self) -> Any:
         return self.table.data._db_for_partition(0)
@@ -69,10 +53,8 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    yield w
-    w.loop.close()
-    asyncio.set_event_loop(None)
+    with own_event_loop():
+        yield World(tmp_path)
 
 
 def test_the_database_takes_only_the_changelog_read_back(world: World) -> None:
@@ -107,14 +89,17 @@ def test_the_database_is_a_prefix_the_start_time_check_accepts(world: World) -> 
     verdict = judge(offset, 0, len(w.log), w.log, db.get)
     assert verdict.kind == "ok", verdict.reason
     # had the loop's write gone to the database, the check would find it stale
-    assert judge(
-        offset, 0, len(w.log), w.log, lambda k: b"not read back" if k == w.keys("t3") else db.get(k)
-    ).kind == ("stale")
+    assert (
+        judge(
+            offset, 0, len(w.log), w.log, lambda k: b"not read back" if k == w.keys("t3") else db.get(k)
+        ).kind
+        == "stale"
+    )
 
 
 def test_the_memory_store_takes_the_loops_writes_at_once(tmp_path: Path) -> None:
-    w = World(tmp_path, store="memory")
-    try:
+    with own_event_loop():
+        w = World(tmp_path, store="memory")
         assert isinstance(w.states, MemoryTerminalStore)
         w.states.written("t1", b"T1")
         assert w.states.get("t1") == b"T1" and w.states.count() == 1
@@ -122,9 +107,6 @@ def test_the_memory_store_takes_the_loops_writes_at_once(tmp_path: Path) -> None
         assert w.states.count() == 1 and sorted(w.states.keys()) == sorted(["t1", APPLIED_KEY])
         w.states.deleted("t1")
         assert w.states.get("t1") is None and w.states.count() == 0
-    finally:
-        w.loop.close()
-        asyncio.set_event_loop(None)
 
 
 def test_the_sweep_on_disk_leaves_the_delete_to_the_tombstone_read_back(world: World) -> None:

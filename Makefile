@@ -69,7 +69,7 @@ lint: $(STAMP)
 
 test: setup lint
 	@# exit code 5 = no tests collected: not a failure for this target
-	$(BIN)/pytest -W error || { rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; else exit $$rc; fi; }
+	$(BIN)/pytest -W error --durations=25 || { rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; else exit $$rc; fi; }
 
 demo: setup
 	$(BIN)/riskstream demo

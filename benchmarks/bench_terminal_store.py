@@ -11,7 +11,13 @@ a real Faust global table on Faust's RocksDB store (rocksdict), written with
 ``--lookups`` terminal ids, drawn at random from the stored ones plus a tenth unknown ones,
 through ``BatchProcessor._terminal`` (the scorer's path: the store's read, then the decoded-state
 cache, which holds every terminal here, so that the store's read is what differs), from each
-store in turn. Per round and store: µs per lookup. Writes ``results/terminal-store.json``.
+store in turn. Per round and store: µs per lookup.
+
+``--sweep-keys N`` (200,000): the sweep's reading of the keys on disk, N terminals of 900 bytes:
+every key in one listing (what the sweep did first) against chunks of 500
+(``DiskTerminalStore.key_chunks``, the sweep's since): the event loop is held for one chunk at a
+time, so the longest chunk is what a scoring batch may wait. Writes
+``results/terminal-store.json``.
 """
 
 from __future__ import annotations
@@ -93,6 +99,25 @@ def time_lookups(get: Any, ids: list[str]) -> float:
     return (time.perf_counter() - t0) / len(ids) * 1e6
 
 
+def sweep_keys(home: Path, n: int, rounds: int) -> dict[str, Any]:
+    """ms to list every key of ``n`` stored terminals at once, and in chunks of 500."""
+    disk = disk_store(home, {f"T{i:07d}": b"x" * 900 for i in range(n)})
+    out: dict[str, Any] = {"terminals": n, "all_at_once_ms": [], "chunks_of_500_longest_ms": []}
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        assert sum(len(c) for c in disk.key_chunks(n + 1)) == n  # one chunk: every key
+        out["all_at_once_ms"].append(round((time.perf_counter() - t0) * 1000, 1))
+        longest, chunks = 0.0, disk.key_chunks(500)
+        while True:
+            t0 = time.perf_counter()
+            if next(chunks, None) is None:
+                break
+            longest = max(longest, time.perf_counter() - t0)
+        out["chunks_of_500_longest_ms"].append(round(longest * 1000, 2))
+    print(f"sweep keys: {out}", flush=True)
+    return out
+
+
 def main() -> int:
     from workerbench.system import result_header
 
@@ -100,6 +125,7 @@ def main() -> int:
     ap.add_argument("--file", type=Path, default=ROOT.parent / "shared" / "data" / "handbook_dev.parquet")
     ap.add_argument("--lookups", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--sweep-keys", type=int, default=200_000, help="terminals for the sweep's key listing")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "terminal-store.json")
     args = ap.parse_args()
     result: dict[str, Any] = {**result_header("bench_terminal_store.py", sys.argv[1:]), "runs": []}
@@ -124,6 +150,7 @@ def main() -> int:
                 us = time_lookups(stores[name], ids)
                 result["runs"].append({"round": r + 1, "store": name, "us_per_lookup": round(us, 3)})
                 print(f"round {r + 1}: {name} {us:.3f} µs a lookup", flush=True)
+        result["sweep_keys"] = sweep_keys(Path(home) / "sweep", args.sweep_keys, args.rounds)
     result["summary"] = {
         name: sorted(x["us_per_lookup"] for x in result["runs"] if x["store"] == name)
         for name in ("memory", "disk")

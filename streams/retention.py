@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -100,8 +100,7 @@ class StateSweeper:
         cutoff = expiry_cutoff(res.watermark_ms, self.config)
         owned = self.owned()
         await _in_chunks(
-            self.states.entries(),
-            self.chunk,
+            chunks(self.states.entries(), self.chunk),
             self.lock,
             self.paused,
             lambda keys: self._expired(keys, cutoff, owned, res),
@@ -139,28 +138,35 @@ class StateSweeper:
         return gone
 
 
+def chunks(keys: list[K], n: int) -> Iterator[list[K]]:
+    for i in range(0, len(keys), n):
+        yield keys[i : i + n]
+
+
 async def _in_chunks(
-    keys: list[K],
-    chunk: int,
+    key_chunks: Iterator[list[K]],
     lock: asyncio.Lock,
     stop: Callable[[], bool],
     expire: Callable[[list[K]], list[T]],
     send: Callable[[list[T]], Awaitable[Sequence[asyncio.Future[Any]]]],
     res: SweepResult,
 ) -> None:
-    """The sweep loop of both sweepers: ``chunk`` keys at a time under ``lock`` (deleting them
-    from the store and handing their tombstones to the producer with no other writer in
-    between), yielding to the event loop between chunks; stops when ``stop()`` says so. Then
-    waits for the tombstones; one that fails is logged (its state comes back at the next
-    recovery and a later sweep deletes it again)."""
+    """The sweep loop of both sweepers: a chunk of keys at a time under ``lock`` (taking the
+    chunk, deleting its expired keys from the store and handing their tombstones to the
+    producer with no other writer in between), yielding to the event loop between chunks; stops
+    when ``stop()`` says so. Then waits for the tombstones; one that fails is logged (its state
+    comes back at the next recovery and a later sweep deletes it again)."""
     futures: list[asyncio.Future[Any]] = []
-    for i in range(0, len(keys), chunk):
+    while True:
         await asyncio.sleep(0)
         async with lock:
             if stop():
                 res.interrupted = True
                 break
-            gone = expire(keys[i : i + chunk])
+            keys = next(key_chunks, None)
+            if keys is None:
+                break
+            gone = expire(keys)
             if gone:
                 futures += await send(gone)
     results = await asyncio.gather(*futures, return_exceptions=True)
@@ -206,8 +212,7 @@ class TerminalSweeper:
             return res
         cutoff = terminal_expiry_cutoff(res.watermark_ms, self.config)
         await _in_chunks(
-            self.store.keys(),
-            self.chunk,
+            self.store.key_chunks(self.chunk),
             self.lock,
             lambda: self.paused() or not self.owner(),
             lambda keys: self._expired(keys, cutoff, res),

@@ -26,7 +26,13 @@ from streams.retention import TerminalSweeper
 from streams.store_files import judge
 from streams.table_db import OFFSET_KEY
 from streams.terminal_overlay import APPLIED_KEY
-from streams.terminal_store import DiskTerminalStore, MemoryTerminalStore, terminal_store, terminal_table
+from streams.terminal_store import (
+    DiskTerminalStore,
+    MemoryTerminalStore,
+    TerminalStore,
+    terminal_store,
+    terminal_table,
+)
 
 
 class World:
@@ -51,6 +57,10 @@ class World:
         return self.table.data._db_for_partition(0)
 
 
+def keys(store: TerminalStore) -> list[str]:
+    return [k for chunk in store.key_chunks(2) for k in chunk]
+
+
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
     with own_event_loop():
@@ -67,12 +77,12 @@ def test_the_database_takes_only_the_changelog_read_back(world: World) -> None:
     assert (w.states.get("t1"), w.states.get("t2"), w.states.get(APPLIED_KEY)) == (b"T1", b"T2", b"position")
     # Faust's recovery seeks past the records the database holds
     assert w.table.persisted_offset(TP(w.topic, 0)) == 2
-    assert sorted(w.states.keys()) == sorted(["t1", "t2", APPLIED_KEY])
+    assert sorted(keys(w.states)) == sorted(["t1", "t2", APPLIED_KEY])
     assert w.states.count() == 2  # neither the offset nor the loop's position is a terminal
     w.states.deleted("t1")  # the sweeper sent a tombstone: still held until it is read back
     assert w.states.get("t1") == b"T1"
     w.read_back(("t1", None))
-    assert w.states.get("t1") is None and sorted(w.states.keys()) == sorted(["t2", APPLIED_KEY])
+    assert w.states.get("t1") is None and sorted(keys(w.states)) == sorted(["t2", APPLIED_KEY])
     assert w.states.get("never") is None
     assert set(w.states.usage()) == {"sst", "memtables", "block_cache"}
     assert w.states.usage()["memtables"] > 0
@@ -104,7 +114,7 @@ def test_the_memory_store_takes_the_loops_writes_at_once(tmp_path: Path) -> None
         w.states.written("t1", b"T1")
         assert w.states.get("t1") == b"T1" and w.states.count() == 1
         w.states.written(APPLIED_KEY, b"p")
-        assert w.states.count() == 1 and sorted(w.states.keys()) == sorted(["t1", APPLIED_KEY])
+        assert w.states.count() == 1 and sorted(keys(w.states)) == sorted(["t1", APPLIED_KEY])
         w.states.deleted("t1")
         assert w.states.get("t1") is None and w.states.count() == 0
 
@@ -146,4 +156,27 @@ def test_the_sweep_on_disk_leaves_the_delete_to_the_tombstone_read_back(world: W
     assert sent == ["stale"] and (res.deleted, res.checked) == (1, 2)
     assert w.states.get("stale") is not None  # until the tombstone is read back
     w.read_back(("stale", None))
-    assert set(w.states.keys()) == {"fresh", APPLIED_KEY}
+    assert set(keys(w.states)) == {"fresh", APPLIED_KEY}
+
+
+def test_the_sweep_reads_the_keys_a_chunk_at_a_time_holding_no_iterator_between(world: World) -> None:
+    """Each key once, in chunks, while states come and go between chunks; and between chunks
+    the database can be dropped and opened again, as Faust does in a rebalance: an iterator
+    kept across chunks would keep the old handle, and its lock."""
+    import gc
+
+    w = world
+    w.read_back(*((f"t{i:02d}", b"S") for i in range(10)), (APPLIED_KEY, b"p"))
+    seen: list[str] = []
+    chunks = w.states.key_chunks(3)
+    seen += next(chunks)
+    assert seen == [APPLIED_KEY, "t00", "t01"]  # the keys' JSON order: '""' first
+    w.read_back(("t05", None), ("t99", b"new"), ("t00", b"again"))  # between chunks
+    store = w.table.data
+    store._dbs.pop(0)  # Faust's revocation: the database dropped, then opened anew
+    gc.collect()
+    store._db_for_partition(0)  # RocksDB refuses a second open while a handle is alive
+    for chunk in chunks:
+        assert 1 <= len(chunk) <= 3
+        seen += chunk
+    assert seen == [APPLIED_KEY, "t00", "t01", "t02", "t03", "t04", "t06", "t07", "t08", "t09", "t99"]

@@ -11,9 +11,10 @@ into its copy (``streams/replica.py``).
 terminal with 32 labels, up to 566 KB at the label bound; DEVELOPERS.md, "Bounds on one key's
 state"), and every (re)started worker reads the table's whole changelog before it scores.
 
-**Disk.** Faust's RocksDB store (``rocksdb:`` with the ``rocksdict`` driver) for the table's one
-partition, under ``worker_data_dir``, with the offset of the last changelog record it holds. A
-worker restarted on the same data directory reads only the changelog written after that offset
+**Disk.** Faust's RocksDB store with the ``rocksdict`` driver (as ``streams/table_db.py`` writes
+it: each fetch's records and their offset in one write batch) for the table's one partition,
+under ``worker_data_dir``, with the offset of the last changelog record it holds. A worker
+restarted on the same data directory reads only the changelog written after that offset
 (Faust's recovery seeks there), and its memory holds only RocksDB's caches.
 
 The database must hold exactly a prefix of the changelog, as the memory store does after a
@@ -54,18 +55,14 @@ class TerminalStore(Protocol):
 
 class MemoryTerminalStore:
     """The dict inside the table's memory store, which Faust's recovery and the changelog read
-    back fill; the loop's writes go in at once."""
+    back fill (Faust keeps that one dict for the store's life); the loop's writes go in at once."""
 
-    def __init__(self, data: Callable[[], dict[str, bytes]]) -> None:
-        self._data = data  # the store's dict, looked up at each use
+    def __init__(self, data: dict[str, bytes]) -> None:
+        self.data = data
 
     @classmethod
     def of(cls, table: Any) -> MemoryTerminalStore:
-        return cls(lambda: table.data.data)
-
-    @property
-    def data(self) -> dict[str, bytes]:
-        return self._data()
+        return cls(table.data.data)
 
     def get(self, tid: str) -> bytes | None:
         return self.data.get(tid)

@@ -164,7 +164,7 @@ def test_terminal_sweep_deletes_the_states_whose_labels_no_longer_count() -> Non
         processor,
         CONFIG,
         own,
-        MemoryTerminalStore(lambda: store),
+        MemoryTerminalStore(store),
         send,
         lock=asyncio.Lock(),
         owner=lambda: owner[0],

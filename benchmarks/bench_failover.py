@@ -1,6 +1,7 @@
 """How long a killed worker's users go unscored, with Faust's group session timeout and ours.
 
     python benchmarks/bench_failover.py [--sessions 60,10] [--rounds 2] [--rate 1000]
+                                        [--membership dynamic,static] [--restart-after S]
                                         [--registry DIR] [--broker-dir /dev/shm]
                                         [--out benchmarks/results/failover.json]
 
@@ -8,7 +9,9 @@ A worker that dies without leaving its consumer group (SIGKILL, a machine gone) 
 partitions until the group coordinator has heard no heartbeat from it for the session timeout
 (``RISKSTREAM_GROUP_SESSION_TIMEOUT_S``; Faust's default 60 s). Only then does the group
 rebalance and another worker take them over, and meanwhile those partitions' transactions wait.
-For each session timeout of ``--sessions``, alternated ``--rounds`` times:
+For each session timeout of ``--sessions`` and each group membership of ``--membership``
+(``dynamic``: Kafka's default; ``static``: each worker with its own ``RISKSTREAM_GROUP_INSTANCE_ID``),
+alternated ``--rounds`` times:
 
 * two workers (``python -m streams.cli worker``, default settings but the session timeout, each
   with its own data directory) join one group on fresh topics, their user and terminal state
@@ -16,7 +19,8 @@ For each session timeout of ``--sessions``, alternated ``--rounds`` times:
 * the message window of ``bench_worker.py`` is fed at a constant ``--rate`` (messages a second,
   each stamped with its send time); after ``--kill-after`` seconds of it, the second worker is
   killed with SIGKILL. Its partitions are read from its ``riskstream_consumer_lag`` gauge just
-  before;
+  before. With ``--restart-after S`` it is started again S seconds after the kill, on its own
+  data directory (a crash and its restart policy; a rolling deploy);
 * the feed goes on for ``--after`` seconds; then the run waits until every transaction has its
   risk event.
 
@@ -24,12 +28,14 @@ Recorded per run, from the risk events (input Kafka timestamp = scored time minu
 latency; a transaction's partition from its key, as Kafka's default partitioner places it):
 
 * ``resumed_after_s``: per partition of the killed worker, seconds from the kill to the first
-  risk event of that partition written after it (the survivor's);
+  risk event of that partition written after it (the survivor's, or the restarted worker's);
 * ``max_wait_s``: per partition, the longest end-to-end latency of a transaction sent after the
   kill (the killed worker's and the survivor's own: a rebalance pauses every partition);
 * ``lost`` and ``duplicates``: transactions sent with no risk event (must be 0), and risk
   events beyond one per transaction (at-least-once: the killed worker's last uncommitted
-  batches are scored again).
+  batches are scored again);
+* ``survivor_assignments``: partition assignments the surviving worker received after the kill
+  (``riskstream_partition_assignments_total``): each one a rebalance that stopped it.
 
 Results go to ``--out`` (JSON: every run and, per session timeout, the mean of each figure).
 About 2 minutes a run (the feed takes 105 s); 8 minutes in all with ``--rounds 2`` and
@@ -99,7 +105,19 @@ async def wait_assigned(procs: Sequence[Proc], topic: str, timeout: float) -> li
         await asyncio.sleep(0.5)
 
 
-async def run_failover(ctx: Ctx, label: str, session_s: float, args: argparse.Namespace) -> dict[str, Any]:
+def assignments(proc: Proc) -> float:
+    """The worker's ``riskstream_partition_assignments_total``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for fam in text_string_to_metric_families(proc.metrics()):
+        if fam.name == "riskstream_partition_assignments":
+            return sum(s.value for s in fam.samples if s.name.endswith("_total"))
+    return 0.0
+
+
+async def run_failover(
+    ctx: Ctx, label: str, session_s: float, membership: str, args: argparse.Namespace
+) -> dict[str, Any]:
     from aiokafka import AIOKafkaConsumer
 
     from modeling.records import Transaction
@@ -116,10 +134,18 @@ async def run_failover(ctx: Ctx, label: str, session_s: float, args: argparse.Na
     for i in (1, 2):
         env = riskstream_env(ctx, app_id, topics, out, worker)
         env["RISKSTREAM_WORKER_DATA_DIR"] = str(ctx.work / f"{app_id}-w{i}")
+        if membership == "static":
+            env["RISKSTREAM_GROUP_INSTANCE_ID"] = f"w{i}"
         procs.append(Proc(cmd, env, ctx.work / f"{app_id}-w{i}.log"))
     events = ctx.msgs.events[: int(args.rate * (args.kill_after + args.after))]
     sent = {e.transaction_id for e in events if isinstance(e, Transaction)}
-    res: dict[str, Any] = {"label": label, "group_session_timeout_s": session_s, "loadavg_start": loadavg()}
+    res: dict[str, Any] = {
+        "label": label,
+        "group_session_timeout_s": session_s,
+        "membership": membership,
+        "restart_after_s": args.restart_after,
+        "loadavg_start": loadavg(),
+    }
     watcher = AIOKafkaConsumer(bootstrap_servers=ctx.bootstrap, enable_auto_commit=False)
     await watcher.start()
     try:
@@ -132,9 +158,14 @@ async def run_failover(ctx: Ctx, label: str, session_s: float, args: argparse.Na
         await asyncio.sleep(args.kill_after)
         with contextlib.suppress(OSError):
             assigned = [await asyncio.to_thread(partitions_of, p, topics.transactions) for p in procs]
+        survivor_before = await asyncio.to_thread(assignments, procs[0])
         killed = time.time()
         os.killpg(procs[1].pid or 0, signal.SIGKILL)
         res["assigned_before_kill"] = [sorted(a) for a in assigned]
+        if args.restart_after is not None:
+            await asyncio.sleep(args.restart_after)
+            procs[1].start()  # same command, environment and data directory
+            res["restarted_after_kill_s"] = round(time.time() - killed, 2)
         res["feed"] = await feed
         deadline = time.monotonic() + args.timeout
         n = 0
@@ -144,6 +175,7 @@ async def run_failover(ctx: Ctx, label: str, session_s: float, args: argparse.Na
                 break
             await asyncio.sleep(0.5)
         res["status"] = "ok" if n >= len(sent) else f"stopped at {n}/{len(sent)} risk events"
+        res["survivor_assignments"] = await asyncio.to_thread(assignments, procs[0]) - survivor_before
     finally:
         await watcher.stop()
         for p in procs:
@@ -177,14 +209,20 @@ def waits(docs: list[tuple[float, dict[str, Any]]], killed: float, dead: set[int
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per session timeout (and membership, where a run names one other than dynamic)."""
     out: dict[str, Any] = {}
-    for session in sorted({r["group_session_timeout_s"] for r in runs}, reverse=True):
-        rs = [r for r in runs if r["group_session_timeout_s"] == session and r.get("status") == "ok"]
+
+    def key(r: dict[str, Any]) -> str:
+        m = r.get("membership", "dynamic")
+        return str(r["group_session_timeout_s"]) + ("" if m == "dynamic" else f" {m}")
+
+    for k in sorted({key(r) for r in runs}, reverse=True):
+        rs = [r for r in runs if key(r) == k and r.get("status") == "ok"]
 
         def mean(xs: list[float]) -> float | None:
             return round(sum(xs) / len(xs), 2) if xs else None
 
-        out[str(session)] = {
+        out[k] = {
             "runs": len(rs),
             "resumed_after_s": mean([max(r["resumed_after_s"].values()) for r in rs if r["resumed_after_s"]]),
             "max_wait_s_killed": mean(
@@ -202,23 +240,29 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "lost": sum(r["lost"] for r in rs),
             "duplicates": mean([r["duplicates"] for r in rs]),
         }
+        if any("survivor_assignments" in r for r in rs):
+            out[k]["survivor_assignments"] = [r.get("survivor_assignments") for r in rs]
     return out
 
 
 async def bench(ctx: Ctx, args: argparse.Namespace, result: dict[str, Any]) -> None:
-    sessions = [float(x) for x in args.sessions.split(",")]
+    combos = [(float(s), m) for s in args.sessions.split(",") for m in args.membership.split(",")]
+    restart = "" if args.restart_after is None else f", restarted {args.restart_after:g} s later"
     for i in range(args.rounds):
-        for session in sessions if i % 2 == 0 else sessions[::-1]:
-            label = f"s{session:g}" + (f"--{i + 1}" if i else "")
+        for session, membership in combos if i % 2 == 0 else combos[::-1]:
+            label = f"s{session:g}" + ("" if membership == "dynamic" else f"-{membership}")
+            label += f"--{i + 1}" if i else ""
             print(
-                f"two workers, session timeout {session:g} s, kill after {args.kill_after} s ({label})",
+                f"two workers ({membership}), session timeout {session:g} s, kill after"
+                f" {args.kill_after} s{restart} ({label})",
                 flush=True,
             )
-            r = await run_failover(ctx, label, session, args)
+            r = await run_failover(ctx, label, session, membership, args)
             result["runs"].append(r)
             print(
                 f"  resumed after {r.get('resumed_after_s')} s; max wait {r.get('max_wait_s')} s;"
-                f" lost {r.get('lost')}, duplicates {r.get('duplicates')} [{r.get('status')}]",
+                f" lost {r.get('lost')}, duplicates {r.get('duplicates')};"
+                f" survivor reassigned {r.get('survivor_assignments')} times [{r.get('status')}]",
                 flush=True,
             )
 
@@ -229,6 +273,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--sessions", default="60,10", help="group session timeouts to compare, seconds")
     ap.add_argument("--rounds", type=int, default=2, help="runs of each session timeout, alternated")
     ap.add_argument("--rate", type=float, default=1000.0, help="messages a second fed")
+    ap.add_argument(
+        "--membership",
+        default="dynamic",
+        help="group memberships to compare: dynamic (Kafka's default), static (group_instance_id)",
+    )
+    ap.add_argument(
+        "--restart-after",
+        type=float,
+        default=None,
+        help="start the killed worker again this many seconds after the kill (default: never)",
+    )
     ap.add_argument("--kill-after", type=float, default=15.0, help="seconds of feed before the kill")
     ap.add_argument("--after", type=float, default=90.0, help="seconds of feed after the kill")
     ap.add_argument("--transactions", type=int, default=50_000, help="transactions in the message window")
@@ -241,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_help="seconds to wait for the last risk events",
     )
     args = ap.parse_args(argv)
+    if not set(args.membership.split(",")) <= {"dynamic", "static"}:
+        ap.error("--membership takes dynamic and static")
     result: dict[str, Any] = start_result("bench_failover.py", argv)
     work = Path(tempfile.mkdtemp(prefix="bench-failover-"))
     kafka = None

@@ -6,10 +6,11 @@ environment does not set. Everything downstream receives a frozen :class:`Settin
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.sources import TomlConfigSettingsSource
 
@@ -213,6 +214,16 @@ class Settings(BaseSettings):
     # default). A worker whose event loop stalls for longer is taken out of the group: its
     # partitions move to the others, and it rejoins when it runs again.
     group_session_timeout_s: float = Field(default=10.0, ge=1.0, le=1800.0)
+    # Static group membership (Kafka's group.instance.id, KIP-345), off by default. A worker
+    # started again under the same id within the session timeout (a crash and its restart
+    # policy, a rolling deploy) gets its partitions back at once, and the other workers keep
+    # theirs: no rebalance stops them. Without it, the restarted worker's join stops every
+    # worker until its predecessor's session ends. The cost: a worker stopped for good does not
+    # leave the group, so its partitions wait for the session timeout before they move. Each
+    # worker needs its own id that survives its restarts (a StatefulSet pod's name, say);
+    # ``{hostname}`` in it is replaced by the host's name. Two running workers with one id fence
+    # each other: the one that joined first stops. Empty: off.
+    group_instance_id: str | None = Field(default=None, max_length=249, pattern=r"^[A-Za-z0-9._{}\-]*$")
     # Which input records the worker reads. read_committed (the default): records of Kafka
     # transactions that their producer committed, and every record written without one; a
     # partition's records after a transaction still open wait until it ends. read_uncommitted
@@ -256,6 +267,13 @@ class Settings(BaseSettings):
     # Whether the clickstream feeds the features (false: the click features are zero, for
     # deployments without a clickstream; models trained with `riskstream train --no-clicks`).
     use_clicks: bool = True
+
+    @field_validator("group_instance_id", mode="after")
+    @classmethod
+    def _instance_id(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        return value.replace("{hostname}", socket.gethostname())
 
     @model_validator(mode="after")
     def _kafka_security_is_complete(self) -> Settings:

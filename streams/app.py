@@ -109,6 +109,12 @@ def build_app(
         datadir=str(settings.worker_data_dir),
         web_enabled=True,
         web_port=settings.web_port,
+        # Faust names each member by this URL in the assignments, and a member refuses (its
+        # coordinator stops) an assignment naming another. A static member restarted under the
+        # same instance id gets its predecessor's stored assignment back, so the URL is the
+        # instance id's alone, not the host's and port's, which may change with the restart.
+        # Faust's web routing of table keys, the URL's other use, serves nothing here.
+        **({"canonical_url": f"http://{settings.group_instance_id}"} if settings.group_instance_id else {}),
         web_bind="127.0.0.1",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication,
@@ -127,6 +133,7 @@ def build_app(
         table_cleanup_interval=3600.0,
         table_standby_replicas=settings.table_standby_replicas,
         broker_session_timeout=settings.group_session_timeout_s,
+        consumer_group_instance_id=settings.group_instance_id,  # static membership, or None
         broker_heartbeat_interval=min(3.0, settings.group_session_timeout_s / 3),
         # Faust refuses a session longer than its request timeout (90 s by default)
         broker_request_timeout=max(90.0, settings.group_session_timeout_s),
@@ -410,6 +417,10 @@ def build_app(
         @app.on_before_shutdown.connect  # type: ignore[arg-type]
         async def stop_feed(sender: Any, **kwargs: Any) -> None:
             await feed.stop()
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def count_assignment(sender: Any, *args: Any, **kwargs: Any) -> None:
+        metrics.partition_assignments.inc()
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:

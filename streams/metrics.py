@@ -233,6 +233,14 @@ class Metrics:
             buckets=(*_SIZE, 8192, 16384, 32768, 65536),
             registry=r,
         )
+        self.partition_assignments = Counter(
+            "riskstream_partition_assignments",
+            "Partition assignments this worker received from its consumer group: one when it "
+            "joins, one more for every rebalance it takes part in (all of a group's workers stop "
+            "in each). A static member (RISKSTREAM_GROUP_INSTANCE_ID) restarted within the "
+            "session timeout gets its own back, and the others none",
+            registry=r,
+        )
         self.model_rejections = Counter(
             "riskstream_model_rejections",
             "Published bundles refused (verification failed)",

@@ -1,0 +1,111 @@
+"""Static group membership (``group_instance_id``): a worker killed and started again under its
+instance id within the session timeout takes its own partitions back, and the other worker of
+the group keeps scoring its own throughout: no rebalance stops it. Without the setting, the
+restarted worker's join stops both until the killed one's session ends
+(``benchmarks/bench_failover.py --restart-after`` measures the difference)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+import pandas as pd
+import pytest
+from harness import WorkerProc, consume, isolated_scenario, run, wait_caught_up
+
+from modeling.features import FeatureConfig
+from modeling.records import Transaction
+from streams.replay import replay_events
+from training.history import event_stream, load_history
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "handbook_2w.parquet"
+# Long enough for a killed worker's successor to start and rejoin in a slow CI run.
+SESSION_S = "45"
+
+
+@pytest.fixture(scope="module")
+def events() -> list[object]:
+    """The first week of 200 customers, with their clicks and labels."""
+    df = load_history(DATA)
+    users = sorted(df["user_id"].unique())[:200]
+    df = df[df["user_id"].isin(users) & (df["time_ms"] < pd.Timestamp("2018-06-08").value // 1_000_000)]
+    return list(event_stream(df.reset_index(drop=True), FeatureConfig()).events())
+
+
+def _owned(w: WorkerProc, topic: str) -> set[int]:
+    """The partitions of ``topic`` the worker reports a consumer lag for: its assignment."""
+    try:
+        sets = w.label_sets("riskstream_consumer_lag")
+    except OSError:  # its metrics endpoint is not up yet
+        return set()
+    return {int(x["partition"]) for x in sets if x["topic"] == topic}
+
+
+def _wait_split(
+    workers: list[WorkerProc], topic: str, partitions: int, timeout: float = 180.0
+) -> list[set[int]]:
+    """Until each worker owns partitions of ``topic`` and together they own all of them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        owned = [_owned(w, topic) for w in workers]
+        if all(owned) and set().union(*owned) == set(range(partitions)) and not owned[0] & owned[1]:
+            return owned
+        for w in workers:
+            w.check_alive()
+        assert time.monotonic() < deadline, f"partitions of {topic} not split over the workers: {owned}"
+        time.sleep(0.5)
+
+
+def _assignments(w: WorkerProc) -> float:
+    return w.metric("riskstream_partition_assignments_total")
+
+
+def test_a_static_member_restarted_within_its_session_takes_its_partitions_back_alone(
+    kafka_broker: str, model_registry: Path, tmp_path: Path, events: list[object]
+) -> None:
+    sc = isolated_scenario(kafka_broker, model_registry, tmp_path, partitions=4)
+    sc.create_kept_inputs()
+    tx_topic = sc.topics["transactions"]
+
+    def env(instance: str) -> dict[str, str]:
+        return {"RISKSTREAM_GROUP_INSTANCE_ID": instance, "RISKSTREAM_GROUP_SESSION_TIMEOUT_S": SESSION_S}
+
+    half = len(events) // 2
+    w1 = WorkerProc(sc, "one", env=env("one")).start()
+    w2 = WorkerProc(sc, "two", env=env("two-{hostname}")).start()
+    w2_again = WorkerProc(sc, "two", env=env("two-{hostname}"))  # same instance id and data dir
+    try:
+        w1.wait_metrics()
+        w2.wait_metrics()
+        before = _wait_split([w1, w2], tx_topic, sc.partitions)
+        run(replay_events(events[:half], sc.settings(), progress=False))
+        deadline = time.monotonic() + 180
+        while w2.metric("riskstream_events_out_total", topic=sc.topics["risk_events"]) < 100:
+            assert time.monotonic() < deadline, w2.log_tail()
+            w1.check_alive()
+            time.sleep(0.2)
+        # w1's assignments so far: its join, and the rebalance w2's first join made
+        w1_assigned = _assignments(w1)
+        assert w1_assigned >= 1
+        w2.kill()
+        w2_again.start()
+        w2_again.wait_metrics()
+        run(replay_events(events[half:], sc.settings(), progress=False))
+        after = _wait_split([w1, w2_again], tx_topic, sc.partitions)
+        wait_caught_up(sc, timeout=300, worker=w1, terminals=True)
+        w2_again.check_alive()
+        # The restarted worker got back exactly what its predecessor held, in one assignment,
+        # and the other worker was never reassigned (a rebalance would have revoked and
+        # assigned its partitions again, and counted).
+        assert after == before
+        assert _assignments(w2_again) == 1
+        assert _assignments(w1) == w1_assigned, "the surviving worker took part in a rebalance"
+        assert w2_again.metric("riskstream_events_in_total") > 0
+        recs = run(consume(sc.bootstrap, sc.topics["risk_events"], timeout=60, idle=3))
+        seen = {orjson.loads(r.value)["transaction_id"] for r in recs}
+        assert seen == {e.transaction_id for e in events if isinstance(e, Transaction)}, "lost events"
+    finally:
+        w1.stop()
+        w2.kill()
+        w2_again.stop()

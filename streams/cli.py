@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "replay": "streams.replay_command",
     "warmup": "streams.warmup_command",
     "dead-letters": "streams.dead_letters_command",
+    "group": "streams.group_command",
     "demo": "streams.demo",
     "train": "training.train_command",
     "train-text": "training.text_command",
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.config:
         os.environ["RISKSTREAM_CONFIG"] = args.config
+    from aiokafka.errors import KafkaError
     from pydantic import ValidationError as SettingsError
 
     from modeling.errors import RiskstreamError
@@ -71,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         rc: int = args._run(args)
     except RiskstreamError as exc:  # a clear message, not a traceback (a broker refusing us, …)
         print(f"riskstream {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KafkaError as exc:  # the cluster unreachable, a request refused: no traceback
+        print(
+            f"riskstream {args.command}: Kafka: {exc} "
+            "(check RISKSTREAM_BOOTSTRAP_SERVERS and the security settings)",
+            file=sys.stderr,
+        )
         return 2
     except SettingsError as exc:
         # Messages only: pydantic's own rendering repeats the input, passwords included.

@@ -2,17 +2,20 @@
 instance id within the session timeout takes its own partitions back, and the other worker of
 the group keeps scoring its own throughout: no rebalance stops it. Without the setting, the
 restarted worker's join stops both until the killed one's session ends
-(``benchmarks/bench_failover.py --restart-after`` measures the difference)."""
+(``benchmarks/bench_failover.py --restart-after`` measures the difference). A static worker
+stopped for good is taken out of the group by ``riskstream group remove``."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from pathlib import Path
 
 import orjson
 import pandas as pd
 import pytest
-from harness import WorkerProc, consume, isolated_scenario, run, wait_caught_up
+from harness import RISKSTREAM, ROOT, Scenario, WorkerProc, consume, isolated_scenario, run, wait_caught_up
 
 from modeling.features import FeatureConfig
 from modeling.records import Transaction
@@ -109,3 +112,52 @@ def test_a_static_member_restarted_within_its_session_takes_its_partitions_back_
         w1.stop()
         w2.kill()
         w2_again.stop()
+
+
+def _group(sc: Scenario, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*RISKSTREAM, "group", *args], cwd=ROOT, env=sc.env(), capture_output=True, text=True, timeout=60
+    )
+
+
+def test_a_static_member_stopped_for_good_is_removed_and_its_partitions_move_at_once(
+    kafka_broker: str, model_registry: Path, tmp_path: Path
+) -> None:
+    """A static worker stopped gracefully stays in the group (it sends no LeaveGroup) until its
+    session ends; ``riskstream group remove`` takes it out, and the other worker gets its
+    partitions at once. The session is far longer than the test waits for that."""
+    sc = isolated_scenario(kafka_broker, model_registry, tmp_path, partitions=4)
+    sc.create_kept_inputs()
+    tx_topic = sc.topics["transactions"]
+    env = {"RISKSTREAM_GROUP_SESSION_TIMEOUT_S": "300"}
+    w1 = WorkerProc(sc, "one", env={**env, "RISKSTREAM_GROUP_INSTANCE_ID": "one"}).start()
+    w2 = WorkerProc(sc, "two", env={**env, "RISKSTREAM_GROUP_INSTANCE_ID": "two"}).start()
+    try:
+        w1.wait_metrics()
+        w2.wait_metrics()
+        owned = _wait_split([w1, w2], tx_topic, sc.partitions)
+        shown = _group(sc, "members", "--json")
+        assert shown.returncode == 0, shown.stderr
+        view = json.loads(shown.stdout)
+        assert view["group"] == f"rs-{sc.name}" and view["state"] == "Stable"
+        members = {m["instance_id"]: m for m in view["members"]}
+        assert set(members) == {"one", "two"}
+        assert set(members["two"]["partitions"][tx_topic]) == owned[1]
+        w2.stop()  # SIGTERM: a graceful stop, which a static member makes without leaving
+        still = json.loads(_group(sc, "members", "--json").stdout)
+        assert {m["instance_id"] for m in still["members"]} == {"one", "two"}
+        assert _owned(w1, tx_topic) == owned[0]
+        unknown = _group(sc, "remove", "nobody")
+        assert unknown.returncode == 1 and "nobody: UnknownMemberIdError" in unknown.stdout, unknown
+        removed = _group(sc, "remove", "two")
+        assert removed.returncode == 0 and "two: removed" in removed.stdout, removed
+        deadline = time.monotonic() + 120  # well inside the 300-s session
+        while _owned(w1, tx_topic) != set(range(sc.partitions)):
+            assert time.monotonic() < deadline, f"w1 owns {_owned(w1, tx_topic)}\n{w1.log_tail()}"
+            w1.check_alive()
+            time.sleep(0.5)
+        after = json.loads(_group(sc, "members", "--json").stdout)
+        assert [m["instance_id"] for m in after["members"]] == ["one"]
+    finally:
+        w1.stop()
+        w2.stop()

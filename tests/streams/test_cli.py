@@ -1,4 +1,5 @@
-"""The ``riskstream`` command line: where ``--config`` may go."""
+"""The ``riskstream`` command line: where ``--config`` may go, and what it says when Kafka cannot
+be reached."""
 
 from __future__ import annotations
 
@@ -35,3 +36,21 @@ def test_config_file_is_read_in_either_position(
     argv = ["--config", str(cfg), "models", "list"] if before else ["models", "--config", str(cfg), "list"]
     assert main(argv) == 0
     assert f"no models published in {registry}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv", [["group", "members"], ["group", "remove", "w1"], ["dead-letters", "summary"]]
+)
+def test_an_unreachable_cluster_is_a_message_not_a_traceback(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("RISKSTREAM_BOOTSTRAP_SERVERS", f"127.0.0.1:{port}")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"riskstream {argv[0]}: Kafka: ") and "Unable to bootstrap" in err
+    assert "Traceback" not in err

@@ -1,0 +1,201 @@
+"""The workers' consumer group as the broker's group coordinator sees it, and removing static
+members from it (``riskstream group``).
+
+A static member (``group_instance_id``) does not leave its group when it stops: Kafka keeps its
+partitions for it until its session timeout ends, so that it can come back without a rebalance.
+A worker stopped for good (scaled away) therefore leaves its partitions unscored for that long.
+:func:`remove_static_members` removes it at once, as Kafka's Java admin client
+(``removeMembersFromConsumerGroup``) does: a LeaveGroup request naming the instance ids
+(version 3, KIP-345), after which the group rebalances over the workers still in it.
+
+aiokafka implements LeaveGroup up to version 1 (a member id only) and DescribeGroups up to 3 (no
+instance ids), so the two versions needed are declared here from Kafka's protocol schemas
+(clients/src/main/resources/common/message/LeaveGroup*.json, DescribeGroups*.json) and sent
+through aiokafka's admin client. ``tests/integration/test_static_membership.py`` runs both
+against the real broker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka.protocol.api import Request, RequestStruct, Response
+from aiokafka.protocol.types import Array, Boolean, Bytes, Int16, Int32, Schema, String
+
+from modeling.errors import RiskstreamError
+from modeling.settings import Settings
+
+
+class GroupError(RiskstreamError):
+    """The group coordinator refused a request about the group (``code``: Kafka's error)."""
+
+
+class _LeaveGroupResponseV3(Response):  # type: ignore[misc]
+    API_KEY = 13
+    API_VERSION = 3
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        ("error_code", Int16),
+        (
+            "members",
+            Array(
+                ("member_id", String("utf-8")), ("group_instance_id", String("utf-8")), ("error_code", Int16)
+            ),
+        ),
+    )
+
+
+class _LeaveGroupRequestV3(RequestStruct):  # type: ignore[misc]
+    API_KEY = 13
+    API_VERSION = 3
+    RESPONSE_TYPE = _LeaveGroupResponseV3
+    SCHEMA = Schema(
+        ("group_id", String("utf-8")),
+        ("members", Array(("member_id", String("utf-8")), ("group_instance_id", String("utf-8")))),
+    )
+
+
+class _LeaveGroup(Request[_LeaveGroupRequestV3]):  # type: ignore[misc]
+    API_KEY = 13
+
+    def __init__(self, group: str, instance_ids: list[str]) -> None:
+        self._group = group
+        self._ids = instance_ids
+
+    def build(self, request_struct_class: type[_LeaveGroupRequestV3]) -> _LeaveGroupRequestV3:
+        # the member id is unknown to us: the coordinator finds the member by its instance id
+        return request_struct_class(self._group, [("", i) for i in self._ids])
+
+
+class _DescribeGroupsResponseV4(Response):  # type: ignore[misc]
+    API_KEY = 15
+    API_VERSION = 4
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        (
+            "groups",
+            Array(
+                ("error_code", Int16),
+                ("group", String("utf-8")),
+                ("state", String("utf-8")),
+                ("protocol_type", String("utf-8")),
+                ("protocol", String("utf-8")),
+                (
+                    "members",
+                    Array(
+                        ("member_id", String("utf-8")),
+                        ("group_instance_id", String("utf-8")),
+                        ("client_id", String("utf-8")),
+                        ("client_host", String("utf-8")),
+                        ("member_metadata", Bytes),
+                        ("member_assignment", Bytes),
+                    ),
+                ),
+                ("authorized_operations", Int32),
+            ),
+        ),
+    )
+
+
+class _DescribeGroupsRequestV4(RequestStruct):  # type: ignore[misc]
+    API_KEY = 15
+    API_VERSION = 4
+    RESPONSE_TYPE = _DescribeGroupsResponseV4
+    SCHEMA = Schema(("groups", Array(String("utf-8"))), ("include_authorized_operations", Boolean))
+
+
+class _DescribeGroup(Request[_DescribeGroupsRequestV4]):  # type: ignore[misc]
+    API_KEY = 15
+
+    def __init__(self, group: str) -> None:
+        self._group = group
+
+    def build(self, request_struct_class: type[_DescribeGroupsRequestV4]) -> _DescribeGroupsRequestV4:
+        return request_struct_class([self._group], False)
+
+
+@dataclass(frozen=True)
+class Member:
+    member_id: str
+    instance_id: str | None  # None: a dynamic member
+    client_host: str
+    partitions: dict[str, list[int]] = field(default_factory=dict)  # topic -> its partitions
+
+
+@dataclass(frozen=True)
+class GroupView:
+    group: str
+    state: str  # Stable, PreparingRebalance, CompletingRebalance, Empty, Dead
+    members: list[Member]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "state": self.state,
+            "members": [
+                {
+                    "member_id": m.member_id,
+                    "instance_id": m.instance_id,
+                    "client_host": m.client_host,
+                    "partitions": m.partitions,
+                }
+                for m in self.members
+            ],
+        }
+
+
+def _check(code: int, what: str, **context: Any) -> None:
+    if code:
+        from aiokafka.errors import for_code
+
+        raise GroupError(f"{what}: {for_code(code).__name__}", code=code, **context)
+
+
+async def _admin(settings: Settings) -> Any:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from streams.security import client_kwargs
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **client_kwargs(settings))
+    await admin.start()
+    return admin
+
+
+async def describe_group(settings: Settings) -> GroupView:
+    """The workers' group (``settings.app_id``): its state, and each member's instance id, host
+    and the partitions assigned to it."""
+    from aiokafka.coordinator.protocol import ConsumerProtocol
+
+    admin = await _admin(settings)
+    try:
+        node = await admin.find_coordinator(settings.app_id)
+        resp = await admin._send_request(_DescribeGroup(settings.app_id), node)
+    finally:
+        await admin.close()
+    (code, group, state, _ptype, _protocol, members, _ops) = resp.groups[0]
+    _check(code, "the group could not be described", group=settings.app_id)
+    out = []
+    for member_id, instance_id, _client, host, _meta, assignment in members:
+        parts: dict[str, list[int]] = {}
+        if assignment:
+            for topic, ps in ConsumerProtocol.ASSIGNMENT.decode(assignment).assignment:
+                parts[topic] = sorted(ps)
+        out.append(Member(member_id, instance_id, host.lstrip("/"), dict(sorted(parts.items()))))
+    return GroupView(group, state, sorted(out, key=lambda m: (m.instance_id or "", m.member_id)))
+
+
+async def remove_static_members(settings: Settings, instance_ids: list[str]) -> dict[str, str | None]:
+    """Take static members out of the workers' group now, as if they had left it (their
+    partitions move to the workers still in the group). Per instance id: None once removed, or
+    the coordinator's error for it (``UnknownMemberIdError``: no member has that id)."""
+    from aiokafka.errors import for_code
+
+    admin = await _admin(settings)
+    try:
+        node = await admin.find_coordinator(settings.app_id)
+        resp = await admin._send_request(_LeaveGroup(settings.app_id, instance_ids), node)
+    finally:
+        await admin.close()
+    _check(resp.error_code, "the group coordinator refused to remove members", group=settings.app_id)
+    return {iid: (for_code(code).__name__ if code else None) for _member, iid, code in resp.members}

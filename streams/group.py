@@ -1,5 +1,6 @@
-"""The workers' consumer group as the broker's group coordinator sees it, and removing static
-members from it (``riskstream group``).
+"""The workers' consumer group as the broker's group coordinator sees it, removing static
+members from it (``riskstream group``), and a static worker stopping when another worker took its
+instance id (:class:`MemberResets`).
 
 A static member (``group_instance_id``) does not leave its group when it stops: Kafka keeps its
 partitions for it until its session timeout ends, so that it can come back without a rebalance.
@@ -17,6 +18,9 @@ against the real broker.
 
 from __future__ import annotations
 
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +33,64 @@ from modeling.settings import Settings
 
 class GroupError(RiskstreamError):
     """The group coordinator refused a request about the group (``code``: Kafka's error)."""
+
+
+class DuplicateInstanceError(RiskstreamError):
+    """A static worker lost its membership again and again: another running worker uses its
+    ``group_instance_id``. Fatal: the worker stops."""
+
+
+class MemberResets:
+    """Stop a static worker that another running worker keeps taking the place of.
+
+    Two workers started with one ``group_instance_id`` should fence each other: Kafka answers the
+    older one's next heartbeat with FENCED_INSTANCE_ID, which the Java client treats as fatal.
+    aiokafka sends its heartbeats without the instance id (Heartbeat v0 and v1), so the older
+    worker hears only that its member id is unknown; it joins again under the same instance id,
+    which replaces the newer one, and so on. Measured with two workers on one id: each joined
+    again every 3 s (its next heartbeat), taking all four partitions from the other, for as long
+    as both ran; a replaced worker goes on scoring until its next heartbeat tells it.
+
+    A member keeps its member id for its life unless the coordinator drops it (another member
+    took its instance id, or its session ended while its event loop stalled). So every new
+    assignment is checked: a member id other than the last one is a reset, and ``limit`` resets
+    within ``window_s`` raise :class:`DuplicateInstanceError`. A single stall costs one reset.
+    The two workers reset each other in turn, so both stop, about 10 s after the second joined
+    (measured): neither scores a partition the other holds, and the log names the cause.
+    """
+
+    def __init__(
+        self,
+        instance_id: str,
+        limit: int = 3,
+        window_s: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.instance_id = instance_id
+        self.limit = limit
+        self.window_s = window_s
+        self.clock = clock
+        self.member_id: str | None = None
+        self.resets: deque[float] = deque()
+
+    def assigned(self, member_id: str) -> bool:
+        """Called with the member id of each assignment; True when it is a reset."""
+        last, self.member_id = self.member_id, member_id
+        if last is None or member_id == last:
+            return False
+        now = self.clock()
+        self.resets.append(now)
+        while self.resets and self.resets[0] < now - self.window_s:
+            self.resets.popleft()
+        if len(self.resets) >= self.limit:
+            raise DuplicateInstanceError(
+                "this worker lost its group membership repeatedly: another running worker uses "
+                "its group instance id (RISKSTREAM_GROUP_INSTANCE_ID); give each worker its own",
+                instance_id=self.instance_id,
+                resets=len(self.resets),
+                window_s=self.window_s,
+            )
+        return True
 
 
 class _LeaveGroupResponseV3(Response):  # type: ignore[misc]
@@ -199,3 +261,36 @@ async def remove_static_members(settings: Settings, instance_ids: list[str]) -> 
         await admin.close()
     _check(resp.error_code, "the group coordinator refused to remove members", group=settings.app_id)
     return {iid: (for_code(code).__name__ if code else None) for _member, iid, code in resp.members}
+
+
+def watch_member_resets(app: Any, resets: MemberResets) -> None:
+    """Check the member id of each of ``app``'s assignments with ``resets``; on
+    :class:`DuplicateInstanceError`, log it and crash the app (the worker exits non-zero)."""
+    import asyncio
+    import logging
+
+    from streams.intake import aiokafka_consumer
+
+    log = logging.getLogger("riskstream.worker")
+    crashing: list[asyncio.Future[Any]] = []  # keeps the crash task referenced while it runs
+
+    @app.on_partitions_assigned.connect  # type: ignore[untyped-decorator]
+    async def check_member(sender: Any, *args: Any, **kwargs: Any) -> None:
+        member = getattr(getattr(aiokafka_consumer(app.consumer), "_coordinator", None), "member_id", None)
+        if not member:
+            return
+        try:
+            if resets.assigned(member):
+                log.warning(
+                    "static member %s lost its membership and joined again as %s (%d such resets in "
+                    "%.0f s; %d stop the worker): its session ended, or another worker uses its instance id",
+                    resets.instance_id,
+                    member,
+                    len(resets.resets),
+                    resets.window_s,
+                    resets.limit,
+                )
+        except DuplicateInstanceError as exc:
+            log.critical("stopping: %s", exc)
+            # not awaited: Faust awaits this signal inside the rebalance that the crash stops
+            crashing.append(asyncio.ensure_future(app.crash(exc)))

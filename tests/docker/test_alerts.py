@@ -192,6 +192,24 @@ CASES: list[dict[str, Any]] = [
         ],
     },
     {
+        # w1 is reassigned every minute (a worker in a crash loop); w2 went through six
+        # rebalances in five minutes (a rolling deploy), then none
+        "name": "a worker keeps taking part in rebalances",
+        "interval": "1m",
+        "series": [
+            _s("riskstream_partition_assignments_total", W1, "1+1x45"),
+            _s("riskstream_partition_assignments_total", W2, "1x5 2+1x5 7x35"),
+        ],
+        "expect": [
+            ("12m", "RiskstreamRebalanceLoop", []),
+            (
+                "26m",
+                "RiskstreamRebalanceLoop",
+                [(W1, "Worker w1:9464 keeps taking part in rebalances")],
+            ),
+        ],
+    },
+    {
         "name": "a stored state cannot be read",
         "series": [
             _s("riskstream_states_unreadable_total", {**W1, "kind": "user"}, "0x20 1x20"),

@@ -222,7 +222,7 @@ class Settings(BaseSettings):
     # leave the group, so its partitions wait for the session timeout before they move. Each
     # worker needs its own id that survives its restarts (a StatefulSet pod's name, say);
     # ``{hostname}`` in it is replaced by the host's name. Two running workers on one id take the
-    # partitions from each other until both stop (streams/group.py, MemberResets). Empty: off.
+    # partitions from each other until the older stops (streams/group.py, MemberResets). Empty: off.
     group_instance_id: str | None = Field(default=None, max_length=249, pattern=r"^[A-Za-z0-9._{}\-]*$")
     # Which input records the worker reads. read_committed (the default): records of Kafka
     # transactions that their producer committed, and every record written without one; a

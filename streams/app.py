@@ -51,7 +51,6 @@ from modeling.settings import Settings, feature_config
 from streams.batch_loop import BatchLoop
 from streams.broker.topics import dead_letter_max_bytes, dead_letter_room, terminal_labels_topic
 from streams.fetch_pacer import FetchPacer, aiokafka_fetcher
-from streams.group import MemberResets, watch_member_resets
 from streams.housekeeping import Rounds, consumer_lags
 from streams.in_loop import InLoopTransport
 from streams.input_buffer import InputBuffer
@@ -422,9 +421,6 @@ def build_app(
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def count_assignment(sender: Any, *args: Any, **kwargs: Any) -> None:
         metrics.partition_assignments.inc()
-
-    if settings.group_instance_id:
-        watch_member_resets(app, MemberResets(settings.group_instance_id))
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:

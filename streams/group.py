@@ -55,8 +55,10 @@ class MemberResets:
     took its instance id, or its session ended while its event loop stalled). So every new
     assignment is checked: a member id other than the last one is a reset, and ``limit`` resets
     within ``window_s`` raise :class:`DuplicateInstanceError`. A single stall costs one reset.
-    The two workers reset each other in turn, so both stop, about 10 s after the second joined
-    (measured): neither scores a partition the other holds, and the log names the cause.
+    The two workers reset each other in turn, so with one limit both stopped, about 10 s after
+    the second joined. A worker that found a member on its instance id in the group when it
+    started (``replacing``: a restart, or the second of two) tolerates two resets more, so the
+    older one stops first and the newer one goes on, as the Java client's fencing has it.
     """
 
     def __init__(
@@ -65,9 +67,11 @@ class MemberResets:
         limit: int = 3,
         window_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        replacing: bool = False,
     ) -> None:
         self.instance_id = instance_id
-        self.limit = limit
+        self.limit = limit + 2 if replacing else limit
         self.window_s = window_s
         self.clock = clock
         self.member_id: str | None = None
@@ -245,6 +249,23 @@ async def describe_group(settings: Settings) -> GroupView:
                 parts[topic] = sorted(ps)
         out.append(Member(member_id, instance_id, host.lstrip("/"), dict(sorted(parts.items()))))
     return GroupView(group, state, sorted(out, key=lambda m: (m.instance_id or "", m.member_id)))
+
+
+async def instance_in_group(settings: Settings) -> bool:
+    """Whether a member of the workers' group has this worker's instance id now (before it
+    joins). False, with a warning, when the group cannot be described (an ACL, say)."""
+    import logging
+
+    from aiokafka.errors import KafkaError
+
+    try:
+        view = await describe_group(settings)
+    except (KafkaError, GroupError) as exc:
+        logging.getLogger("riskstream.worker").warning(
+            "could not describe group %s: %s", settings.app_id, exc
+        )
+        return False
+    return any(m.instance_id == settings.group_instance_id for m in view.members)
 
 
 async def remove_static_members(settings: Settings, instance_ids: list[str]) -> dict[str, str | None]:

@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
         terminal_state_changelog,
         user_state_changelog,
     )
+    from streams.group import MemberResets, instance_in_group, watch_member_resets
     from streams.store_files import drop_stale
     from streams.terminal_store import DiskTerminalStore
     from streams.user_store import DiskUserStore
@@ -51,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
         loop.close()
         raise
     rt = build_app(settings, dead_letter_limit=dead_limit.get(settings.topic_dead_letter))
+    if settings.group_instance_id:
+        # Another member on this instance id already: this worker replaces it (a restart, or a
+        # second worker on one id, when the older one should be the one to stop: streams/group.py)
+        replacing = loop.run_until_complete(instance_in_group(settings))
+        watch_member_resets(rt.app, MemberResets(settings.group_instance_id, replacing=replacing))
     if isinstance(rt.user_states, DiskUserStore):
         # databases not built from this changelog (or that cannot be checked against it):
         # deleted before Faust opens them

@@ -163,30 +163,44 @@ def test_a_static_member_stopped_for_good_is_removed_and_its_partitions_move_at_
         w2.stop()
 
 
-def test_two_workers_on_one_instance_id_stop_instead_of_taking_turns(
+def test_of_two_workers_on_one_instance_id_the_older_stops_and_the_newer_goes_on(
     kafka_broker: str, model_registry: Path, tmp_path: Path
 ) -> None:
     """aiokafka's heartbeats do not carry the instance id, so the broker cannot fence the older
-    of two workers sharing one: they replaced each other every few seconds, each scoring the
-    partitions until its next heartbeat. Each counts the resets of its member id and stops at
-    the third (``streams/group.py``, ``MemberResets``); without that both ran on (tried)."""
+    of two workers sharing one: they replaced each other every 3 s, each scoring the partitions
+    until its next heartbeat, for as long as both ran. Each counts the resets of its member id
+    and stops at its limit; the newer one, which found the older in the group when it started,
+    has a higher one (``streams/group.py``, ``MemberResets``), so the older stops and the newer
+    ends with every partition. Without the count both ran on (tried); with one limit for both,
+    both stopped."""
     sc = isolated_scenario(kafka_broker, model_registry, tmp_path, partitions=4)
     sc.create_kept_inputs()
+    tx_topic = sc.topics["transactions"]
     env = {"RISKSTREAM_GROUP_INSTANCE_ID": "same"}
     w1 = WorkerProc(sc, "one", env=env).start()
     w2 = WorkerProc(sc, "two", env=env)
     try:
         w1.wait_metrics()
         deadline = time.monotonic() + 180
-        while _owned(w1, sc.topics["transactions"]) != set(range(sc.partitions)):
+        while _owned(w1, tx_topic) != set(range(sc.partitions)):
             assert time.monotonic() < deadline, w1.log_tail()
             time.sleep(0.5)
         w2.start()
-        for w in (w1, w2):
-            code, log = w.exits("with another worker on its group instance id", timeout=180)
-            assert code != 0
-            assert "another running worker uses its group instance id" in log
-            assert "lost its membership and joined again" in log  # the resets before the stop
+        code, log = w1.exits("with a newer worker on its group instance id", timeout=180)
+        assert code != 0
+        assert "another running worker uses its group instance id" in log
+        assert "lost its membership and joined again" in log  # the resets before the stop
+        deadline = time.monotonic() + 60
+        while _owned(w2, tx_topic) != set(range(sc.partitions)):
+            assert time.monotonic() < deadline, w2.log_tail()
+            w2.check_alive()
+            time.sleep(0.5)
+        time.sleep(10)  # three heartbeats more: nobody takes them away again
+        w2.check_alive()
+        assert _owned(w2, tx_topic) == set(range(sc.partitions))
+        assert "another running worker uses its group instance id" not in w2.log_path.read_text(
+            errors="replace"
+        )
     finally:
         w1.stop()
         w2.stop()

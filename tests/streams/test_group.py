@@ -48,3 +48,22 @@ def test_resets_older_than_the_window_are_forgotten() -> None:
         clock.now = 301.0 * (i + 1)
         assert r.assigned(member) is True
         assert len(r.resets) <= 2
+
+
+def test_a_worker_that_replaced_a_member_tolerates_two_resets_more() -> None:
+    """Of two workers on one id, the one that found the other in the group when it started
+    outlasts it: the older one reaches its limit first and stops."""
+    clock = Clock()
+    older = MemberResets("w1", clock=clock)
+    newer = MemberResets("w1", clock=clock, replacing=True)
+    older.assigned("a")
+    newer.assigned("b")
+    for i in range(2):  # they replace each other in turn
+        clock.now += 3.0
+        assert older.assigned(f"a{i}") is True
+        clock.now += 3.0
+        assert newer.assigned(f"b{i}") is True
+    with pytest.raises(DuplicateInstanceError):
+        older.assigned("a-last")
+    newer.assigned("b-after-the-older-stopped")  # its third reset: still running
+    assert newer.limit == 5 and len(newer.resets) == 3

@@ -134,13 +134,26 @@ async def _write_again(
     return written
 
 
-def _assert_files_equal_replay(data_dir: Path, runner: FeatureRunner) -> None:
-    """The worker's files hold the user states a from-scratch replay (``runner``, run) built."""
+def _assert_files_equal_replay(data_dir: Path, runner: FeatureRunner, log: Path | None = None) -> None:
+    """The worker's files hold the user states a from-scratch replay (``runner``, run) built.
+    ``log``: the worker's log, whose rebalance and recovery lines a failure shows (session 40's
+    CI run failed here once, on one user missing its last label, and did not fail in 10 runs
+    after it)."""
     on_disk = _disk_states(data_dir)
     assert set(on_disk) == set(runner.users)
     config = FeatureConfig()
-    for uid, st in runner.users.items():
-        assert state_view(UserState.from_bytes(on_disk[uid], config)) == state_view(st), uid
+    differ = [
+        uid
+        for uid, st in runner.users.items()
+        if state_view(UserState.from_bytes(on_disk[uid], config)) != state_view(st)
+    ]
+    if differ and log is not None:
+        marks = ("assigned", "Revoking", "closing db", "opening partition", "Recovery", "rebalanc", "ERROR")
+        lines = [x for x in log.read_text(errors="replace").splitlines() if any(m in x for m in marks)]
+        print(f"{len(differ)} users differ: {differ[:10]}; the worker's rebalances:", *lines[-80:], sep="\n")
+    for uid in differ[:1]:
+        st = runner.users[uid]
+        assert state_view(UserState.from_bytes(on_disk[uid], config)) == state_view(st), (uid, len(differ))
 
 
 def test_a_restarted_worker_reads_only_the_changelog_tail_and_scores_as_a_backtest(
@@ -285,7 +298,7 @@ def test_partitions_that_move_away_and_back_are_read_from_where_their_files_stop
     runner = FeatureRunner(FeatureEngine(FeatureConfig()))
     for _ in runner.run(events):
         pass
-    _assert_files_equal_replay(a.data_dir, runner)
+    _assert_files_equal_replay(a.data_dir, runner, a.log_path)
 
 
 @pytest.mark.parametrize("store", ["disk", "memory"])
@@ -347,4 +360,4 @@ def test_a_standby_copy_on_disk_lets_a_failover_read_only_the_tail(
         runner = FeatureRunner(FeatureEngine(FeatureConfig()))
         for _ in runner.run(events):
             pass
-        _assert_files_equal_replay(a.data_dir, runner)
+        _assert_files_equal_replay(a.data_dir, runner, a.log_path)

@@ -208,7 +208,8 @@ class Settings(BaseSettings):
     table_standby_replicas: int = Field(default=0, ge=0)
     # A worker that stops heartbeating (killed, its machine gone) keeps its partitions, and their
     # users go unscored, until the group coordinator gives up on it after this long; a worker
-    # restarted after a crash waits for its predecessor's session to end too. Faust's default is
+    # restarted after a crash waits for its predecessor's session to end too, unless it is a
+    # static member (group_instance_id, below). Faust's default is
     # 60 s (benchmarks/bench_failover.py measures both). Heartbeats go every third of it, at
     # most every 3 s. Brokers refuse sessions under their group.min.session.timeout.ms (6 s by
     # default). A worker whose event loop stalls for longer is taken out of the group: its

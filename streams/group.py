@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka.errors import for_code
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Boolean, Bytes, Int16, Int32, Schema, String
 
@@ -213,19 +214,22 @@ class GroupView:
 
 def _check(code: int, what: str, **context: Any) -> None:
     if code:
-        from aiokafka.errors import for_code
-
         raise GroupError(f"{what}: {for_code(code).__name__}", code=code, **context)
 
 
-async def _admin(settings: Settings) -> Any:
+async def _ask_coordinator(settings: Settings, request: Any) -> Any:
+    """Send ``request`` about the workers' group (``settings.app_id``) to its coordinator."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     from streams.security import client_kwargs
 
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **client_kwargs(settings))
     await admin.start()
-    return admin
+    try:
+        node = await admin.find_coordinator(settings.app_id)
+        return await admin._send_request(request, node)
+    finally:
+        await admin.close()
 
 
 async def describe_group(settings: Settings) -> GroupView:
@@ -233,12 +237,7 @@ async def describe_group(settings: Settings) -> GroupView:
     and the partitions assigned to it."""
     from aiokafka.coordinator.protocol import ConsumerProtocol
 
-    admin = await _admin(settings)
-    try:
-        node = await admin.find_coordinator(settings.app_id)
-        resp = await admin._send_request(_DescribeGroup(settings.app_id), node)
-    finally:
-        await admin.close()
+    resp = await _ask_coordinator(settings, _DescribeGroup(settings.app_id))
     (code, group, state, _ptype, _protocol, members, _ops) = resp.groups[0]
     _check(code, "the group could not be described", group=settings.app_id)
     out = []
@@ -272,14 +271,7 @@ async def remove_static_members(settings: Settings, instance_ids: list[str]) -> 
     """Take static members out of the workers' group now, as if they had left it (their
     partitions move to the workers still in the group). Per instance id: None once removed, or
     the coordinator's error for it (``UnknownMemberIdError``: no member has that id)."""
-    from aiokafka.errors import for_code
-
-    admin = await _admin(settings)
-    try:
-        node = await admin.find_coordinator(settings.app_id)
-        resp = await admin._send_request(_LeaveGroup(settings.app_id, instance_ids), node)
-    finally:
-        await admin.close()
+    resp = await _ask_coordinator(settings, _LeaveGroup(settings.app_id, instance_ids))
     _check(resp.error_code, "the group coordinator refused to remove members", group=settings.app_id)
     return {iid: (for_code(code).__name__ if code else None) for _member, iid, code in resp.members}
 

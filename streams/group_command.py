@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.instance_ids:
         raise SystemExit("riskstream group remove: name the instance ids to remove")
     results = asyncio.run(remove_static_members(settings, args.instance_ids))
-    for iid in args.instance_ids:
-        err = results.get(iid, "no answer for it")
+    errors = {iid: results.get(iid, "no answer for it") for iid in args.instance_ids}
+    for iid, err in errors.items():
         print(f"{iid}: {'removed' if err is None else err}")
-    return 0 if all(results.get(i, "x") is None for i in args.instance_ids) else 1
+    return 1 if any(errors.values()) else 0

@@ -137,8 +137,8 @@ async def _write_again(
 def _assert_files_equal_replay(data_dir: Path, runner: FeatureRunner, log: Path | None = None) -> None:
     """The worker's files hold the user states a from-scratch replay (``runner``, run) built.
     ``log``: the worker's log, whose rebalance and recovery lines a failure shows (session 40's
-    CI run failed here once, on one user missing its last label, and did not fail in 10 runs
-    after it)."""
+    CI run failed here once, on one user missing its last label, and passed the 14 runs
+    after it here and the two CI runs after those)."""
     on_disk = _disk_states(data_dir)
     assert set(on_disk) == set(runner.users)
     config = FeatureConfig()

@@ -88,7 +88,7 @@ def test_a_static_member_restarted_within_its_session_takes_its_partitions_back_
             assert time.monotonic() < deadline, w2.log_tail()
             w1.check_alive()
             time.sleep(0.2)
-        # w1's assignments so far: its join, and the rebalance w2's first join made
+        # w1's assignments so far: its join, and one more if w2 joined after it (a rebalance)
         w1_assigned = _assignments(w1)
         assert w1_assigned >= 1
         w2.kill()

@@ -91,6 +91,10 @@ async def watch(
     await watcher.start()
     samples: list[tuple[Any, ...]] = []  # (time, then one reading per column of ``cols`` below)
     spy: subprocess.Popen[bytes] | None = None
+    # (time, the event loop's CPU seconds in all and per stage) read once the first output is
+    # out and again at the end: the drain's own CPU split, without the start-up's
+    first_cpu: tuple[float, dict[str, float]] | None = None
+    last_cpu: tuple[float, dict[str, float]] | None = None
     status = "ok"
     load0 = loadavg()
     proc.start()
@@ -123,9 +127,12 @@ async def watch(
                 break
             if profile_as and spy is None and n > 0 and ctx.profile_dir is not None:
                 spy = start_profile(ctx, proc, profile_as)
+            if scrape and first_cpu is None and n > 0 and proc.alive():
+                first_cpu = await _scrape_cpu(proc)
             await asyncio.sleep(0.25)
     finally:
         await watcher.stop()
+        last_cpu = await _scrape_cpu(proc) if scrape and proc.alive() else None
         stalls = await asyncio.to_thread(scrape_stalls, proc) if scrape and proc.alive() else None
         peak_rss = peak_rss_mb(proc.pid) if proc.alive() else None
         if spy is not None:
@@ -172,8 +179,45 @@ async def watch(
     res["peak_rss_mb"] = peak_rss
     if stalls is not None:
         res["stalls"] = stalls
+    if first_cpu is not None and last_cpu is not None:
+        res["drain_cpu"] = drain_cpu(first_cpu, last_cpu, samples, ts)
     res["_records"] = records
     return res
+
+
+async def _scrape_cpu(proc: Proc) -> tuple[float, dict[str, float]] | None:
+    """(the scrape's wall time, the event loop's CPU seconds ``{"event_loop": .., stage: ..}``)."""
+    t0 = time.time()
+    got = await asyncio.to_thread(scrape_stalls, proc)
+    t1 = time.time()
+    cpu = (got or {}).get("cpu_s")
+    return ((t0 + t1) / 2, dict(cpu)) if cpu else None
+
+
+def drain_cpu(
+    first: tuple[float, dict[str, float]],
+    last: tuple[float, dict[str, float]],
+    samples: list[tuple[Any, ...]],
+    out_ts: np.ndarray,
+) -> dict[str, Any]:
+    """The event loop's CPU between two scrapes of the worker's counters (the first taken once
+    its first risk event was out, the last after its last one): in all, per stage, and outside
+    the stages (``other``: Kafka intake, Faust, asyncio, alignment, acks, metrics). With the
+    risk events written in that window (``out_ts``: their timestamps, ms) and the main thread's
+    CPU from ``samples`` over the same window, the figures per message come from the caller
+    (``risk_stats``), which knows the message mix."""
+    t0, t1 = first[0], last[0]
+    d = {k: round(last[1].get(k, 0.0) - v, 4) for k, v in first[1].items()}
+    stages = sum(v for k, v in d.items() if k != "event_loop")
+    d["other"] = round(d.get("event_loop", 0.0) - stages, 4)
+    main = [(s[0], s[3]) for s in samples]
+    a, b = _interp(main, t0), _interp(main, t1)
+    return {
+        "window_s": round(t1 - t0, 3),
+        "risk_events": int(((out_ts >= t0 * 1000) & (out_ts <= t1 * 1000)).sum()),
+        "main_thread_cpu_s": round(b - a, 3) if a is not None and b is not None else None,
+        "cpu_s": d,
+    }
 
 
 def scrape_stalls(proc: Proc) -> dict[str, Any] | None:
@@ -285,6 +329,11 @@ def risk_stats(res: dict[str, Any], msgs: Messages) -> dict[str, Any]:
     )
     if res.get("process_cpu_s"):
         res["messages_per_cpu_s"] = round(covered / res["process_cpu_s"], 1)
+    dc = res.get("drain_cpu")
+    if dc and dc["risk_events"]:
+        # the messages consumed while those risk events were written, at the window's mix
+        n = dc["messages"] = round(dc["risk_events"] * msgs.between_txns / msgs.n_txn)
+        dc["us_per_message"] = {k: round(v / n * 1e6, 2) for k, v in dc["cpu_s"].items()}
     return res
 
 

@@ -58,6 +58,7 @@ def summarize(runs: list[dict[str, Any]], latency: dict[str, Any] | None) -> dic
         # without the feed's first STEADY_AFTER_S seconds; the target is judged on the whole feed
         "latency_steady_p99_ms": (latency.get("end_to_end_ms_steady") or {}).get("p99") if latency else None,
     }
+    s["half_of_c_budget"] = half_of_c_budget(a, get(c, "messages_per_s"))
     ab, ac = s["a_over_b"], s["a_over_c"]
     s["targets"] = {
         "a_at_least_10x_b": None if ab is None else ab >= 10.0,
@@ -65,6 +66,28 @@ def summarize(runs: list[dict[str, Any]], latency: dict[str, Any] | None) -> dic
         "p99_at_most_100ms_at_half_rate": None if p99 is None else p99 <= 100.0,
     }
     return s
+
+
+def half_of_c_budget(a: dict[str, Any] | None, c_rate: float | None) -> dict[str, Any] | None:
+    """What half of (c)'s rate leaves a worker per message, against what (a)'s event loop spent
+    per message over its drain outside the scoring step (``drain_cpu``: Kafka intake, Faust,
+    alignment, acks, terminal labels, output, state flushes, metrics). The scoring step is
+    parsing, features and the model; were it free, (a) would still need ``outside_score_us``
+    of its one event-loop thread per message, so (a) can reach half of (c) only if that is
+    below ``budget_us``."""
+    dc = (a or {}).get("drain_cpu") or {}
+    per = dc.get("us_per_message")
+    if not per or not c_rate:
+        return None
+    outside = per.get("event_loop", 0.0) - per.get("score", 0.0)
+    budget = 2e6 / c_rate
+    return {
+        "budget_us": round(budget, 2),
+        "event_loop_us": per.get("event_loop"),
+        "score_us": per.get("score"),
+        "outside_score_us": round(outside, 2),
+        "outside_score_over_budget": round(outside / budget, 2),
+    }
 
 
 def print_table(runs: list[dict[str, Any]], latency: list[dict[str, Any]], summary: dict[str, Any]) -> None:
@@ -115,3 +138,10 @@ def print_table(runs: list[dict[str, Any]], latency: list[dict[str, Any]], summa
         f"per CPU-second: (a)/(b) = {summary['a_over_b_per_cpu_s']}  "
         f"(a)/(c) = {summary['a_over_c_per_cpu_s']}"
     )
+    hb = summary.get("half_of_c_budget")
+    if hb:
+        print(
+            f"half of (c) leaves {hb['budget_us']} µs per message; (a)'s event loop spent "
+            f"{hb['event_loop_us']} µs per message draining, {hb['outside_score_us']} of them outside "
+            f"the scoring step ({hb['outside_score_over_budget']}× the budget)"
+        )

@@ -111,10 +111,10 @@ class BatchingConsumer(faust_aiokafka.Consumer):
     fetches that overlapped a seek, one dropped what a group's first run had fetched before a
     seek that never came). Delivery now follows :class:`DeliveryCursors`: each seek sets the
     partition's next offset, only that offset is delivered, and a message ahead of it makes the
-    partition seek back once. A seek drops what the buffer holds of the sought partitions, since
-    it will be fetched again; a partition with nothing committed is not sought, so what was
-    fetched of it stays. Buffers are not cleared on resume; the scorer drops messages of an
-    older consumer generation itself.
+    partition seek back once. After each assignment every partition is sought, to its committed
+    offset or, with nothing committed, to its log start (:meth:`perform_seek`), and the seek
+    drops what the buffer holds of it, since it will be fetched again. Buffers are not cleared
+    on resume; the scorer drops messages of an older consumer generation itself.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -199,27 +199,46 @@ class BatchingConsumer(faust_aiokafka.Consumer):
     async def perform_seek(self) -> None:
         """Faust's ``perform_seek``, with the delivery rule kept in step (class docstring).
 
-        A partition with a committed offset is sought there: delivery restarts at it and what the
-        buffer holds of it goes (it will be fetched again). A partition with no committed offset
-        is not sought, so the fetch position is wherever the fetcher got since the assignment;
-        what was fetched from it is kept, or it would never come again (a group's first run lost
-        events that way).
+        Every assigned partition of the batch topics is sought, and delivery restarts there: to
+        its committed offset, or, with nothing committed, to the start of its log (where the
+        worker's ``auto_offset_reset``, earliest, starts a group). What the buffer holds of the
+        sought partitions goes: it will be fetched again. Other topics' partitions (the tables'
+        changelogs, which Faust's recovery positions) are sought only to a committed offset, as
+        Faust does.
 
-        The committed offsets are read first and every seek made after, with the cursors and the
-        buffers, in one stretch without an await. Faust's ``seek_to_committed`` (aiokafka's)
-        awaits each partition's committed offset in turn and seeks it before reading the next;
-        the fetcher ran in those awaits and handed out a sought partition's records again, which
-        the buffer discard after it then dropped, with the position already past them. Those
-        events waited, unscored, for the partition's next record (whose gap seeks back), and with
-        none the restarted worker of tests/integration/test_unreadable_state.py scored nothing
+        Seeking the partitions with nothing committed too (session 41). Faust's ``getmany``
+        drops what is left of a fetch when the flow stops or the consumer generation changes in
+        the middle of it, and all of a fetch that returns while the flow is stopped, with
+        aiokafka's position already past those records; it counts on this seek to fetch them
+        again. Before, a partition with nothing committed was left where the fetcher had got
+        to (so as to keep what had been fetched of it: dropped from the buffer unsought, it
+        would never have come again; a group's first run lost events that way). Its dropped
+        records were then lost for good: a worker that took over a labels partition from a
+        killed one, none of whose labels had been committed yet, delivered none of them, and
+        the group's lag stayed at the partition's size (tests/integration/test_seek_race.py).
+
+        The offsets are read first and every seek made after, with the cursors and the buffers,
+        in one stretch without an await. Faust's ``seek_to_committed`` (aiokafka's) awaits each
+        partition's committed offset in turn and seeks it before reading the next; the fetcher
+        ran in those awaits and handed out a sought partition's records again, which the buffer
+        discard after it then dropped, with the position already past them. Those events
+        waited, unscored, for the partition's next record (whose gap seeks back), and with none
+        the restarted worker of tests/integration/test_unreadable_state.py scored nothing
         (session 27's rare CI failure; found in session 28, DEVELOPERS.md).
         """
         committed = await self.committed_offsets()
+        batch = set(getattr(self.app, "input_buffers", {}))  # the other topics are Faust's to seek
+        unread = [tp for tp, off in committed.items() if (off is None or off < 0) and tp.topic in batch]
+        starts = await self.log_starts(unread) if unread else {}
         # No await from here on: the fetcher cannot deliver between the seeks and these updates.
         # A partition revoked during those awaits is its next owner's to seek.
         assigned = self._thread.assignment()
         committed = {tp: offset for tp, offset in committed.items() if tp in assigned}
-        sought = {tp: offset for tp, offset in committed.items() if offset is not None and offset >= 0}
+        sought = {
+            tp: offset if offset is not None and offset >= 0 else starts[tp]
+            for tp, offset in committed.items()
+            if (offset is not None and offset >= 0) or tp in starts
+        }
         for tp, offset in sought.items():
             self._thread.seek(tp, offset)
         self._read_offset.update({tp: sought.get(tp) for tp in committed})
@@ -230,6 +249,15 @@ class BatchingConsumer(faust_aiokafka.Consumer):
             self._expect(tp, offset)
         if sought:
             self._discard_buffered(set(sought))
+
+    async def log_starts(self, tps: Collection[Any]) -> dict[Any, int]:
+        """The first offset of each partition's log (its start after retention), nothing sought."""
+
+        async def read() -> dict[Any, int]:
+            consumer = self._thread._ensure_consumer()
+            return dict(await consumer.beginning_offsets(list(tps)))
+
+        return dict(await self._thread.call_thread(read))
 
     async def committed_offsets(self, topics: Collection[str] | None = None) -> dict[Any, int | None]:
         """The group's committed offset of every assigned partition (of ``topics`` only, when

@@ -69,28 +69,61 @@ async def deliver(consumer: AIOKafkaConsumer, owner: Any, buffer: InputBuffer, s
                     buffer.put(Message(tp, r.offset, r.timestamp / 1000.0))
 
 
+async def _six_records_each(kafka_broker: str, topic: str) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
+    """``topic`` with 6 records in each of its partitions, and a started consumer of group
+    ``g-<topic>`` (nothing committed) assigned all of them, fetching as the worker does."""
+    await ensure_topics(kafka_broker, {topic: PARTITIONS})
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_broker)
+    await producer.start()
+    try:
+        for p in range(PARTITIONS):
+            for i in range(6):
+                await producer.send_and_wait(topic, b"m%d" % i, partition=p)
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=kafka_broker,
+        group_id=f"g-{topic}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",  # the worker's
+        fetch_max_wait_ms=10,  # the worker's
+    )
+    await consumer.start()
+    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    consumer.assign(tps)
+    return consumer, tps
+
+
+async def _collect(
+    buffer: InputBuffer,
+    n: int,
+    stop: asyncio.Event,
+    fetcher: asyncio.Future[None],
+    consumer: AIOKafkaConsumer,
+) -> dict[int, list[int]]:
+    """Wait until ``buffer`` holds ``n`` records (10 s at most), and half a second more, in
+    which a copy too many would come; stop the delivery and the consumer; return the offsets
+    the buffer holds, by partition."""
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(buffer) < n and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await fetcher
+        await consumer.stop()
+    held: dict[int, list[int]] = {}
+    for _, m in await buffer.take(100, 0.0):
+        held.setdefault(m.tp.partition, []).append(m.offset)
+    return held
+
+
 def test_records_handed_out_during_the_seek_are_fetched_again(kafka_broker: str) -> None:
     topic = f"seek-race-{uuid.uuid4().hex[:8]}"
 
     async def main() -> dict[int, list[int]]:
-        await ensure_topics(kafka_broker, {topic: PARTITIONS})
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_broker)
-        await producer.start()
-        try:
-            for p in range(PARTITIONS):
-                for i in range(6):
-                    await producer.send_and_wait(topic, b"m%d" % i, partition=p)
-        finally:
-            await producer.stop()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=kafka_broker,
-            group_id=f"g-{topic}",
-            enable_auto_commit=False,
-            fetch_max_wait_ms=10,  # the worker's
-        )
-        await consumer.start()
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        consumer.assign(tps)
+        consumer, tps = await _six_records_each(kafka_broker, topic)
         await consumer.commit(dict.fromkeys(tps, COMMITTED))
         for tp in tps:
             consumer.seek(tp, COMMITTED)  # where the fetcher starts after an assignment
@@ -113,17 +146,8 @@ def test_records_handed_out_during_the_seek_are_fetched_again(kafka_broker: str)
             consumer.committed = slow_committed  # type: ignore[method-assign]
             await owner.perform_seek()
             consumer.committed = read  # type: ignore[method-assign]
-            deadline = asyncio.get_running_loop().time() + 10
-            while len(buffer) < 2 * PARTITIONS and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.5)  # a copy too many would come by now
         finally:
-            stop.set()
-            await fetcher
-            await consumer.stop()
-        held: dict[int, list[int]] = {}
-        for _, m in await buffer.take(100, 0.0):
-            held.setdefault(m.tp.partition, []).append(m.offset)
+            held = await _collect(buffer, 2 * PARTITIONS, stop, fetcher, consumer)
         return held
 
     # every partition but the last one sought lost both records before the fix
@@ -148,25 +172,8 @@ def test_records_of_a_partition_with_nothing_committed_dropped_before_the_seek_a
     topic = f"seek-uncommitted-{uuid.uuid4().hex[:8]}"
 
     async def main() -> dict[int, list[int]]:
-        await ensure_topics(kafka_broker, {topic: PARTITIONS})
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_broker)
-        await producer.start()
-        try:
-            for p in range(PARTITIONS):
-                for i in range(6):
-                    await producer.send_and_wait(topic, b"m%d" % i, partition=p)
-        finally:
-            await producer.stop()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=kafka_broker,
-            group_id=f"g-{topic}",  # nothing committed: the position starts at the log start
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",  # the worker's
-            fetch_max_wait_ms=10,
-        )
-        await consumer.start()
-        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        consumer.assign(tps)
+        # nothing committed: the position starts at the log start
+        consumer, tps = await _six_records_each(kafka_broker, topic)
         buffer = InputBuffer(high_water=1000)
         owner = seeker(consumer, topic, buffer)
         handed = dropped = 0
@@ -185,18 +192,6 @@ def test_records_of_a_partition_with_nothing_committed_dropped_before_the_seek_a
         stop = asyncio.Event()
         await owner.perform_seek()
         fetcher = asyncio.ensure_future(deliver(consumer, owner, buffer, stop))
-        try:
-            deadline = asyncio.get_running_loop().time() + 10
-            while len(buffer) < 6 * PARTITIONS and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.5)  # a copy too many would come by now
-        finally:
-            stop.set()
-            await fetcher
-            await consumer.stop()
-        held: dict[int, list[int]] = {}
-        for _, m in await buffer.take(100, 0.0):
-            held.setdefault(m.tp.partition, []).append(m.offset)
-        return held
+        return await _collect(buffer, 6 * PARTITIONS, stop, fetcher, consumer)
 
     assert asyncio.run(asyncio.wait_for(main(), 60)) == {p: list(range(6)) for p in range(PARTITIONS)}

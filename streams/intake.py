@@ -234,11 +234,8 @@ class BatchingConsumer(faust_aiokafka.Consumer):
         # A partition revoked during those awaits is its next owner's to seek.
         assigned = self._thread.assignment()
         committed = {tp: offset for tp, offset in committed.items() if tp in assigned}
-        sought = {
-            tp: offset if offset is not None and offset >= 0 else starts[tp]
-            for tp, offset in committed.items()
-            if (offset is not None and offset >= 0) or tp in starts
-        }
+        sought = {tp: starts[tp] for tp in committed if tp in starts}
+        sought.update({tp: offset for tp, offset in committed.items() if offset is not None and offset >= 0})
         for tp, offset in sought.items():
             self._thread.seek(tp, offset)
         self._read_offset.update({tp: sought.get(tp) for tp in committed})

@@ -128,12 +128,15 @@ async def watch(
             if profile_as and spy is None and n > 0 and ctx.profile_dir is not None:
                 spy = start_profile(ctx, proc, profile_as)
             if scrape and first_cpu is None and n > 0 and proc.alive():
-                first_cpu = await _scrape_cpu(proc)
+                t_first, first = await _timed_scrape(proc)
+                first_cpu = (t_first, first["cpu_s"]) if first and "cpu_s" in first else None
             await asyncio.sleep(0.25)
     finally:
         await watcher.stop()
-        last_cpu = await _scrape_cpu(proc) if scrape and proc.alive() else None
-        stalls = await asyncio.to_thread(scrape_stalls, proc) if scrape and proc.alive() else None
+        stalls = None
+        if scrape and proc.alive():
+            t_last, stalls = await _timed_scrape(proc)
+            last_cpu = (t_last, stalls["cpu_s"]) if stalls and "cpu_s" in stalls else None
         peak_rss = peak_rss_mb(proc.pid) if proc.alive() else None
         if spy is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -185,13 +188,11 @@ async def watch(
     return res
 
 
-async def _scrape_cpu(proc: Proc) -> tuple[float, dict[str, float]] | None:
-    """(the scrape's wall time, the event loop's CPU seconds ``{"event_loop": .., stage: ..}``)."""
+async def _timed_scrape(proc: Proc) -> tuple[float, dict[str, Any] | None]:
+    """(the wall time halfway through the scrape, :func:`scrape_stalls`)."""
     t0 = time.time()
     got = await asyncio.to_thread(scrape_stalls, proc)
-    t1 = time.time()
-    cpu = (got or {}).get("cpu_s")
-    return ((t0 + t1) / 2, dict(cpu)) if cpu else None
+    return (t0 + time.time()) / 2, got
 
 
 def drain_cpu(
